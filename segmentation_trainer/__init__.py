@@ -1,0 +1,1 @@
+"""earthmon: segmentation_trainer."""
