@@ -19,14 +19,14 @@ $(VENV)/.installed: requirements/dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -r requirements/dev.txt
-	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install -q --no-deps -e .
 	touch $@
 
 $(VENV_TRAINER)/.installed: requirements/trainer-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV_TRAINER)
 	$(VENV_TRAINER)/bin/pip install -q --upgrade pip
 	$(VENV_TRAINER)/bin/pip install -q -r requirements/trainer-dev.txt
-	$(VENV_TRAINER)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(VENV_TRAINER)/bin/pip install -q --no-deps -e .
 	touch $@
 
 .PHONY: venv venv-worker venv-trainer
@@ -60,6 +60,60 @@ lint: venv-worker ## ruff lint + format check
 format: venv-worker ## ruff fix + format
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
+
+# ---------------------------------------------------------------- images (containers/, docker-compose.yml)
+# Offline builds: `make wheelhouse` downloads (and, for sdists, builds) every pinned wheel on the host;
+# the Dockerfiles install from it with --no-index. Classic builder (DOCKER_BUILDKIT=0) works everywhere.
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+GIT_SHA := $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+IMAGE_TAG ?= $(VERSION)-$(GIT_SHA)
+BASE_IMAGE ?= python:3.11-slim-bookworm
+LOCAL_BASE_IMAGE ?= earthmon-base:bookworm
+TRAINER_FLAVOUR ?= cpu
+PROCESSING_IMAGE ?= earthmon-processing
+TRAINING_IMAGE ?= earthmon-training
+TRAINING_DEV_TAG := $(if $(filter gpu,$(TRAINER_FLAVOUR)),dev-gpu,dev)
+TRAINING_VERSION_TAG := $(IMAGE_TAG)$(if $(filter gpu,$(TRAINER_FLAVOUR)),-gpu,)
+REGISTRY ?=
+SOURCE_URL ?= https://github.com/earthmon/earthmon
+DOCKER_BUILD := DOCKER_BUILDKIT=0 docker build --network host \
+	--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg VERSION=$(VERSION) \
+	--build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) --build-arg SOURCE=$(SOURCE_URL)
+TRAINER_LOCK := requirements/trainer$(if $(filter gpu,$(TRAINER_FLAVOUR)),-gpu,).txt
+
+.PHONY: wheelhouse wheelhouse-worker wheelhouse-trainer wheelhouse-build clean-wheelhouse
+wheelhouse: wheelhouse-worker wheelhouse-trainer ## download/build every pinned wheel on the host (offline image builds)
+wheelhouse-build:
+	PYTHON=$(PYTHON) containers/wheelhouse.sh containers/build-requirements.txt wheelhouse/build
+wheelhouse-worker: wheelhouse-build
+	PYTHON=$(PYTHON) containers/wheelhouse.sh requirements/worker.txt wheelhouse/worker
+wheelhouse-trainer: wheelhouse-build
+	PYTHON=$(PYTHON) containers/wheelhouse.sh $(TRAINER_LOCK) wheelhouse/trainer-$(TRAINER_FLAVOUR)
+clean-wheelhouse: ## remove the wheelhouse
+	rm -rf wheelhouse
+
+.PHONY: base-image build build-processing build-training
+base-image: ## build the local debootstrap bookworm base (for machines that cannot pull; then BASE_IMAGE=$(LOCAL_BASE_IMAGE))
+	containers/base/build-debootstrap-base.sh $(LOCAL_BASE_IMAGE)
+
+build: build-processing build-training ## build both images (BASE_IMAGE=..., TRAINER_FLAVOUR=cpu|gpu)
+
+build-processing: wheelhouse-worker ## build earthmon-processing:dev and :<version>-<sha>
+	$(DOCKER_BUILD) -f containers/processing/Dockerfile \
+		-t $(PROCESSING_IMAGE):dev -t $(PROCESSING_IMAGE):$(IMAGE_TAG) .
+
+build-training: wheelhouse-trainer ## build earthmon-training:dev (or :dev-gpu) and :<version>-<sha>[-gpu]
+	$(DOCKER_BUILD) -f containers/training/Dockerfile --build-arg FLAVOUR=$(TRAINER_FLAVOUR) \
+		-t $(TRAINING_IMAGE):$(TRAINING_DEV_TAG) -t $(TRAINING_IMAGE):$(TRAINING_VERSION_TAG) .
+
+.PHONY: push
+push: venv-worker ## push both images to ECR (account/region from the AWS session) or to REGISTRY=host:port
+	$(PY) containers/push.py --tag $(IMAGE_TAG) $(if $(REGISTRY),--registry $(REGISTRY),) \
+		$(PROCESSING_IMAGE):$(IMAGE_TAG) $(TRAINING_IMAGE):$(TRAINING_VERSION_TAG)
+
+.PHONY: test-containers
+test-containers: venv-worker ## image tests on a running Docker engine (build first; see .ci/containers)
+	$(PY) -m pytest tests/containers $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------- benchmarks
 .PHONY: bench-worker
