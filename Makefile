@@ -25,7 +25,7 @@ $(VENV)/.installed: requirements/dev.txt pyproject.toml
 $(VENV_TRAINER)/.installed: requirements/trainer-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV_TRAINER)
 	$(VENV_TRAINER)/bin/pip install -q --upgrade pip
-	$(VENV_TRAINER)/bin/pip install -q -r requirements/trainer-dev.txt
+	$(VENV_TRAINER)/bin/pip install -q --no-deps -r requirements/trainer-dev.txt
 	$(VENV_TRAINER)/bin/pip install -q --no-deps -e .
 	touch $@
 
