@@ -1,0 +1,215 @@
+"""``ndvi-worker`` / ``python -m ndvi_worker``: arguments -> :class:`WorkerConfig` -> :func:`ndvi_worker.run.run`.
+
+Exit status: 0 when every scene is done or skipped (an empty shard included), 1 when any scene failed (after all
+the others were written), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from ndvi_worker import __version__
+from ndvi_worker.config import COMPRESSIONS, WorkerConfig, parse_mask_classes
+from ndvi_worker.contract import ProcessingPaths
+from ndvi_worker.ndvi import DEFAULT_MASK_CLASSES
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def _mask_classes(ctx, param, value):  # noqa: ARG001
+    try:
+        return parse_mask_classes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
+@click.command(
+    context_settings=CONTEXT,
+    epilog="Outputs per scene: <item id>_ndvi.tif (COG), _ndvi.json (STAC "
+    "item), _ndvi.png (quicklook); per host: _reports/<host>.json. See README 'NDVI worker'.",
+)
+@click.option(
+    "--input",
+    "input_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder searched recursively for STAC items (*.json, *.geojson, *.jsonl, *.ndjson). "
+    "[default: $SAGEMAKER_BASE_DIR/processing/input, i.e. /opt/ml/processing/input]",
+)
+@click.option(
+    "--output",
+    "output_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder the COGs, STAC items and reports are published to. "
+    "[default: $SAGEMAKER_BASE_DIR/processing/output]",
+)
+@click.option(
+    "--mask-classes",
+    default=",".join(map(str, DEFAULT_MASK_CLASSES)),
+    show_default=True,
+    callback=_mask_classes,
+    help="SCL classes masked out (0 no data is always masked; add 11 for snow).",
+)
+@click.option(
+    "--boa-offset",
+    type=click.Choice(["auto", "apply", "skip"]),
+    default="auto",
+    show_default=True,
+    help="auto: the item's boa_offset_applied flag, then its processing baseline (>= 04.00 carries "
+    "+1000 DN); apply / skip force (DN - 1000) / 10000 or DN / 10000.",
+)
+@click.option("--overwrite", is_flag=True, help="Recompute scenes whose valid output already exists.")
+@click.option(
+    "--on-error",
+    type=click.Choice(["continue", "fail"]),
+    default="continue",
+    show_default=True,
+    help="continue: report a failed scene and go on; fail: stop starting new scenes after one fails.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="Threads per scene for reading, computing and compressing. [default: CPU count]",
+)
+@click.option(
+    "--scenes-in-flight",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Scenes processed at the same time (overlaps one scene's reads with another's writes).",
+)
+@click.option(
+    "--scheduler",
+    metavar="ADDRESS",
+    default=None,
+    help="An existing dask.distributed scheduler (tcp://host:8786): scenes become tasks on that "
+    "cluster, whose workers must see the input and output folders.",
+)
+@click.option(
+    "--dtype",
+    type=click.Choice(["int16", "float32"]),
+    default="int16",
+    show_default=True,
+    help="int16: NDVI x 10000, nodata -32768, scale 0.0001 in the file's metadata; float32: NDVI, "
+    "nodata NaN.",
+)
+@click.option(
+    "--compress",
+    type=click.Choice(COMPRESSIONS, case_sensitive=False),
+    default="ZSTD",
+    show_default=True,
+    help="COG compression (LERC_ZSTD needs --dtype float32).",
+)
+@click.option(
+    "--level", type=int, default=1, show_default=True, help="Compression level (ZSTD 1-22, DEFLATE 1-9)."
+)
+@click.option(
+    "--predictor",
+    type=click.Choice(["none", "2", "3"]),
+    default="none",
+    show_default=True,
+    help="TIFF predictor (2 horizontal differencing; 3 floating point): smaller files, slower writes.",
+)
+@click.option("--max-z-error", type=float, default=None, help="LERC maximum error (e.g. 0.0005).")
+@click.option("--blocksize", type=int, default=512, show_default=True, help="COG internal tile size.")
+@click.option(
+    "--chunk-size",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Processing chunk (pixels per side), a multiple of --blocksize; memory ~ workers x chunk^2 x 20 B.",
+)
+@click.option("--no-quicklook", is_flag=True, help="Do not write the <item id>_ndvi.png preview.")
+@click.option(
+    "--staging-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Scratch folder, on the output's file system [default: .ndvi-staging-<host> beside --output].",
+)
+@click.option(
+    "--retries",
+    type=click.IntRange(1, 20),
+    default=4,
+    show_default=True,
+    help="Attempts per read on transient errors (5xx, 429, timeouts), with exponential backoff.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+)
+@click.version_option(__version__, prog_name="ndvi-worker")
+def main(
+    input_dir,
+    output_dir,
+    mask_classes,
+    boa_offset,
+    overwrite,
+    on_error,
+    workers,
+    scenes_in_flight,
+    scheduler,
+    dtype,
+    compress,
+    level,
+    predictor,
+    max_z_error,
+    blocksize,
+    chunk_size,
+    no_quicklook,
+    staging_dir,
+    retries,
+    log_level,
+):
+    """Sentinel-2 L2A STAC items in, NDVI Cloud-Optimized GeoTIFFs out (SCL cloud masking, BOA offset rule).
+
+    With no arguments it follows the SageMaker Processing contract: items from /opt/ml/processing/input,
+    outputs to /opt/ml/processing/output (SAGEMAKER_BASE_DIR relocates /opt/ml). One bad scene is reported and
+    the rest completes; reruns skip scenes whose valid output exists.
+    """
+    import os
+
+    from ndvi_worker.run import run, setup_logging
+
+    setup_logging(log_level)
+    paths = ProcessingPaths.from_env()
+    explicit_input = input_dir is not None
+    input_dir = input_dir or paths.input_dir
+    output_dir = output_dir or paths.output_dir
+    if explicit_input and not input_dir.is_dir():
+        raise click.BadParameter(f"{input_dir} is not a folder", param_hint="--input")
+    try:
+        cfg = WorkerConfig(
+            input_dir=input_dir,
+            output_dir=output_dir,
+            mask_classes=mask_classes,
+            boa_offset=boa_offset,
+            overwrite=overwrite,
+            on_error=on_error,
+            workers=workers or os.cpu_count() or 2,
+            scenes_in_flight=scenes_in_flight,
+            scheduler=scheduler,
+            dtype=dtype,
+            compress=compress.upper(),
+            level=level,
+            predictor=None if predictor == "none" else int(predictor),
+            max_z_error=max_z_error,
+            blocksize=blocksize,
+            chunk_size=chunk_size,
+            quicklook=not no_quicklook,
+            staging_dir=staging_dir,
+            retries=retries,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    sys.exit(run(cfg, paths))
+
+
+if __name__ == "__main__":
+    main()

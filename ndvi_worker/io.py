@@ -1,0 +1,520 @@
+"""I/O edge: GDAL settings, band readers (local, https, s3) with retries, COG writing, atomic publishing.
+
+Everything that touches rasterio/GDAL or the file system lives here; the science is in :mod:`ndvi_worker.ndvi`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import shutil
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: GDAL settings for cloud-hosted COGs (DOMAIN.md section 8); environment variables set by the user win.
+GDAL_DEFAULTS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_HTTP_MULTIPLEX": "YES",
+    "GDAL_HTTP_VERSION": "2",
+    "GDAL_HTTP_MAX_RETRY": "4",
+    "GDAL_HTTP_RETRY_DELAY": "1",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "VSI_CACHE": "TRUE",
+    "VSI_CACHE_SIZE": "67108864",
+    "GDAL_CACHEMAX": "256",
+    "GDAL_TIFF_INTERNAL_MASK": "YES",
+}
+
+
+class SceneError(RuntimeError):
+    """A scene failed for a reason worth reporting as is (grid mismatch, unreadable band...)."""
+
+
+def configure_gdal(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Set GDAL/AWS defaults in the process environment (GDAL reads them in every thread).
+
+    S3: anonymous requests when no AWS credentials are available (public ``sentinel-cogs``), signed otherwise;
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (the standard SDK variables) point GDAL at another S3 server.
+    Returns what was set.
+    """
+    env = os.environ if environ is None else environ
+    applied: dict[str, str] = {}
+    for key, value in GDAL_DEFAULTS.items():
+        if key not in env:
+            env[key] = value
+            applied[key] = value
+    endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+    if endpoint and "AWS_S3_ENDPOINT" not in env:
+        parsed = urlparse(endpoint)
+        applied["AWS_S3_ENDPOINT"] = env["AWS_S3_ENDPOINT"] = parsed.netloc or parsed.path
+        applied["AWS_HTTPS"] = env["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
+        applied["AWS_VIRTUAL_HOSTING"] = env["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    if "AWS_NO_SIGN_REQUEST" not in env and not _have_aws_credentials(env):
+        applied["AWS_NO_SIGN_REQUEST"] = env["AWS_NO_SIGN_REQUEST"] = "YES"
+    return applied
+
+
+def _have_aws_credentials(env) -> bool:
+    if env.get("AWS_ACCESS_KEY_ID") or env.get("AWS_PROFILE") or env.get("AWS_WEB_IDENTITY_TOKEN_FILE"):
+        return True
+    if env.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") or env.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"):
+        return True
+    try:
+        import boto3
+
+        return boto3.Session().get_credentials() is not None
+    except Exception:  # noqa: BLE001 - no boto3 or a broken config means "no credentials"
+        return False
+
+
+def gdal_path(href: str) -> str:
+    """The path rasterio opens for an href (rasterio maps https:// and s3:// to /vsicurl/ and /vsis3/)."""
+    if href.startswith("file://"):
+        return href[len("file://") :]
+    return href
+
+
+# ----------------------------------------------------------------------------------------------- retries
+
+_PERMANENT_MARKERS = (
+    "404",
+    "403",
+    "no such file",
+    "does not exist",
+    "not recognized as",
+    "not a supported file format",
+    "access denied",
+    "tiffread",
+    "tiffreadencoded",
+    "read error",
+    "ireadblock failed",
+    "cannot seek",
+)
+_TRANSIENT_MARKERS = (
+    "http response code: 5",
+    "http response code: 429",
+    "timed out",
+    "timeout",
+    "connection",
+    "couldn't connect",
+    "curl error",
+    "temporarily",
+    "slow down",
+    "throttl",
+)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether an I/O error may go away on retry (5xx, 429, timeouts, dropped connections)."""
+    message = str(error).lower()
+    if any(m in message for m in _TRANSIENT_MARKERS):
+        return True
+    if any(m in message for m in _PERMANENT_MARKERS):
+        return False
+    return isinstance(error, TimeoutError | ConnectionError)
+
+
+def with_retries(
+    fn: Callable[[], T],
+    what: str,
+    attempts: int = 4,
+    base_delay: float = 0.5,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Call ``fn``; on a transient error retry with exponential backoff (0.5 s, 1 s, 2 s...)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == attempts or not is_transient(exc):
+                raise
+            delay = base_delay * 2 ** (attempt - 1)
+            log.warning(
+                "%s: transient error (%s), retry %d/%d in %.1fs", what, exc, attempt, attempts - 1, delay
+            )
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+@dataclass(frozen=True)
+class BandInfo:
+    href: str
+    crs: object
+    transform: tuple[float, ...]
+    shape: tuple[int, int]
+    dtype: str
+    nodata: float | None
+    block_shape: tuple[int, int]
+
+
+class BandReader:
+    """Thread-safe windowed reads of band 1 of a raster: one rasterio handle per thread.
+
+    Counts the compressed bytes of the internal blocks each read touches (``bytes_read``), which is what a
+    range-request reader fetches from a COG.
+    """
+
+    def __init__(self, href: str, retries: int = 4):
+        self.href = href
+        self.retries = retries
+        self._local = threading.local()
+        self._handles: list = []
+        self._lock = threading.Lock()
+        self._counted: set[tuple[int, int]] = set()
+        self.bytes_read = 0
+        self.info = with_retries(self._describe, f"open {href}", attempts=retries)
+
+    def _open(self):
+        ds = getattr(self._local, "ds", None)
+        if ds is None:
+            import rasterio
+
+            ds = rasterio.open(gdal_path(self.href))
+            self._local.ds = ds
+            with self._lock:
+                self._handles.append(ds)
+        return ds
+
+    def _describe(self) -> BandInfo:
+        try:
+            ds = self._open()
+        except Exception as exc:
+            self._local.ds = None
+            raise SceneError(f"cannot open {self.href}: {_short(exc, self.href)}") from exc
+        return BandInfo(
+            href=self.href,
+            crs=ds.crs,
+            transform=tuple(ds.transform)[:6],
+            shape=(ds.height, ds.width),
+            dtype=ds.dtypes[0],
+            nodata=ds.nodata,
+            block_shape=tuple(ds.block_shapes[0]),
+        )
+
+    def read(self, window) -> np.ndarray:
+        """Read a :class:`rasterio.windows.Window` of band 1, with retries on transient errors."""
+
+        def attempt() -> np.ndarray:
+            ds = self._open()
+            try:
+                return ds.read(1, window=window)
+            except Exception:
+                # a handle that hit an error may be in a bad state: reopen on the next attempt
+                self._local.ds = None
+                raise
+
+        try:
+            data = with_retries(attempt, f"read {self.href}", attempts=self.retries)
+        except Exception as exc:
+            raise SceneError(f"cannot read {self.href} {_window_str(window)}: {_short(exc)}") from exc
+        self._count_bytes(window)
+        return data
+
+    def _count_bytes(self, window) -> None:
+        by, bx = self.info.block_shape
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        blocks = [
+            (i, j) for i in range(r0 // by, (r1 - 1) // by + 1) for j in range(c0 // bx, (c1 - 1) // bx + 1)
+        ]
+        ds = self._open()
+        total = 0
+        for ij in blocks:
+            with self._lock:
+                if ij in self._counted:
+                    continue
+                self._counted.add(ij)
+            try:
+                total += int(ds.block_size(1, *ij) or 0)
+            except Exception:  # noqa: BLE001 - block sizes are accounting, never a reason to fail
+                total += by * bx * np.dtype(self.info.dtype).itemsize
+        with self._lock:
+            self.bytes_read += total
+
+    def close(self) -> None:
+        with self._lock:
+            for ds in self._handles:
+                with contextlib.suppress(Exception):
+                    ds.close()
+            self._handles.clear()
+        self._local = threading.local()
+
+
+class ResampledReader:
+    """Reads a class raster (SCL) on another grid by nearest-neighbour resampling (rasterio WarpedVRT)."""
+
+    def __init__(self, reader: BandReader, target: BandInfo):
+        self.reader = reader
+        self.target = target
+        self._local = threading.local()
+        self._vrts: list = []
+        self._lock = threading.Lock()
+
+    @property
+    def bytes_read(self) -> int:
+        return self.reader.bytes_read
+
+    def read(self, window) -> np.ndarray:
+        from affine import Affine
+        from rasterio.enums import Resampling
+        from rasterio.vrt import WarpedVRT
+
+        vrt = getattr(self._local, "vrt", None)
+        if vrt is None:
+            vrt = WarpedVRT(
+                self.reader._open(),
+                crs=self.target.crs,
+                transform=Affine(*self.target.transform),
+                width=self.target.shape[1],
+                height=self.target.shape[0],
+                resampling=Resampling.nearest,
+                nodata=0,
+            )
+            self._local.vrt = vrt
+            with self._lock:
+                self._vrts.append(vrt)
+        try:
+            return with_retries(lambda: vrt.read(1, window=window), f"read {self.reader.href}")
+        except Exception as exc:
+            raise SceneError(f"cannot read {self.reader.href} (resampled): {_short(exc)}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            for vrt in self._vrts:
+                with contextlib.suppress(Exception):
+                    vrt.close()
+            self._vrts.clear()
+        self.reader.close()
+
+
+def _short(exc: BaseException, href: str | None = None) -> str:
+    text = str(exc).strip().replace("\n", " ")
+    if href:  # GDAL repeats the path: "<path>: No such file or directory"
+        text = text.replace(f"{gdal_path(href)}: ", "").replace(f"{href}: ", "")
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _window_str(window) -> str:
+    return (
+        f"rows {int(window.row_off)}-{int(window.row_off + window.height)}, cols {int(window.col_off)}-"
+        + str(int(window.col_off + window.width))
+    )
+
+
+# ----------------------------------------------------------------------------------------------- writing
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    dtype: str  # "int16" | "float32"
+    compress: str  # "ZSTD" | "DEFLATE" | "LZW" | "LERC_ZSTD" | "NONE"
+    level: int | None
+    predictor: int | None
+    blocksize: int
+    overview_resampling: str
+    max_z_error: float | None = None
+
+    @property
+    def nodata(self) -> float:
+        from ndvi_worker.ndvi import INT16_NODATA
+
+        return INT16_NODATA if self.dtype == "int16" else float("nan")
+
+    def cog_options(self, threads: int) -> dict[str, str]:
+        opts = {
+            "BLOCKSIZE": str(self.blocksize),
+            "COMPRESS": self.compress,
+            "OVERVIEW_RESAMPLING": self.overview_resampling,
+            "RESAMPLING": self.overview_resampling,
+            "NUM_THREADS": str(max(1, threads)),
+            "BIGTIFF": "IF_SAFER",
+        }
+        if self.level is not None and self.compress in {"ZSTD", "DEFLATE", "LERC_ZSTD", "LERC_DEFLATE"}:
+            opts["LEVEL"] = str(self.level)
+        if self.predictor and self.compress in {"ZSTD", "DEFLATE", "LZW"}:
+            opts["PREDICTOR"] = "YES" if self.predictor in (2, 3) else "NO"
+        if self.max_z_error is not None and self.compress.startswith("LERC"):
+            opts["MAX_Z_ERROR"] = str(self.max_z_error)
+        return opts
+
+
+class StagingRaster:
+    """An uncompressed tiled GeoTIFF in the staging folder that chunks are written into, from any thread.
+
+    Uncompressed, so the full resolution is compressed exactly once: when :func:`write_cog` turns it into
+    the final COG (the staging file lives in the page cache, not in the process's memory).
+    """
+
+    def __init__(self, path: Path, info: BandInfo, fmt: OutputFormat, tags: dict[str, str]):
+        import rasterio
+        from affine import Affine
+
+        self.path = path
+        self._lock = threading.Lock()
+        profile = {
+            "driver": "GTiff",
+            "width": info.shape[1],
+            "height": info.shape[0],
+            "count": 1,
+            "dtype": fmt.dtype,
+            "crs": info.crs,
+            "transform": Affine(*info.transform),
+            "nodata": fmt.nodata,
+            "tiled": True,
+            "blockxsize": fmt.blocksize,
+            "blockysize": fmt.blocksize,
+            "compress": "NONE",
+            "BIGTIFF": "IF_SAFER",
+            "SPARSE_OK": "TRUE",
+        }
+        self._ds = rasterio.open(path, "w", **profile)
+        self._ds.update_tags(**tags)
+        self._ds.set_band_description(1, "ndvi")
+        if fmt.dtype == "int16":
+            from ndvi_worker.ndvi import INT16_SCALE
+
+            self._ds.scales = (1.0 / INT16_SCALE,)
+            self._ds.offsets = (0.0,)
+
+    def write(self, data: np.ndarray, window) -> None:
+        with self._lock:
+            self._ds.write(data, 1, window=window)
+
+    def close(self) -> None:
+        if not self._ds.closed:
+            self._ds.close()
+
+
+def write_cog(src: Path, dst: Path, fmt: OutputFormat, threads: int) -> None:
+    """Translate the staging GeoTIFF into a Cloud-Optimized GeoTIFF with GDAL's COG driver."""
+    import rasterio.shutil
+
+    rasterio.shutil.copy(str(src), str(dst), driver="COG", **fmt.cog_options(threads))
+
+
+def write_quicklook(cog: Path, dst: Path, max_size: int = 512) -> None:
+    """A small colour PNG of the NDVI (read from the COG's overviews): brown (-0.2) to dark green (0.9),
+    transparent where masked."""
+    import rasterio
+    import rasterio.errors
+    from rasterio.enums import Resampling
+
+    with rasterio.open(cog) as ds:
+        scale = max(ds.width, ds.height) / max_size
+        shape = (max(1, round(ds.height / max(scale, 1))), max(1, round(ds.width / max(scale, 1))))
+        data = ds.read(1, out_shape=shape, masked=True, resampling=Resampling.nearest).astype("float32")
+        factor = ds.scales[0] or 1.0
+    values = data.filled(np.nan) * factor
+    rgba = colorize_ndvi(values)
+    profile = {"driver": "PNG", "width": shape[1], "height": shape[0], "count": 4, "dtype": "uint8"}
+    with warnings.catch_warnings(), rasterio.MemoryFile() as mem:
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with mem.open(**{**profile, "driver": "GTiff"}) as tmp:
+            tmp.write(rgba)
+            rasterio.shutil.copy(tmp, str(dst), driver="PNG")
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(str(dst) + ".aux.xml")
+
+
+_RAMP = np.array(
+    [  # ndvi, r, g, b
+        [-0.2, 140, 81, 10],
+        [0.0, 216, 179, 101],
+        [0.2, 246, 232, 195],
+        [0.4, 199, 234, 229],
+        [0.5, 128, 205, 110],
+        [0.7, 35, 139, 69],
+        [0.9, 0, 68, 27],
+    ],
+    dtype="float32",
+)
+
+
+def colorize_ndvi(values: np.ndarray) -> np.ndarray:
+    """RGBA uint8 (4, H, W) of an NDVI array; NaN is transparent."""
+    rgba = np.zeros((4,) + values.shape, dtype=np.uint8)
+    nan = np.isnan(values)
+    v = np.where(nan, 0, values)
+    for k in range(3):
+        rgba[k] = np.interp(v, _RAMP[:, 0], _RAMP[:, k + 1]).astype(np.uint8)
+    rgba[3] = np.where(nan, 0, 255)
+    return rgba
+
+
+# ----------------------------------------------------------------------------------------------- publishing
+
+
+def publish(src: Path, dst: Path) -> None:
+    """Move a finished file into the output folder atomically.
+
+    Same file system: one ``rename``. Another file system (e.g. only the output folder bind-mounted): copy
+    to a hidden ``.<name>.partial`` beside the destination, fsync, then rename, so the final name never
+    points at a partial file.
+    """
+    try:
+        os.replace(src, dst)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+    partial = dst.with_name(f".{dst.name}.partial")
+    with open(src, "rb") as fin, open(partial, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 16 * 1024 * 1024)
+        fout.flush()
+        os.fsync(fout.fileno())
+    os.replace(partial, dst)
+    os.remove(src)
+
+
+def write_json_atomic(data: str, dst: Path, staging: Path) -> None:
+    staging.mkdir(parents=True, exist_ok=True)
+    tmp = staging / f"{dst.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+    tmp.write_text(data)
+    publish(tmp, dst)
+
+
+def remove_partials(output: Path) -> int:
+    """Remove ``.*.partial`` files a killed run left in the output folder; returns how many."""
+    removed = 0
+    for p in list(output.glob(".*.partial")) + list(output.glob("_reports/.*.partial")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed += 1
+    return removed
+
+
+@contextlib.contextmanager
+def scratch_dir(root: Path, name: str) -> Iterator[Path]:
+    """A private folder under ``root`` for one scene, removed afterwards whatever happens."""
+    path = root / name
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def same_filesystem(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False

@@ -1,0 +1,201 @@
+"""Pure NDVI science on numpy arrays: reflectance offset, SCL on the 10 m grid, masks, NDVI, statistics.
+
+Every function takes and returns arrays or small dicts, so each rule can be tested on a 3 x 3 array.
+
+The rules (README "The science"):
+
+* reflectance = (DN + add_dn) / 10000, with ``add_dn`` from :func:`ndvi_worker.stac.decide_offset`;
+  NDVI is scale-invariant, so it is computed on ``DN + add_dn`` directly.
+* masked: DN 0 in either band (nodata); SCL class in the mask set; SCL 0 (no data) always; reflectance at or
+  below 0.0001 in either band (``DN + add_dn <= 1``): the DN-1 clamp of offset-applied COGs and negative
+  reflectance after removing the offset are not measurements, and a red value of 1 DN would give a spurious
+  NDVI near +1 over water and shadow; non-positive denominators.
+* SCL (20 m) reaches the 10 m grid by an exact 2 x 2 block repeat (nearest neighbour); class codes are never
+  interpolated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_MASK_CLASSES: tuple[int, ...] = (0, 1, 3, 8, 9, 10)
+#: DN (after the offset) at or below which a band is treated as clamped / non-physical.
+CLAMP_FLOOR_DN = 1
+INT16_SCALE = 10000
+INT16_NODATA = -32768
+
+
+def mask_lut(mask_classes: Iterable[int]) -> np.ndarray:
+    """A 256-entry boolean lookup table: ``lut[scl]`` is True where the pixel is masked. SCL 0 is always masked."""
+    lut = np.zeros(256, dtype=bool)
+    for c in mask_classes:
+        if not 0 <= int(c) <= 255:
+            raise ValueError(f"SCL class {c} is outside 0-255")
+        lut[int(c)] = True
+    lut[0] = True
+    return lut
+
+
+def upsample_scl(scl: np.ndarray, shape: tuple[int, int], factor: int = 2) -> np.ndarray:
+    """Nearest-neighbour upsampling by an integer factor (a block repeat), cropped to ``shape``.
+
+    When the 20 m grid shares the 10 m grid's upper-left corner and has exactly twice its pixel size, this is
+    the exact nearest-neighbour resampling: every SCL pixel covers ``factor x factor`` 10 m pixels.
+    """
+    rows, cols = shape
+    if scl.shape[0] * factor < rows or scl.shape[1] * factor < cols:
+        raise ValueError(f"SCL block {scl.shape} x{factor} does not cover {shape}")
+    out = np.repeat(np.repeat(scl, factor, axis=0), factor, axis=1)
+    return out[:rows, :cols]
+
+
+def scl_alignment(
+    red_transform: tuple[float, ...],
+    red_shape: tuple[int, int],
+    scl_transform: tuple[float, ...],
+    scl_shape: tuple[int, int],
+    tol: float = 1e-6,
+) -> int | None:
+    """The integer upsampling factor when the SCL grid nests exactly in the red grid, else ``None``.
+
+    Transforms are GDAL-order affine coefficients ``(a, b, c, d, e, f)`` (pixel width, row rotation, x origin,
+    column rotation, pixel height, y origin). Exact nesting: no rotation, same origin, SCL pixel size an integer
+    multiple of the red pixel size, and the SCL grid covering the red grid.
+    """
+    a, b, c, d, e, f = red_transform[:6]
+    sa, sb, sc, sd, se, sf = scl_transform[:6]
+    if b or d or sb or sd:
+        return None
+    if abs(c - sc) > tol * max(1.0, abs(a)) or abs(f - sf) > tol * max(1.0, abs(e)):
+        return None
+    fx, fy = sa / a, se / e
+    factor = round(fx)
+    if factor < 1 or abs(fx - factor) > tol or abs(fy - factor) > tol:
+        return None
+    if scl_shape[0] * factor < red_shape[0] or scl_shape[1] * factor < red_shape[1]:
+        return None
+    return factor
+
+
+@dataclass
+class BlockStats:
+    """Additive statistics of one block; ``+`` merges blocks."""
+
+    pixels: int = 0
+    valid: int = 0
+    nodata: int = 0
+    scl_masked: int = 0
+    clamped: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+    minimum: float = float("inf")
+    maximum: float = float("-inf")
+    scl_counts: list[int] = field(default_factory=lambda: [0] * 256)
+
+    def __add__(self, other: BlockStats) -> BlockStats:
+        return BlockStats(
+            pixels=self.pixels + other.pixels,
+            valid=self.valid + other.valid,
+            nodata=self.nodata + other.nodata,
+            scl_masked=self.scl_masked + other.scl_masked,
+            clamped=self.clamped + other.clamped,
+            total=self.total + other.total,
+            total_sq=self.total_sq + other.total_sq,
+            minimum=min(self.minimum, other.minimum),
+            maximum=max(self.maximum, other.maximum),
+            scl_counts=[x + y for x, y in zip(self.scl_counts, other.scl_counts, strict=True)],
+        )
+
+    def summary(self) -> dict:
+        """NDVI statistics and mask fractions as a JSON-ready dict."""
+        out: dict = {
+            "pixels": self.pixels,
+            "valid_pixels": self.valid,
+            "valid_fraction": self.valid / self.pixels if self.pixels else 0.0,
+            "nodata_fraction": self.nodata / self.pixels if self.pixels else 0.0,
+            "scl_masked_fraction": self.scl_masked / self.pixels if self.pixels else 0.0,
+            "clamped_fraction": self.clamped / self.pixels if self.pixels else 0.0,
+        }
+        if self.valid:
+            mean = self.total / self.valid
+            var = max(self.total_sq / self.valid - mean * mean, 0.0)
+            out.update(
+                {
+                    "mean": mean,
+                    "std": var**0.5,
+                    "minimum": float(self.minimum),
+                    "maximum": float(self.maximum),
+                }
+            )
+        else:
+            out.update({"mean": None, "std": None, "minimum": None, "maximum": None})
+        out["scl_class_counts"] = {str(k): v for k, v in enumerate(self.scl_counts) if v}
+        return out
+
+
+def compute_ndvi(
+    red: np.ndarray,
+    nir: np.ndarray,
+    scl: np.ndarray | None,
+    add_dn: int,
+    lut: np.ndarray,
+) -> tuple[np.ndarray, BlockStats]:
+    """NDVI (float32, NaN where masked) and block statistics from DN arrays on the same grid.
+
+    ``red`` and ``nir`` are integer DN (uint16 in the public COGs), ``scl`` the SCL classes already on the
+    same grid (or ``None`` to skip cloud masking), ``add_dn`` the BOA offset in DN, ``lut`` from :func:`mask_lut`.
+    """
+    if red.shape != nir.shape or (scl is not None and scl.shape != red.shape):
+        raise ValueError(
+            f"shape mismatch: red {red.shape}, nir {nir.shape}, scl {None if scl is None else scl.shape}"
+        )
+    stats = BlockStats(pixels=int(red.size))
+    nodata = (red == 0) | (nir == 0)
+    r = red.astype(np.float32)
+    n = nir.astype(np.float32)
+    if add_dn:
+        r += np.float32(add_dn)
+        n += np.float32(add_dn)
+    clamped = (r <= CLAMP_FLOOR_DN) | (n <= CLAMP_FLOOR_DN)
+    clamped &= ~nodata
+    invalid = nodata | clamped
+    if scl is not None:
+        cloud = lut[scl]
+        stats.scl_masked = int(np.count_nonzero(cloud & ~nodata))
+        invalid |= cloud
+        counts = np.bincount(scl.ravel(), minlength=256)
+        stats.scl_counts = [int(x) for x in counts[:256]]
+    den = n + r
+    invalid |= den <= 0
+    num = n
+    num -= r  # n is no longer needed as nir
+    den[invalid] = 1.0
+    ndvi = num
+    np.divide(num, den, out=ndvi)
+    ndvi[invalid] = np.nan
+    np.clip(ndvi, -1.0, 1.0, out=ndvi)
+
+    stats.nodata = int(np.count_nonzero(nodata))
+    stats.clamped = int(np.count_nonzero(clamped))
+    valid_values = ndvi[~invalid]
+    stats.valid = int(valid_values.size)
+    if stats.valid:
+        v64 = valid_values.astype(np.float64)
+        stats.total = float(v64.sum())
+        stats.total_sq = float(np.dot(v64, v64))
+        stats.minimum = float(valid_values.min())
+        stats.maximum = float(valid_values.max())
+    return ndvi, stats
+
+
+def to_int16(ndvi: np.ndarray) -> np.ndarray:
+    """NDVI scaled by 10000 into int16 with :data:`INT16_NODATA` where NaN (value = int16 / 10000)."""
+    out = np.empty(ndvi.shape, dtype=np.int16)
+    nan = np.isnan(ndvi)
+    scaled = np.rint(np.where(nan, 0.0, ndvi) * INT16_SCALE)
+    out[...] = scaled
+    out[nan] = INT16_NODATA
+    return out

@@ -1,0 +1,166 @@
+"""Per-scene records, the per-host report and the STAC item describing each output. Pure: dicts in, dicts out."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+
+from ndvi_worker import __version__
+from ndvi_worker.ndvi import INT16_NODATA, INT16_SCALE
+
+STATUSES = ("done", "skipped", "failed")
+
+
+@dataclass
+class SceneRecord:
+    source: str
+    item_id: str | None
+    status: str
+    seconds: float = 0.0
+    bytes_read: int = 0
+    valid_fraction: float | None = None
+    error: str | None = None
+    output: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def utcnow() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def summarize(records: list[SceneRecord]) -> dict:
+    counts = {s: 0 for s in STATUSES}
+    for r in records:
+        counts[r.status] += 1
+    return {"total": len(records), **counts}
+
+
+def host_report(host: str, hosts: list[str], started: str, records: list[SceneRecord], options: dict) -> dict:
+    return {
+        "host": host,
+        "hosts": hosts,
+        "started": started,
+        "finished": utcnow(),
+        "worker_version": __version__,
+        "options": options,
+        "summary": summarize(records),
+        "bytes_read": sum(r.bytes_read for r in records),
+        "scenes": [r.to_dict() for r in records],
+    }
+
+
+def exit_message(records: list[SceneRecord], host: str) -> str:
+    """A short summary for /opt/ml/output/message (SageMaker shows the first 1 KB as ExitMessage)."""
+    s = summarize(records)
+    text = f"{host}: {s['done']} done, {s['skipped']} skipped, {s['failed']} failed of {s['total']} scenes."
+    failed = [r for r in records if r.status == "failed"]
+    if failed:
+        text += " Failed: " + "; ".join(f"{r.item_id or r.source}: {r.error}" for r in failed[:5])
+        if len(failed) > 5:
+            text += f"; and {len(failed) - 5} more (see _reports/{host}.json)"
+    return text[:1024]
+
+
+def output_item(
+    scene_item: dict,
+    item_id: str,
+    cog_name: str,
+    cog_size: int,
+    quicklook_name: str | None,
+    source_href: str | None,
+    stats: dict,
+    mask_classes: list[int],
+    offset: dict,
+    dtype: str,
+    scl_resampling: str,
+    shape: tuple[int, int],
+    transform: tuple[float, ...],
+    epsg: int | None,
+) -> dict:
+    """The STAC item (as a dict, validated by pystac in tests) describing one NDVI output."""
+    props_in = scene_item.get("properties") or {}
+    keep = (
+        "datetime",
+        "platform",
+        "constellation",
+        "instruments",
+        "eo:cloud_cover",
+        "grid:code",
+        "mgrs:utm_zone",
+        "mgrs:latitude_band",
+        "mgrs:grid_square",
+        "s2:processing_baseline",
+        "sentinel:processing_baseline",
+    )
+    properties = {k: props_in[k] for k in keep if k in props_in}
+    properties.setdefault("datetime", props_in.get("datetime"))
+    properties.update(
+        {
+            "created": utcnow(),
+            "processing:software": {"earthmon-ndvi-worker": __version__},
+            "earthmon:mask_classes": mask_classes,
+            "earthmon:boa_offset": offset,
+            "earthmon:scl_resampling": scl_resampling,
+            "earthmon:valid_fraction": stats["valid_fraction"],
+            "earthmon:statistics": {
+                k: stats[k] for k in ("mean", "std", "minimum", "maximum", "valid_pixels")
+            },
+            "earthmon:mask_fractions": {
+                "nodata": stats["nodata_fraction"],
+                "scl": stats["scl_masked_fraction"],
+                "clamped": stats["clamped_fraction"],
+            },
+            "earthmon:scl_class_counts": stats.get("scl_class_counts", {}),
+            "proj:epsg": epsg,
+            "proj:shape": list(shape),
+            "proj:transform": list(transform),
+        }
+    )
+    band: dict = {"data_type": dtype}
+    band["statistics"] = {
+        "mean": stats["mean"],
+        "stddev": stats["std"],
+        "minimum": stats["minimum"],
+        "maximum": stats["maximum"],
+        "valid_percent": 100.0 * stats["valid_fraction"],
+    }
+    if dtype == "int16":
+        band.update({"nodata": INT16_NODATA, "scale": 1.0 / INT16_SCALE, "offset": 0.0})
+    else:
+        band["nodata"] = "nan"
+    assets = {
+        "ndvi": {
+            "href": f"./{cog_name}",
+            "type": "image/tiff; application=geotiff; profile=cloud-optimized",
+            "title": "NDVI",
+            "roles": ["data"],
+            "file:size": cog_size,
+            "raster:bands": [band],
+        }
+    }
+    if quicklook_name:
+        assets["quicklook"] = {"href": f"./{quicklook_name}", "type": "image/png", "roles": ["overview"]}
+    links = []
+    if source_href:
+        links.append({"rel": "derived_from", "href": source_href, "type": "application/geo+json"})
+    for link in scene_item.get("links") or []:
+        if link.get("rel") in ("self", "canonical") and link.get("href") and link["href"] != source_href:
+            links.append({"rel": "derived_from", "href": link["href"], "type": "application/geo+json"})
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "stac_extensions": [
+            "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+            "https://stac-extensions.github.io/file/v2.1.0/schema.json",
+            "https://stac-extensions.github.io/processing/v1.1.0/schema.json",
+        ],
+        "id": f"{item_id}_ndvi",
+        "geometry": scene_item.get("geometry"),
+        "bbox": scene_item.get("bbox"),
+        "properties": properties,
+        "assets": assets,
+        "links": links,
+    }

@@ -1,0 +1,463 @@
+"""Orchestration: find the shard's items, process scenes (several in flight, each chunked with dask), report.
+
+Per scene: open the three bands (retrying transient errors), check the grids, then a dask graph of independent
+chunk tasks (read red / nir / SCL windows aligned with the COG blocks -> NDVI -> write into an uncompressed staging
+GeoTIFF) runs on a thread pool, so memory is ``workers x chunk`` whatever the scene size; GDAL's COG driver then
+compresses the full resolution once and builds the overviews; the COG, a quicklook PNG and the STAC item are moved
+into the output folder, the STAC item last (its presence marks the scene complete).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ndvi_worker import io as wio
+from ndvi_worker.config import WorkerConfig
+from ndvi_worker.contract import ProcessingPaths
+from ndvi_worker.discover import InputItem, find_items
+from ndvi_worker.ndvi import BlockStats, compute_ndvi, mask_lut, scl_alignment, to_int16, upsample_scl
+from ndvi_worker.report import SceneRecord, exit_message, host_report, output_item, utcnow
+from ndvi_worker.stac import ItemError, Scene, scene_from_item
+
+log = logging.getLogger("ndvi_worker")
+
+
+# ----------------------------------------------------------------------------------------------- one scene
+
+
+def chunk_windows(shape: tuple[int, int], chunk: int):
+    """Windows tiling a raster in ``chunk x chunk`` pieces (aligned with the source's 1024 blocks by default)."""
+    from rasterio.windows import Window
+
+    rows, cols = shape
+    return [
+        Window(c0, r0, min(chunk, cols - c0), min(chunk, rows - r0))
+        for r0 in range(0, rows, chunk)
+        for c0 in range(0, cols, chunk)
+    ]
+
+
+def check_grids(red: wio.BandInfo, nir: wio.BandInfo, scl: wio.BandInfo) -> int | None:
+    """Raise :class:`SceneError` when the bands cannot be combined; return the SCL block factor (or None)."""
+    if red.crs != nir.crs:
+        raise wio.SceneError(f"CRS mismatch: red is {red.crs}, nir is {nir.crs}")
+    if red.shape != nir.shape or not np.allclose(red.transform, nir.transform, rtol=0, atol=1e-6):
+        raise wio.SceneError(
+            f"grid mismatch: red {red.shape[1]}x{red.shape[0]} at {red.transform}, "
+            f"nir {nir.shape[1]}x{nir.shape[0]} at {nir.transform}"
+        )
+    if scl.crs != red.crs:
+        raise wio.SceneError(f"CRS mismatch: scl is {scl.crs}, red is {red.crs}")
+    for band, info in (("red", red), ("nir", nir)):
+        if np.dtype(info.dtype).kind not in "ui":
+            raise wio.SceneError(f"{band} band has data type {info.dtype}; integer DN were expected")
+    if np.dtype(scl.dtype).kind not in "ui" or np.dtype(scl.dtype).itemsize != 1:
+        raise wio.SceneError(f"scl band has data type {scl.dtype}; uint8 classes were expected")
+    return scl_alignment(red.transform, red.shape, scl.transform, scl.shape)
+
+
+def existing_output_valid(output: Path, stem: str) -> bool:
+    """True when a previous run published this scene completely (STAC item present, COG of the recorded size)."""
+    item_path = output / f"{stem}.json"
+    cog_path = output / f"{stem}.tif"
+    try:
+        item = json.loads(item_path.read_text())
+        expected = item["assets"]["ndvi"]["file:size"]
+        return cog_path.stat().st_size == expected
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+
+
+@dataclass
+class SceneResult:
+    stats: dict
+    bytes_read: int
+    scl_resampling: str
+
+
+def process_scene(
+    scene: Scene, cfg: WorkerConfig, staging_root: Path, source_href: str | None
+) -> SceneResult:
+    """Compute and publish one scene's NDVI. Raises on failure; never leaves a partial file in the output."""
+    import dask
+
+    fmt = wio.OutputFormat(
+        dtype=cfg.dtype,
+        compress=cfg.compress,
+        level=cfg.level,
+        predictor=cfg.predictor,
+        blocksize=cfg.blocksize,
+        overview_resampling="AVERAGE",
+        max_z_error=cfg.max_z_error,
+    )
+    lut = mask_lut(cfg.mask_classes)
+    readers: list = []
+    try:
+        red = wio.BandReader(scene.red, cfg.retries)
+        readers.append(red)
+        nir = wio.BandReader(scene.nir, cfg.retries)
+        readers.append(nir)
+        scl = wio.BandReader(scene.scl, cfg.retries)
+        readers.append(scl)
+        factor = check_grids(red.info, nir.info, scl.info)
+        shape = red.info.shape
+        if factor is not None:
+            scl_resampling = "block-repeat" if factor > 1 else "identity"
+
+            def read_scl(window):
+                from rasterio.windows import Window
+
+                r0, c0 = int(window.row_off), int(window.col_off)
+                r1, c1 = r0 + int(window.height), c0 + int(window.width)
+                sr0, sc0 = r0 // factor, c0 // factor
+                sr1 = min(math.ceil(r1 / factor), scl.info.shape[0])
+                sc1 = min(math.ceil(c1 / factor), scl.info.shape[1])
+                block = scl.read(Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
+                up = upsample_scl(block, ((sr1 - sr0) * factor, (sc1 - sc0) * factor), factor)
+                return up[r0 - sr0 * factor : r1 - sr0 * factor, c0 - sc0 * factor : c1 - sc0 * factor]
+        else:
+            scl_resampling = "nearest"
+            resampled = wio.ResampledReader(scl, red.info)
+            readers.append(resampled)
+            read_scl = resampled.read
+            log.info(
+                "%s: SCL grid is not nested in the 10 m grid; resampling it by nearest neighbour",
+                scene.item_id,
+            )
+
+        with wio.scratch_dir(staging_root, scene.output_stem) as work:
+            tags = {
+                "NDVI_SOURCE_ITEM": scene.item_id,
+                "NDVI_MASK_CLASSES": ",".join(map(str, cfg.mask_classes)),
+                "NDVI_BOA_ADD_OFFSET_DN": str(scene.offset.add_dn),
+                "NDVI_SCALE": "0.0001" if cfg.dtype == "int16" else "1",
+            }
+            staging = wio.StagingRaster(work / "full.tif", red.info, fmt, tags)
+            try:
+
+                def chunk_task(window) -> BlockStats:
+                    r = red.read(window)
+                    n = nir.read(window)
+                    s = read_scl(window)
+                    ndvi, stats = compute_ndvi(r, n, s, scene.offset.add_dn, lut)
+                    staging.write(to_int16(ndvi) if cfg.dtype == "int16" else ndvi, window)
+                    return stats
+
+                tasks = [
+                    dask.delayed(chunk_task, pure=False)(w) for w in chunk_windows(shape, cfg.chunk_size)
+                ]
+                parts = dask.compute(*tasks, scheduler="threads", num_workers=cfg.workers)
+            finally:
+                staging.close()
+            total = BlockStats()
+            for p in parts:
+                total = total + p
+            stats = total.summary()
+
+            cog_name = f"{scene.output_stem}.tif"
+            wio.write_cog(work / "full.tif", work / cog_name, fmt, threads=cfg.workers)
+            (work / "full.tif").unlink()
+            png_name = None
+            if cfg.quicklook:
+                png_name = f"{scene.output_stem}.png"
+                wio.write_quicklook(work / cog_name, work / png_name)
+            epsg = red.info.crs.to_epsg() if red.info.crs else None
+            item = output_item(
+                scene.item,
+                scene.item_id,
+                cog_name,
+                (work / cog_name).stat().st_size,
+                png_name,
+                source_href,
+                stats,
+                list(cfg.mask_classes),
+                scene.offset.to_dict(),
+                cfg.dtype,
+                scl_resampling,
+                shape,
+                red.info.transform,
+                epsg,
+            )
+            (work / f"{scene.output_stem}.json").write_text(json.dumps(item, indent=2))
+            out = cfg.output_dir
+            wio.publish(work / cog_name, out / cog_name)
+            if png_name:
+                wio.publish(work / png_name, out / png_name)
+            wio.publish(work / f"{scene.output_stem}.json", out / f"{scene.output_stem}.json")
+        return SceneResult(stats, sum(r.bytes_read for r in readers[:3]), scl_resampling)
+    finally:
+        for r in readers:
+            r.close()
+
+
+def scene_record(
+    scene: Scene, cfg: WorkerConfig, staging_root: Path, location: str, source: str
+) -> SceneRecord:
+    """Process one scene and describe the outcome; any exception becomes a failed record, never a crash."""
+    t0 = time.monotonic()
+    try:
+        result = process_scene(scene, cfg, staging_root, location)
+    except Exception as exc:  # noqa: BLE001 - one bad scene never fails the shard
+        log.debug("scene %s failed", scene.item_id, exc_info=True)
+        message = str(exc) if isinstance(exc, wio.SceneError | ItemError) else f"{type(exc).__name__}: {exc}"
+        return SceneRecord(
+            source, scene.item_id, "failed", seconds=round(time.monotonic() - t0, 3), error=message
+        )
+    return SceneRecord(
+        source,
+        scene.item_id,
+        "done",
+        seconds=round(time.monotonic() - t0, 3),
+        bytes_read=result.bytes_read,
+        valid_fraction=result.stats["valid_fraction"],
+        output=f"{scene.output_stem}.tif",
+    )
+
+
+# ----------------------------------------------------------------------------------------------- the shard
+
+
+@dataclass
+class Planned:
+    entry: InputItem
+    scene: Scene | None
+    record: SceneRecord | None  # already decided (skipped / failed before processing)
+
+
+def plan_shard(entries: list[InputItem], cfg: WorkerConfig) -> list[Planned]:
+    """Decide per input: failed (unreadable, bad item), skipped (duplicate, valid output exists) or to process."""
+    planned: list[Planned] = []
+    seen: set[str] = set()
+    for entry in entries:
+        if entry.error:
+            planned.append(Planned(entry, None, SceneRecord(entry.source, None, "failed", error=entry.error)))
+            continue
+        item_id = entry.item.get("id") if isinstance(entry.item, dict) else None
+        try:
+            scene = scene_from_item(entry.item, entry.location, cfg.boa_offset)
+        except ItemError as exc:
+            shown = item_id if isinstance(item_id, str) and len(item_id) < 120 else None
+            planned.append(Planned(entry, None, SceneRecord(entry.source, shown, "failed", error=str(exc))))
+            continue
+        if scene.item_id in seen:
+            rec = SceneRecord(
+                entry.source, scene.item_id, "skipped", error="duplicate of an item earlier in the shard"
+            )
+            planned.append(Planned(entry, None, rec))
+            continue
+        seen.add(scene.item_id)
+        if not cfg.overwrite and existing_output_valid(cfg.output_dir, scene.output_stem):
+            rec = SceneRecord(entry.source, scene.item_id, "skipped", output=f"{scene.output_stem}.tif")
+            planned.append(Planned(entry, scene, rec))
+            continue
+        planned.append(Planned(entry, scene, None))
+    return planned
+
+
+class Progress:
+    """Progress lines for CloudWatch: scenes finished, rate, ETA."""
+
+    def __init__(self, host: str, total: int):
+        self.host, self.total = host, total
+        self.start = time.monotonic()
+        self.finished = 0
+        self.processed = 0
+
+    def update(self, record: SceneRecord, counts: dict) -> str:
+        self.finished += 1
+        if record.status != "skipped":
+            self.processed += 1
+        elapsed = time.monotonic() - self.start
+        remaining = self.total - self.finished
+        rate = self.processed / elapsed if elapsed > 0 and self.processed else 0.0
+        eta = _hms(remaining / rate) if rate else "--:--:--"
+        detail = f"{record.status} {record.item_id or record.source} in {record.seconds:.1f}s"
+        if record.error and record.status == "failed":
+            detail += f" ({record.error})"
+        return (
+            f"[{self.host}] {self.finished}/{self.total} scenes ({counts['done']} done, {counts['skipped']} skipped, "
+            f"{counts['failed']} failed), {rate * 60:.1f} scenes/min, ETA {eta} | {detail}"
+        )
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _staging_root(cfg: WorkerConfig, host: str) -> Path:
+    """Scratch space on the output's file system but outside the output folder (so a rename publishes)."""
+    if cfg.staging_dir is not None:
+        root = cfg.staging_dir
+    else:
+        root = cfg.output_dir.resolve().parent / f".ndvi-staging-{host}"
+    root.mkdir(parents=True, exist_ok=True)
+    if not wio.same_filesystem(root, cfg.output_dir):
+        log.warning(
+            "staging folder %s is on another file system than %s: outputs are copied to a hidden .partial file "
+            "and renamed (use --staging-dir on the output's file system to make publishing a single rename)",
+            root,
+            cfg.output_dir,
+        )
+    return root
+
+
+def run(cfg: WorkerConfig, paths: ProcessingPaths) -> int:
+    """Process every scene of the shard. Returns the exit status: 0 if no scene failed, 1 otherwise."""
+    wio.configure_gdal()
+    started = utcnow()
+    host = paths.current_host()
+    hosts = [str(h) for h in paths.resource().get("hosts", [])] or [host]
+    cfg.output_dir.mkdir(parents=True, exist_ok=True)
+    report_dir = cfg.output_dir / "_reports"
+    report_dir.mkdir(exist_ok=True)
+    removed = wio.remove_partials(cfg.output_dir)
+    if removed:
+        log.info("removed %d partial file(s) left by an interrupted run", removed)
+    staging_root = _staging_root(cfg, host)
+
+    entries = find_items(cfg.input_dir) if cfg.input_dir.exists() else []
+    planned = plan_shard(entries, cfg)
+    records: list[SceneRecord | None] = [p.record for p in planned]
+    todo = [i for i, p in enumerate(planned) if p.record is None]
+    log.info(
+        "[%s] %d input item(s) under %s: %d to process, %d skipped (output exists or duplicate), %d invalid",
+        host,
+        len(planned),
+        cfg.input_dir,
+        len(todo),
+        sum(1 for r in records if r and r.status == "skipped"),
+        sum(1 for r in records if r and r.status == "failed"),
+    )
+    progress = Progress(host, len(planned))
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    for r in records:
+        if r is not None:
+            counts[r.status] += 1
+            log.info(progress.update(r, counts))
+
+    def write_report() -> None:
+        final = [r for r in records if r is not None]
+        report = host_report(host, hosts, started, final, cfg.to_dict())
+        wio.write_json_atomic(json.dumps(report, indent=2), report_dir / f"{host}.json", staging_root)
+
+    def one(index: int) -> SceneRecord:
+        p = planned[index]
+        return scene_record(p.scene, cfg, staging_root, p.entry.location, p.entry.source)
+
+    stop = False
+    previous = signal.getsignal(signal.SIGTERM)
+    if _in_main_thread():
+        signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        write_report()
+        if cfg.scheduler:
+            _run_distributed(cfg, todo, planned, records, staging_root, progress, counts, write_report)
+        else:
+            with ThreadPoolExecutor(max_workers=cfg.scenes_in_flight, thread_name_prefix="scene") as pool:
+                pending: dict[Future, int] = {}
+                queue = list(todo)
+                while queue or pending:
+                    while queue and not stop and len(pending) < cfg.scenes_in_flight:
+                        i = queue.pop(0)
+                        pending[pool.submit(one, i)] = i
+                    if not pending:
+                        break
+                    finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in finished:
+                        i = pending.pop(fut)
+                        rec = fut.result()
+                        records[i] = rec
+                        counts[rec.status] += 1
+                        log.info(progress.update(rec, counts))
+                        if rec.status == "failed" and cfg.on_error == "fail":
+                            stop = True
+                    write_report()
+                    if stop and queue:
+                        for i in queue:
+                            p = planned[i]
+                            records[i] = SceneRecord(
+                                p.entry.source,
+                                p.scene.item_id,
+                                "failed",
+                                error="not attempted: --on-error fail",
+                            )
+                            counts["failed"] += 1
+                        queue = []
+    finally:
+        if _in_main_thread():
+            signal.signal(signal.SIGTERM, previous)
+        for i, r in enumerate(records):
+            if r is None:
+                p = planned[i]
+                records[i] = SceneRecord(p.entry.source, p.scene.item_id, "failed", error="interrupted")
+        write_report()
+        final = [r for r in records if r is not None]
+        message = exit_message(final, host)
+        try:
+            paths.message_file.parent.mkdir(parents=True, exist_ok=True)
+            paths.message_file.write_text(message)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", paths.message_file, exc)
+        log.info(message)
+    return 1 if any(r.status == "failed" for r in final) else 0
+
+
+def _run_distributed(cfg, todo, planned, records, staging_root, progress, counts, write_report) -> None:
+    """Scenes as tasks on an existing dask.distributed cluster (the output folder must be shared with it)."""
+    from distributed import Client, as_completed
+
+    client = Client(cfg.scheduler, timeout="30s")
+    try:
+        futures = {}
+        for i in todo:
+            p = planned[i]
+            fut = client.submit(
+                _distributed_scene, p.scene, cfg, staging_root, p.entry.location, p.entry.source, pure=False
+            )
+            futures[fut] = i
+        for fut in as_completed(futures):
+            i = futures[fut]
+            rec = fut.result()
+            records[i] = rec
+            counts[rec.status] += 1
+            log.info(progress.update(rec, counts))
+            write_report()
+    finally:
+        client.close()
+
+
+def _distributed_scene(scene, cfg, staging_root, location, source) -> SceneRecord:
+    wio.configure_gdal()
+    return scene_record(scene, cfg, staging_root, location, source)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stdout,
+        force=True,
+    )
+    for noisy in ("rasterio", "botocore", "urllib3", "distributed"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
