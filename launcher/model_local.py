@@ -1,0 +1,90 @@
+"""SageMaker SDK 2.x local mode for the model workflow (``--local``): needs Docker and docker compose.
+
+Local mode runs the same image with the same contract on this machine: ``train --local`` runs the training job
+in a container (channels may be ``s3://`` or ``file://``; model.tar.gz lands in ``--output``), ``deploy --local``
+starts the image's ``serve`` on localhost:8080 until interrupted, and ``predict --local`` calls it.
+
+The keyword arguments are built by pure functions (tested); the functions that start containers are thin.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from launcher.model_jobs import METRIC_DEFINITIONS, TrainingSpec
+
+LOCAL_PORT = 8080
+
+
+def estimator_arguments(spec: TrainingSpec, name: str) -> dict[str, Any]:
+    """Keyword arguments of ``sagemaker.estimator.Estimator`` and ``fit`` for a local training job."""
+    return {
+        "estimator": {
+            "image_uri": spec.image,
+            "role": spec.role,
+            "instance_count": 1,  # local mode runs one container per instance on one machine
+            "instance_type": "local",
+            "hyperparameters": {k: str(v) for k, v in spec.hyperparameters.items()},
+            "output_path": spec.output_path,
+            "metric_definitions": [dict(m) for m in METRIC_DEFINITIONS],
+            "base_job_name": name,
+            "volume_size": spec.volume_gb,
+            "max_run": spec.max_runtime_s,
+        },
+        "fit": {"inputs": dict(spec.channels), "job_name": name, "wait": True, "logs": "All"},
+    }
+
+
+def model_arguments(image: str, model_data: str, role: str, environment: Mapping[str, str]) -> dict[str, Any]:
+    """Keyword arguments of ``sagemaker.model.Model`` and ``deploy`` for a local endpoint."""
+    return {
+        "model": {"image_uri": image, "model_data": model_data, "role": role, "env": dict(environment)},
+        "deploy": {"initial_instance_count": 1, "instance_type": "local"},
+    }
+
+
+def local_session():  # pragma: no cover - exercised by the container tests
+    """A LocalSession using the launcher's boto3 session, a local S3 endpoint if configured, no telemetry."""
+    from sagemaker.local import LocalSession
+
+    from launcher.aws import session
+    from launcher.local import TELEMETRY_OPT_OUT
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, Any] = {"boto_session": session()}
+    if endpoint:
+        kwargs["s3_endpoint_url"] = endpoint
+    sess = LocalSession(**kwargs)
+    sess.config = {"local": {"local_code": True}}
+    sess.sagemaker_config = TELEMETRY_OPT_OUT
+    return sess
+
+
+def train_local(spec: TrainingSpec, name: str) -> Any:  # pragma: no cover - needs Docker
+    from sagemaker.estimator import Estimator
+
+    args = estimator_arguments(spec, name)
+    estimator = Estimator(sagemaker_session=local_session(), **args["estimator"])
+    estimator.fit(**args["fit"])
+    return estimator.model_data
+
+
+def deploy_local(
+    image: str, model_data: str, role: str, environment: Mapping[str, str]
+) -> None:  # pragma: no cover
+    """Serve the model on localhost:8080 until Ctrl-C, then stop the container."""
+    from sagemaker.model import Model
+
+    args = model_arguments(image, model_data, role, environment)
+    model = Model(sagemaker_session=local_session(), **args["model"])
+    predictor = model.deploy(**args["deploy"])
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        predictor.delete_endpoint()

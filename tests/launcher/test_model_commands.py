@@ -1,0 +1,283 @@
+"""`launcher train | tune | deploy | predict` against a moto server, asserting on the requests sent."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from launcher.cli import cli
+
+ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/earthmon-training:1"
+BUCKET = "earthmon-test"
+
+
+def run(*args: str, ok: bool = True):
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def last_json(output: str):
+    """The JSON document a command printed last (after any status lines)."""
+    start = output.rfind("\n{")
+    return json.loads(output[start + 1 if start >= 0 else output.index("{") :])
+
+
+@pytest.fixture
+def data_prefix(aws):
+    """A prepared-data prefix in moto S3 with the built-in channel layout and a label map (no pretrained/)."""
+    import launcher.aws as launcher_aws
+
+    s3 = launcher_aws.client("s3")
+    for channel in ("train", "validation", "train_annotation", "validation_annotation", "label_map"):
+        s3.put_object(Bucket=BUCKET, Key=f"sn6/{channel}/a.bin", Body=b"x")
+    aws.calls.clear()
+    return f"s3://{BUCKET}/sn6/"
+
+
+def test_train_sends_the_training_job_and_reports(aws, data_prefix):
+    result = run(
+        "train", "--image", IMAGE, "--role", ROLE, "--channels", data_prefix,
+        "--hp", "num_classes=2", "--hp", "num_training_samples=10", "--hp", "algorithm=deeplab",
+        "--spot", "--max-runtime", "3600", "--name", "seg-test-1", "--poll", "0.01",
+    )  # fmt: skip
+    (create,) = aws.sent("sagemaker", "CreateTrainingJob")
+    body = create.body
+    assert body["TrainingJobName"] == "seg-test-1"
+    assert body["HyperParameters"] == {
+        "num_classes": "2",
+        "num_training_samples": "10",
+        "algorithm": "deeplab",
+    }
+    assert [c["ChannelName"] for c in body["InputDataConfig"]] == [
+        "train", "validation", "train_annotation", "validation_annotation", "label_map",
+    ]  # fmt: skip
+    assert body["InputDataConfig"][0]["DataSource"]["S3DataSource"]["S3Uri"] == f"{data_prefix}train/"
+    names = {m["Name"] for m in body["AlgorithmSpecification"]["MetricDefinitions"]}
+    assert {"train:loss", "validation:mIOU", "validation:pixel_accuracy"} <= names
+    assert body["EnableManagedSpotTraining"] is True
+    assert body["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 7200}
+    assert body["CheckpointConfig"]["S3Uri"] == f"{data_prefix}output/seg-test-1/checkpoints/"
+    assert body["OutputDataConfig"]["S3OutputPath"] == f"{data_prefix}output/"
+    assert aws.sent("sagemaker", "DescribeTrainingJob")
+    report = last_json(result.output)
+    assert report["training_job"] == "seg-test-1" and report["status"] == "Completed"
+
+
+def test_train_refuses_incomplete_data(aws):
+    import launcher.aws as launcher_aws
+
+    launcher_aws.client("s3").put_object(Bucket=BUCKET, Key="half/train/a.jpg", Body=b"x")
+    result = run("train", "--image", IMAGE, "--role", ROLE, "--channels", f"s3://{BUCKET}/half/", ok=False)
+    assert result.exit_code != 0
+    assert "validation/" in result.output and "prepare" in result.output
+    assert not aws.sent("sagemaker")
+
+
+def test_train_dry_run_sends_nothing(aws):
+    result = run(
+        "train", "--image", IMAGE, "--role", ROLE, "--channels", "s3://b/sn6", "--hp", "epochs=1", "--dry-run",
+        "--name", "dry-1",
+    )  # fmt: skip
+    request = json.loads(result.output)
+    assert request["TrainingJobName"] == "dry-1" and request["HyperParameters"] == {"epochs": "1"}
+    assert aws.calls == []
+
+
+def test_train_local_dry_run_builds_estimator_arguments(aws):
+    result = run(
+        "train", "--image", IMAGE, "--role", ROLE, "--channel", "train=file:///data/train",
+        "--channel", "validation=file:///data/validation", "--output", "file:///tmp/out", "--local", "--dry-run",
+        "--name", "local-1",
+    )  # fmt: skip
+    args = json.loads(result.output)
+    assert args["estimator"]["instance_type"] == "local" and args["estimator"]["image_uri"] == IMAGE
+    assert args["fit"]["inputs"] == {"train": "file:///data/train", "validation": "file:///data/validation"}
+    assert aws.calls == []
+
+
+def test_tune_sends_the_tuning_job_and_reports_the_best(aws, data_prefix):
+    result = run(
+        "tune", "--image", IMAGE, "--role", ROLE, "--channels", data_prefix, "--hp", "num_classes=2",
+        "--hp", "learning_rate=0.5", "--range", "learning_rate=1e-3:1e-2:log", "--max-jobs", "4",
+        "--max-parallel", "2", "--name", "seg-tune-1", "--poll", "0.01",
+    )  # fmt: skip
+    (create,) = aws.sent("sagemaker", "CreateHyperParameterTuningJob")
+    config = create.body["HyperParameterTuningJobConfig"]
+    assert create.body["HyperParameterTuningJobName"] == "seg-tune-1"
+    assert config["HyperParameterTuningJobObjective"] == {"Type": "Maximize", "MetricName": "validation:mIOU"}
+    continuous = {r["Name"]: r for r in config["ParameterRanges"]["ContinuousParameterRanges"]}
+    assert continuous["learning_rate"] == {
+        "Name": "learning_rate", "MinValue": "0.001", "MaxValue": "0.01", "ScalingType": "Logarithmic",
+    }  # fmt: skip
+    assert set(continuous) == {"learning_rate", "momentum", "weight_decay"}
+    assert config["ResourceLimits"] == {"MaxNumberOfTrainingJobs": 4, "MaxParallelTrainingJobs": 2}
+    assert create.body["TrainingJobDefinition"]["StaticHyperParameters"] == {"num_classes": "2"}
+    report = last_json(result.output)
+    assert report["tuning_job"] == "seg-tune-1" and report["status"] == "Completed"
+    assert "best_training_job" in report
+
+
+def test_deploy_from_a_training_job(aws, data_prefix):
+    run(
+        "train",
+        "--image",
+        IMAGE,
+        "--role",
+        ROLE,
+        "--channels",
+        data_prefix,
+        "--name",
+        "seg-dep-1",
+        "--no-wait",
+    )
+    aws.calls.clear()
+    run(
+        "deploy", "--name", "sn6-buildings", "--image", IMAGE, "--role", ROLE, "--training-job", "seg-dep-1",
+        "--instance-count", "2", "--env", "EARTHMON_WINDOW_BATCH=8", "--poll", "0.01",
+    )  # fmt: skip
+    ops = [c.operation for c in aws.sent("sagemaker")]
+    assert ops[:5] == [
+        "DescribeTrainingJob",
+        "DescribeEndpoint",
+        "CreateModel",
+        "CreateEndpointConfig",
+        "CreateEndpoint",
+    ]
+    (model,) = aws.sent("sagemaker", "CreateModel")
+    container = model.body["PrimaryContainer"]
+    assert container["Image"] == IMAGE and container["Environment"] == {"EARTHMON_WINDOW_BATCH": "8"}
+    assert re.match(r"s3://.+model\.tar\.gz$", container["ModelDataUrl"])
+    (config,) = aws.sent("sagemaker", "CreateEndpointConfig")
+    assert config.body["ProductionVariants"][0]["InitialInstanceCount"] == 2
+    (endpoint,) = aws.sent("sagemaker", "CreateEndpoint")
+    assert endpoint.body == {"EndpointName": "sn6-buildings", "EndpointConfigName": "sn6-buildings"}
+    # a second deploy under the same name is refused before creating anything
+    aws.calls.clear()
+    again = run(
+        "deploy", "--name", "sn6-buildings", "--image", IMAGE, "--role", ROLE,
+        "--model-data", "s3://b/m/model.tar.gz", ok=False,
+    )  # fmt: skip
+    assert again.exit_code != 0 and "already exists" in again.output
+    assert [c.operation for c in aws.sent("sagemaker")] == ["DescribeEndpoint"]
+
+
+# ----------------------------------------------------------------------------------------------- predict
+def write_scene(path: Path, height: int = 300, width: int = 410, bands: int = 2):
+    import rasterio
+    from rasterio.crs import CRS
+    from rasterio.transform import from_origin
+
+    data = np.random.default_rng(1).random((bands, height, width), dtype=np.float32)
+    transform = from_origin(594000.0, 5757000.0, 0.5, 0.5)
+    profile = dict(driver="GTiff", width=width, height=height, count=bands, dtype="float32")
+    with rasterio.open(path, "w", crs=CRS.from_epsg(32631), transform=transform, **profile) as dst:
+        dst.write(data)
+    return data, transform
+
+
+def threshold_model(body: bytes) -> bytes:
+    """A per-pixel 'model' (class 1 where band 1 > 0.5) answering an indexed PNG, as the image's server does."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+    from rasterio.io import MemoryFile
+
+    warnings.simplefilter("ignore", NotGeoreferencedWarning)
+    with MemoryFile(body) as mem, mem.open() as src:
+        mask = (src.read(1) > 0.5).astype(np.uint8)
+    with MemoryFile() as mem:
+        with mem.open(driver="PNG", width=mask.shape[1], height=mask.shape[0], count=1, dtype="uint8") as dst:
+            dst.write(mask, 1)
+        return mem.read()
+
+
+class _Stream(io.BytesIO):  # what botocore reads a streamed response body from
+    def stream(self, **_):
+        yield self.getvalue()
+
+
+def answer_invocations(answer):
+    """Answer InvokeEndpoint in place of the (absent) model container: moto's InvokeEndpoint returns canned
+    text and cannot take binary bodies. Returns the requests seen (url, headers, body)."""
+    from botocore.awsrequest import AWSResponse
+
+    import launcher.aws as launcher_aws
+
+    seen = []
+
+    def handler(request, **_):
+        body = bytes(request.body)
+        seen.append(
+            (
+                request.url,
+                {k: v.decode() if isinstance(v, bytes) else v for k, v in request.headers.items()},
+                body,
+            )
+        )
+        content_type, payload = answer(body)
+        headers = {"Content-Type": content_type, "x-amzn-requestid": "test"}
+        return AWSResponse(request.url, 200, headers, _Stream(payload))
+
+    launcher_aws.session().events.register("before-send.sagemaker-runtime.InvokeEndpoint", handler)
+    return seen
+
+
+def test_predict_tiles_through_the_endpoint_and_stitches(aws, tmp_path):
+    import rasterio
+
+    data, transform = write_scene(tmp_path / "scene.tif")
+    seen = answer_invocations(lambda body: ("image/png", threshold_model(body)))
+    out = tmp_path / "mask.tif"
+    result = run(
+        "predict", str(tmp_path / "scene.tif"), "--out", str(out), "--endpoint", "sn6-buildings",
+        "--max-payload-mb", "0.3", "--margin", "16",
+    )  # fmt: skip
+    summary = last_json(result.output)
+    calls = aws.sent("sagemaker-runtime", "InvokeEndpoint")
+    assert summary["tiles"] == len(calls) == len(seen) > 1
+    for url, headers, body in seen:
+        assert url.endswith("/endpoints/sn6-buildings/invocations")
+        assert headers["Content-Type"] == "image/tiff" and headers["Accept"] == "image/png"
+        assert len(body) <= 0.3 * 1024 * 1024
+    with rasterio.open(out) as src:
+        assert src.crs.to_epsg() == 32631 and src.transform == transform
+        np.testing.assert_array_equal(src.read(1), (data[0] > 0.5).astype(np.uint8))
+
+
+def test_predict_reports_a_bad_endpoint_answer(aws, tmp_path):
+    answer_invocations(lambda body: ("application/json", b'{"not": "a mask"}'))
+    write_scene(tmp_path / "scene.tif", 64, 64)
+    result = run(
+        "predict",
+        str(tmp_path / "scene.tif"),
+        "--out",
+        str(tmp_path / "m.tif"),
+        "--endpoint",
+        "nowhere",
+        ok=False,
+    )
+    assert result.exit_code != 0 and "not a readable image/png mask" in result.output
+    assert not (tmp_path / "m.tif").exists()
+    assert len(aws.sent("sagemaker-runtime", "InvokeEndpoint")) == 1
+
+
+def test_predict_needs_exactly_one_target(tmp_path):
+    write_scene(tmp_path / "scene.tif", 8, 8)
+    result = run("predict", str(tmp_path / "scene.tif"), "--out", str(tmp_path / "m.tif"), ok=False)
+    assert result.exit_code == 2 and "exactly one of" in result.output
+
+
+def test_npy_tiles_round_trip():
+    from launcher.model_predict import encode_tile
+
+    tile = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(np.load(io.BytesIO(encode_tile(tile, "application/x-npy"))), tile)
