@@ -129,11 +129,21 @@ class PredictionConfig:
 
 
 class Predictor:
-    """Raw image (C, H, W) -> class probabilities (K, H, W), given a forward callable and a config."""
+    """Raw image (C, H, W) -> class probabilities (K, H, W), given a forward callable and a config.
 
-    def __init__(self, forward: Forward, config: PredictionConfig):
+    ``normaliser`` (raw (C, H, W) -> normalised float32) defaults to :func:`normalise` with the config's
+    statistics; the server passes the model's own (``ModelMetadata.normalise``, which also zeroes nodata).
+    """
+
+    def __init__(
+        self,
+        forward: Forward,
+        config: PredictionConfig,
+        normaliser: Callable[[np.ndarray], np.ndarray] | None = None,
+    ):
         self.forward = forward
         self.config = config
+        self.normaliser = normaliser
 
     def probabilities(self, image: np.ndarray, scale: float | None = None) -> np.ndarray:
         cfg = self.config
@@ -142,8 +152,11 @@ class Predictor:
                 f"the model takes {cfg.bands} band(s); the image has "
                 f"{image.shape[0] if image.ndim == 3 else image.ndim} (shape {image.shape})"
             )
-        x = normalise(image, cfg.mean, cfg.std, cfg.scale if scale is None else scale)
-        np.nan_to_num(x, copy=False)
+        if self.normaliser is not None and scale is None:
+            x = np.asarray(self.normaliser(image), dtype=np.float32)
+        else:
+            x = normalise(image, cfg.mean, cfg.std, cfg.scale if scale is None else scale)
+        np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         return sliding_window_probabilities(self.forward, x, cfg.crop_size, cfg.overlap, cfg.batch_size)
 
 
