@@ -1,0 +1,722 @@
+"""`launcher`: search, plan, submit, watch, resume and run locally the planetary NDVI job.
+
+Thin: arguments -> config objects -> the pure core (search/plan/jobs/watch) and the I/O edges (aws/store/submit/
+local). Heavy modules (boto3, pystac-client, folium, sagemaker) are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from launcher.model_commands import register
+
+
+def _console(stderr: bool = True):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected failures into one clear line with what to do, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from launcher.jobs import RequestError
+        from launcher.plan import PlanError
+        from launcher.submit import SubmitError
+
+        try:
+            return fn(*args, **kwargs)
+        except (PlanError, RequestError, SubmitError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except click.ClickException:
+            raise
+        except Exception as exc:
+            hint = _aws_hint(exc)
+            if hint is None:
+                raise
+            raise click.ClickException(hint) from None
+
+    return wrapper
+
+
+def _aws_hint(exc: Exception) -> str | None:
+    name = type(exc).__name__
+    if name == "NoRegionError":
+        return "no AWS region configured: set AWS_REGION (or AWS_DEFAULT_REGION), e.g. export AWS_REGION=us-west-2"
+    if name in {"NoCredentialsError", "PartialCredentialsError"}:
+        return (
+            "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID/...)"
+        )
+    if name == "EndpointConnectionError":
+        return f"cannot reach the AWS endpoint ({exc}); check AWS_ENDPOINT_URL and the network"
+    if name == "ClientError":
+        from launcher.aws import error_code, error_message
+
+        code = error_code(exc)
+        msg = error_message(exc)
+        if code in {"NoSuchBucket"}:
+            return f"S3 bucket not found ({msg}): create it or fix --s3-prefix"
+        if code in {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}:
+            return f"AWS denied the request ({code}: {msg}); check the IAM permissions of your credentials"
+        return f"AWS error {code}: {msg}"
+    return None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(package_name="earthmon", message="%(prog)s %(version)s")
+def cli() -> None:
+    """Plan, submit, watch and resume sharded SageMaker Processing jobs of the NDVI worker, or run them locally.
+
+    \b
+    Typical run:
+      launcher search --bbox=-179.03,-55.97,179.37,83.78 --datetime 2023-12-01/2023-12-07 --out items.jsonl
+      launcher plan --items items.jsonl --jobs 25 --instances-per-job 20 --s3-prefix s3://BUCKET/ndvi --out run/
+      launcher submit --plan run/plan.json --image URI --role ARN
+      launcher watch --plan run/plan.json
+      launcher resume --plan run/plan.json
+
+    AWS endpoints follow AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_<SERVICE> (e.g. a local moto server).
+    """
+
+
+# ------------------------------------------------------------------------------------------------- search
+
+
+@cli.command()
+@click.option("--stac-url", default=None, help="STAC API root [default: Earth Search v1].")
+@click.option("--collection", default="sentinel-2-l2a", show_default=True, help="STAC collection id.")
+@click.option(
+    "--bbox", default=None, help="Area as W,S,E,N degrees (use --bbox=-179,... for negative values)."
+)
+@click.option(
+    "--intersects",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="Area as a GeoJSON file (geometry, Feature or one-feature FeatureCollection).",
+)
+@click.option(
+    "--datetime", "datetime_", default=None, help="Time range START/END, e.g. 2023-12-01/2023-12-07."
+)
+@click.option("--max-cloud", type=float, default=None, help="Keep scenes with eo:cloud_cover below this (%).")
+@click.option(
+    "--dedupe",
+    type=click.Choice(["least-cloudy", "first", "latest"]),
+    default="least-cloudy",
+    show_default=True,
+    help="Which scene to keep per MGRS tile.",
+)
+@click.option(
+    "--source",
+    type=click.Choice(["stac", "sagemaker-geospatial"]),
+    default="stac",
+    show_default=True,
+    help="Search a STAC API, or SageMaker geospatial's SearchRasterDataCollection (us-west-2 only, closed to new "
+    "customers).",
+)
+@click.option("--page-size", type=int, default=500, show_default=True, help="Items per page requested.")
+@click.option("--max-items", type=int, default=None, help="Stop after this many items (before dedupe).")
+@click.option(
+    "--out", "out", type=click.Path(dir_okay=False, writable=True), required=True, help="Output JSONL."
+)
+@friendly_errors
+def search(
+    stac_url, collection, bbox, intersects, datetime_, max_cloud, dedupe, source, page_size, max_items, out
+) -> None:
+    """Search scenes (all pages), keep one per MGRS tile, write them as JSON lines."""
+    from launcher import search as s
+
+    if bbox is None and intersects is None:
+        raise click.UsageError("give an area: --bbox=W,S,E,N or --intersects FILE")
+    try:
+        geometry = s.geometry_from_geojson(json.loads(Path(intersects).read_text())) if intersects else None
+        query = s.SearchQuery(
+            collection=collection,
+            bbox=s.parse_bbox(bbox) if bbox else None,
+            intersects=geometry,
+            datetime=datetime_,
+            max_cloud=max_cloud,
+            page_size=page_size,
+            max_items=max_items,
+        )
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise click.UsageError(str(exc)) from None
+    console = _console()
+    url = stac_url or s.EARTH_SEARCH_V1
+    with console.status("searching ...") as status:
+
+        def on_page(pages: int, count: int) -> None:
+            status.update(f"searching: {count} items from {pages} page(s)")
+
+        if source == "stac":
+            found = s.search_stac(url, query, on_page)
+        else:
+            found = s.search_geospatial(query, on_page)
+        try:
+            kept, stats = s.dedupe(found, dedupe, collection=collection)
+        except Exception as exc:
+            if type(exc).__module__.startswith("pystac_client") or type(exc).__name__ in {"APIError"}:
+                raise click.ClickException(f"the STAC search at {url} failed: {exc}") from None
+            raise
+    n = s.write_jsonl(kept, out)
+    console.print(
+        f"found {stats.searched} item(s)"
+        + (f" from {url}" if source == "stac" else " (SageMaker geospatial)")
+    )
+    if stats.other_collection:
+        console.print(f"  dropped {stats.other_collection} item(s) of other collections than {collection}")
+    if stats.no_tile:
+        console.print(f"  [yellow]{stats.no_tile} item(s) have no MGRS tile: kept each on its own[/]")
+    console.print(
+        f"kept {n} scene(s), one per MGRS tile ({dedupe}); {stats.duplicates} duplicate(s) dropped -> {out}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------- plan
+
+
+def _default_run_id(items: list[dict[str, Any]]) -> str:
+    import hashlib
+
+    digest = hashlib.sha1("\n".join(sorted(str(i["id"]) for i in items)).encode()).hexdigest()[:6]
+    return f"ndvi-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M}-{digest}"
+
+
+@cli.command()
+@click.option(
+    "--items", "items_path", type=click.Path(exists=True, dir_okay=False), required=True, help="JSONL."
+)
+@click.option("--jobs", type=int, default=25, show_default=True, help="Processing jobs (one manifest each).")
+@click.option(
+    "--instances-per-job", type=int, default=20, show_default=True, help="Instances per job (1-100)."
+)
+@click.option(
+    "--s3-prefix", required=True, help="s3://BUCKET/PREFIX for manifests, copied items and outputs."
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(file_okay=False), required=True, help="Directory for plan.json."
+)
+@click.option(
+    "--run-id", default=None, help="Run id (prefix of the job names) [default: ndvi-<time>-<hash>]."
+)
+@click.option(
+    "--instance-type", default="ml.m5.xlarge", show_default=True, help="For the estimate and submit."
+)
+@click.option(
+    "--price-per-hour", type=float, default=None, help="USD per instance-hour [default: built-in table]."
+)
+@click.option("--seconds-per-scene", type=float, default=60.0, show_default=True, help="For the estimate.")
+@click.option(
+    "--copy-items/--no-copy-items",
+    default=None,
+    help="Write every item JSON under the run's prefix [default: only when they do not all live in one bucket]. "
+    "Use it when the items' bucket is in another region than the jobs.",
+)
+@click.option(
+    "--map", "map_path", type=click.Path(dir_okay=False), default=None, help="Write an HTML map here."
+)
+@click.option("--no-upload", is_flag=True, help="Only write the plan and manifests locally.")
+@friendly_errors
+def plan(
+    items_path,
+    jobs,
+    instances_per_job,
+    s3_prefix,
+    out_dir,
+    run_id,
+    instance_type,
+    price_per_hour,
+    seconds_per_scene,
+    copy_items,
+    map_path,
+    no_upload,
+) -> None:
+    """Shard the items into balanced ManifestFile jobs, upload them and write DIR/plan.json."""
+    from launcher import plan as p
+    from launcher import store
+    from launcher.search import read_jsonl
+
+    console = _console()
+    try:
+        items = read_jsonl(items_path)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    if not items:
+        raise click.ClickException(f"{items_path} holds no items: nothing to plan")
+    t0 = time.perf_counter()
+    the_plan, manifests, to_write = p.make_plan(
+        items,
+        run_id=run_id or _default_run_id(items),
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        s3_prefix=s3_prefix,
+        jobs=jobs,
+        instances_per_job=instances_per_job,
+        instance_type=instance_type,
+        price_per_hour=price_per_hour,
+        seconds_per_scene=seconds_per_scene,
+        copy_items=copy_items,
+    )
+    planned_in = time.perf_counter() - t0
+    out = Path(out_dir)
+    store.save_manifests(manifests, out)
+    if not no_upload:
+        from rich.progress import Progress
+
+        from launcher.aws import client
+
+        s3 = client("s3")
+        uris = {s.item_id: s.uri for s in the_plan.scenes().values()}
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("uploading item JSONs", total=len(to_write))
+            store.upload_run(s3, the_plan, manifests, to_write, uris, on_item=lambda: bar.advance(task))
+    path = store.save_plan(the_plan, out)
+    if map_path:
+        from launcher.mapview import write_map
+
+        drawn = write_map(the_plan, items, map_path)
+        console.print(f"map of {drawn} footprint(s) -> {map_path}")
+    sizes = [j.scene_count for j in the_plan.jobs]
+    est = the_plan.estimate
+    console.print(
+        f"planned {the_plan.scene_count} scene(s) into {len(the_plan.jobs)} job(s) of {min(sizes)}-{max(sizes)} "
+        f"scenes, up to {instances_per_job} x {instance_type} each, in {planned_in:.2f} s"
+    )
+    where = "written under " + the_plan.s3_prefix if to_write else "referenced in place"
+    console.print(f"item JSONs {where}; outputs -> {the_plan.output_prefix}")
+    console.print(
+        f"estimate: {est.instance_hours:.1f} instance-hours, ${est.cost_usd:,.2f} at ${est.price_per_hour}/h, "
+        f"about {est.wall_hours * 60:.0f} min if all jobs run at once"
+    )
+    if no_upload:
+        console.print("[yellow]--no-upload: manifests are only local; upload before `submit`[/]")
+    console.print(f"plan -> {path}")
+
+
+# ------------------------------------------------------------------------------------------------- submit
+
+
+def _load_plan(plan_path: str):
+    from launcher.store import load_plan
+
+    return load_plan(plan_path)
+
+
+def _plan_file(plan_path: str) -> Path:
+    p = Path(plan_path)
+    return p / "plan.json" if p.is_dir() else p
+
+
+def _submission(the_plan, image, role, instance_type, volume_gb, max_runtime, env, worker_args):
+    from launcher.jobs import parse_env
+    from launcher.plan import Submission
+
+    previous = the_plan.submission
+    if image is None and previous is None:
+        raise click.UsageError("--image is required (the processing image URI)")
+    if role is None and previous is None:
+        raise click.UsageError("--role is required (the IAM role ARN the jobs run as)")
+    base = previous or Submission(image=image, role=role, instance_type=the_plan.instance_type)
+    return Submission(
+        image=image or base.image,
+        role=role or base.role,
+        instance_type=instance_type or base.instance_type,
+        volume_gb=volume_gb if volume_gb is not None else base.volume_gb,
+        max_runtime_seconds=max_runtime if max_runtime is not None else base.max_runtime_seconds,
+        environment={**base.environment, **parse_env(env)},
+        worker_args=tuple(worker_args) if worker_args else base.worker_args,
+    )
+
+
+def _submit_jobs(the_plan, jobs, submission, dry_run: bool, skip_preflight: bool, console) -> None:
+    from launcher.aws import client
+    from launcher.submit import build_requests, preflight, submit_requests
+
+    requests = build_requests(the_plan, jobs, submission)
+    if dry_run:
+        click.echo(json.dumps(requests, indent=2))
+        return
+    if not skip_preflight:
+        checks, why = preflight(client("service-quotas"), the_plan, jobs, submission.instance_type)
+        if why:
+            console.print(f"[yellow]quota preflight skipped: {why}[/]")
+        for check in checks:
+            if check.ok:
+                console.print(f"quota ok: {check.name} = {check.limit:g} >= {check.needed} needed")
+            else:
+                console.print(
+                    f"[yellow]warning: the plan runs {check.needed} instances at once but '{check.name}' is "
+                    f"{check.limit:g}: jobs beyond it fail with ResourceLimitExceeded. Request an increase in "
+                    "Service Quotas, or plan fewer jobs / instances per job.[/]"
+                )
+    from rich.progress import Progress
+
+    sm = client("sagemaker")
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("submitting", total=len(requests))
+        results = submit_requests(sm, requests, on_done=lambda _r: bar.advance(task))
+    created = sum(r.action == "created" for r in results)
+    console.print(f"submitted {created} job(s); {len(results) - created} already existed")
+
+
+_submit_options = [
+    click.option("--image", default=None, help="Processing image URI (ECR)."),
+    click.option("--role", default=None, help="IAM role ARN the jobs run as."),
+    click.option("--instance-type", default=None, help="[default: the plan's]"),
+    click.option("--volume-gb", type=int, default=None, help="EBS volume per instance [default: 30]."),
+    click.option("--max-runtime", type=int, default=None, help="Seconds per job [default: 10800]."),
+    click.option("--env", multiple=True, help="KEY=VALUE for the container (repeatable)."),
+    click.option(
+        "--worker-arg",
+        "worker_args",
+        multiple=True,
+        help="Container argument for the worker, replacing the default '--input ... --output ... --on-error "
+        "continue' (repeatable, in order).",
+    ),
+]
+
+
+def _with_options(options):
+    def deco(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return deco
+
+
+@cli.command()
+@click.option("--plan", "plan_path", required=True, help="DIR/plan.json from `launcher plan`.")
+@_with_options(_submit_options)
+@click.option("--round", "round_", type=int, default=None, help="Submit only this round [default: all].")
+@click.option("--dry-run", is_flag=True, help="Print the CreateProcessingJob requests as JSON; send nothing.")
+@click.option("--skip-preflight", is_flag=True, help="Do not read the instance quota first.")
+@friendly_errors
+def submit(
+    plan_path,
+    image,
+    role,
+    instance_type,
+    volume_gb,
+    max_runtime,
+    env,
+    worker_args,
+    round_,
+    dry_run,
+    skip_preflight,
+) -> None:
+    """Create one Processing job per manifest (idempotent: existing jobs are left alone)."""
+    from launcher import store
+
+    console = _console()
+    the_plan = _load_plan(plan_path)
+    submission = _submission(the_plan, image, role, instance_type, volume_gb, max_runtime, env, worker_args)
+    jobs = list(the_plan.jobs) if round_ is None else the_plan.jobs_of_round(round_)
+    if not jobs:
+        raise click.ClickException(f"no jobs in round {round_} of the plan (rounds: {the_plan.rounds})")
+    _submit_jobs(the_plan, jobs, submission, dry_run, skip_preflight, console)
+    if not dry_run:
+        import dataclasses
+
+        store.save_plan(dataclasses.replace(the_plan, submission=submission), _plan_file(plan_path))
+
+
+# ------------------------------------------------------------------------------------------ status / watch
+
+
+def _gather(the_plan):
+    from launcher import store
+    from launcher.aws import client
+    from launcher.submit import describe_jobs
+    from launcher.watch import progress
+
+    s3 = client("s3")
+    done, keys = store.done_scenes(s3, the_plan)
+    reports = store.read_reports(s3, the_plan, keys)
+    descriptions = describe_jobs(client("sagemaker"), [j.name for j in the_plan.jobs])
+    return progress(the_plan, descriptions, done, reports), done
+
+
+def _print_status(prog, the_plan, console, verbose: bool) -> None:
+
+    states = ", ".join(f"{n} {s}" for s, n in sorted(prog.by_status.items()))
+    console.print(f"run {the_plan.run_id}: {len(prog.jobs)} job(s): {states}")
+    pct = 100.0 * prog.done / prog.scenes if prog.scenes else 100.0
+    console.print(f"scenes done: {prog.done}/{prog.scenes} ({pct:.1f} %)")
+    console.print(
+        f"cost so far: ${prog.cost_usd:,.2f} ({prog.instance_hours:.2f} instance-hours at "
+        f"${the_plan.estimate.price_per_hour}/h; estimate for the plan ${the_plan.estimate.cost_usd:,.2f})"
+    )
+    for j in prog.jobs:
+        if not verbose and j.status not in {"Failed", "Stopped"}:
+            continue
+        reason = " / ".join(x for x in (j.failure_reason, j.exit_message) if x)
+        colour = "red" if j.status in {"Failed", "Stopped"} else "default"
+        line = (
+            f"  [{colour}]{j.name}  {j.status}[/]  {j.done}/{j.scenes} scenes  {j.instance_count} instance(s)"
+        )
+        console.print(line + (f"  {reason[:300]}" if reason else ""))
+    if prog.failures:
+        from launcher.watch import summarize_errors
+
+        console.print(f"[red]{len(prog.failures)} failed scene(s)[/] (from the per-host reports):")
+        for line in summarize_errors(prog.failures):
+            console.print(f"  {line}")
+    missing = prog.scenes - prog.done
+    if prog.finished and missing:
+        console.print(f"{missing} scene(s) without output: `launcher resume --plan ...` runs them again")
+
+
+@cli.command()
+@click.option("--plan", "plan_path", required=True, help="DIR/plan.json.")
+@click.option("--jobs", "show_jobs", is_flag=True, help="List every job.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@friendly_errors
+def status(plan_path, show_jobs, as_json) -> None:
+    """Jobs by state, scenes done, failures with their reasons, and cost so far."""
+    the_plan = _load_plan(plan_path)
+    prog, _ = _gather(the_plan)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "run_id": the_plan.run_id,
+                    "scenes": prog.scenes,
+                    "done": prog.done,
+                    "jobs_by_status": prog.by_status,
+                    "cost_usd": prog.cost_usd,
+                    "instance_hours": prog.instance_hours,
+                    "failed_scenes": [f.__dict__ for f in prog.failures],
+                    "jobs": [
+                        {
+                            "name": j.name,
+                            "status": j.status,
+                            "scenes": j.scenes,
+                            "done": j.done,
+                            "failure_reason": j.failure_reason,
+                            "exit_message": j.exit_message,
+                        }
+                        for j in prog.jobs
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    _print_status(prog, the_plan, _console(stderr=False), show_jobs)
+
+
+@cli.command()
+@click.option("--plan", "plan_path", required=True, help="DIR/plan.json.")
+@click.option("--interval", type=float, default=30.0, show_default=True, help="Seconds between polls.")
+@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@friendly_errors
+def watch(plan_path, interval, timeout) -> None:
+    """Follow the run: a progress bar of scenes done with ETA, until every job has ended."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    console = _console()
+    the_plan = _load_plan(plan_path)
+    start = time.monotonic()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task("scenes", total=the_plan.scene_count)
+        while True:
+            prog, _ = _gather(the_plan)
+            states = " ".join(f"{n} {s}" for s, n in sorted(prog.by_status.items()))
+            bar.update(task, completed=prog.done, description=f"scenes ({states}, ${prog.cost_usd:,.2f})")
+            if prog.finished:
+                break
+            if timeout is not None and time.monotonic() - start > timeout:
+                console.print("[yellow]watch timed out; the jobs keep running[/]")
+                break
+            time.sleep(interval)
+    _print_status(prog, the_plan, console, verbose=False)
+    if prog.finished and prog.done < prog.scenes:
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------------------------------------- resume
+
+
+@cli.command()
+@click.option("--plan", "plan_path", required=True, help="DIR/plan.json.")
+@click.option("--jobs", type=int, default=None, help="Jobs for the new round [default: keep scenes per job].")
+@_with_options(_submit_options)
+@click.option(
+    "--dry-run", is_flag=True, help="Show what would be planned and print the requests; change nothing."
+)
+@click.option("--no-submit", is_flag=True, help="Plan and upload the new round, but do not submit it.")
+@click.option("--force", is_flag=True, help="Resume even while jobs of the plan are still running.")
+@click.option("--skip-preflight", is_flag=True, help="Do not read the instance quota first.")
+@friendly_errors
+def resume(
+    plan_path,
+    jobs,
+    image,
+    role,
+    instance_type,
+    volume_gb,
+    max_runtime,
+    env,
+    worker_args,
+    dry_run,
+    no_submit,
+    force,
+    skip_preflight,
+) -> None:
+    """Plan and submit a new round for the scenes without a valid output only."""
+    import dataclasses
+
+    from launcher import store
+    from launcher.aws import client
+    from launcher.plan import add_round
+    from launcher.submit import describe_jobs
+    from launcher.watch import active_jobs, missing_scenes
+
+    console = _console()
+    the_plan = _load_plan(plan_path)
+    s3 = client("s3")
+    done, _ = store.done_scenes(s3, the_plan)
+    missing = missing_scenes(the_plan, done)
+    console.print(
+        f"{len(done & set(the_plan.scenes()))}/{the_plan.scene_count} scene(s) done, {len(missing)} missing"
+    )
+    if not missing:
+        console.print("nothing to resume")
+        return
+    descriptions = describe_jobs(client("sagemaker"), [j.name for j in the_plan.jobs])
+    running = active_jobs(the_plan, descriptions)
+    if running and not force:
+        raise click.ClickException(
+            f"{len(running)} job(s) still running ({', '.join(running[:3])}{' ...' if len(running) > 3 else ''}): "
+            "wait for them (`launcher watch`), or pass --force to plan their scenes again anyway"
+        )
+    submission = None
+    if not no_submit:
+        submission = _submission(
+            the_plan, image, role, instance_type, volume_gb, max_runtime, env, worker_args
+        )
+    new_plan, new_jobs, manifests = add_round(the_plan, missing, jobs)
+    round_ = new_jobs[0].round
+    console.print(f"round {round_}: {len(missing)} scene(s) in {len(new_jobs)} job(s)")
+    if dry_run:
+        if submission is not None:
+            _submit_jobs(new_plan, new_jobs, submission, True, True, console)
+        return
+    store.save_manifests(manifests, _plan_file(plan_path).parent)
+    store.upload_run(s3, new_plan, manifests, [], {})
+    if submission is not None:
+        new_plan = dataclasses.replace(new_plan, submission=submission)
+    store.save_plan(new_plan, _plan_file(plan_path))
+    if submission is not None:
+        _submit_jobs(new_plan, new_jobs, submission, False, skip_preflight, console)
+
+
+# -------------------------------------------------------------------------------------------------- local
+
+
+@cli.command()
+@click.option("--plan", "plan_path", required=True, help="DIR/plan.json.")
+@click.option("--instances", type=int, default=2, show_default=True, help="Simulated instances per job.")
+@click.option("--job", "job_names", multiple=True, help="Run only these jobs (repeatable) [default: all].")
+@click.option("--round", "round_", type=int, default=None, help="Run only this round [default: all].")
+@click.option("--no-docker", is_flag=True, help="Run the worker as a local process instead of the image.")
+@click.option(
+    "--image", default=None, help="Processing image [default: the plan's, else earthmon-processing:dev]."
+)
+@click.option("--workdir", type=click.Path(file_okay=False), default=None, help="[default: <plan dir>/local]")
+@click.option("--env", multiple=True, help="KEY=VALUE for the worker (repeatable).")
+@click.option(
+    "--sdk-local",
+    is_flag=True,
+    help="Run through SageMaker SDK local mode instead (one instance, S3Prefix, FullyReplicated, EndOfJob; "
+    "needs Docker and docker compose).",
+)
+@click.option(
+    "--role", default="arn:aws:iam::000000000000:role/local", show_default=True, help="For --sdk-local."
+)
+@friendly_errors
+def local(plan_path, instances, job_names, round_, no_docker, image, workdir, env, sdk_local, role) -> None:
+    """Run a plan on this machine the way SageMaker would (sharded instances, own /opt/ml trees)."""
+    from launcher import local as runner
+    from launcher.aws import client
+    from launcher.jobs import parse_env, processing_request
+    from launcher.plan import Submission
+
+    console = _console()
+    the_plan = _load_plan(plan_path)
+    jobs = [
+        j
+        for j in the_plan.jobs
+        if (not job_names or j.name in job_names) and (round_ is None or j.round == round_)
+    ]
+    unknown = set(job_names) - {j.name for j in the_plan.jobs}
+    if unknown:
+        raise click.ClickException(f"no such job(s) in the plan: {', '.join(sorted(unknown))}")
+    if not jobs:
+        raise click.ClickException("no jobs selected")
+    if instances < 1:
+        raise click.UsageError("--instances must be >= 1")
+    submission = the_plan.submission or Submission(image=image or runner.DEFAULT_IMAGE, role=role)
+    if image:
+        submission = Submission(
+            **{**submission.to_dict(), "image": image, "worker_args": submission.worker_args}
+        )
+    s3 = client("s3")
+    if sdk_local:
+        for job in jobs:
+            console.print(f"{job.name}: SageMaker SDK local mode (1 instance, FullyReplicated, EndOfJob)")
+            runner.run_sdk_local(s3, the_plan, job, submission.image, role)
+        return
+    workdir_path = Path(workdir) if workdir else _plan_file(plan_path).parent / "local"
+    extra_env = parse_env(env)
+    failed = 0
+    for job in jobs:
+        request = processing_request(the_plan, job, submission)
+        result = runner.run_job(
+            s3,
+            the_plan,
+            job,
+            request,
+            workdir_path,
+            instances,
+            docker=not no_docker,
+            image=submission.image,
+            extra_env=extra_env,
+            on_event=console.print,
+        )
+        for inst in result.instances:
+            if inst.exit_code != 0:
+                console.print(
+                    f"[red]{job.name} {inst.host} exited {inst.exit_code}[/]: {inst.message.strip() or 'no message'} "
+                    f"(log: {inst.log})"
+                )
+        console.print(f"{job.name}: {result.status}")
+        failed += result.status != "Completed"
+    console.print(
+        f"{len(jobs) - failed}/{len(jobs)} job(s) completed; outputs under {the_plan.output_prefix}"
+    )
+    if failed:
+        sys.exit(1)
+
+
+register(cli)
+
+
+def main() -> None:
+    cli(prog_name="launcher")

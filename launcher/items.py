@@ -1,0 +1,150 @@
+"""Pure helpers on STAC item dicts: MGRS tile, where the item JSON lives in S3, cloud cover, footprint.
+
+Both Earth Search schemas are handled (DOMAIN.md section 1): v1 (`grid:code`, `mgrs:*`) and v0 (`sentinel:*`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+_GRID_CODE = re.compile(r"^MGRS-(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
+_ITEM_ID_TILE = re.compile(r"^S2[A-D]_(?:T)?(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})_")
+_PC_TILE = re.compile(r"^(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
+# https://BUCKET.s3.REGION.amazonaws.com/KEY, https://BUCKET.s3.amazonaws.com/KEY, https://s3.REGION.amazonaws.com/BUCKET/KEY
+_VHOST = re.compile(r"^https?://([a-z0-9][a-z0-9.\-]*?)\.s3(?:[.\-][a-z0-9\-]+)?\.amazonaws\.com/(.+)$")
+_PATH = re.compile(r"^https?://s3(?:[.\-][a-z0-9\-]+)?\.amazonaws\.com/([a-z0-9][a-z0-9.\-]*)/(.+)$")
+
+
+def _tile(zone: Any, band: Any, square: Any) -> str | None:
+    try:
+        z = int(zone)
+    except (TypeError, ValueError):
+        return None
+    if not (1 <= z <= 60) or not isinstance(band, str) or not isinstance(square, str):
+        return None
+    return f"{z:02d}{band.upper()}{square.upper()}"
+
+
+def mgrs_tile(item: dict[str, Any]) -> str | None:
+    """The item's MGRS tile, normalised to a zero-padded zone (`09UXA`, `31UFU`), or None if unknown.
+
+    Sources, in order: `grid:code` (v1), `mgrs:*` (v1), `sentinel:*` (v0), `s2:mgrs_tile` (Planetary Computer),
+    then the item id.
+    """
+    props = item.get("properties") or {}
+    code = props.get("grid:code")
+    if isinstance(code, str):
+        m = _GRID_CODE.match(code.strip().upper())
+        if m:
+            return _tile(*m.groups())
+    for prefix in ("mgrs", "sentinel"):
+        tile = _tile(
+            props.get(f"{prefix}:utm_zone"),
+            props.get(f"{prefix}:latitude_band"),
+            props.get(f"{prefix}:grid_square"),
+        )
+        if tile:
+            return tile
+    pc = props.get("s2:mgrs_tile")
+    if isinstance(pc, str):
+        m = _PC_TILE.match(pc.strip().upper())
+        if m:
+            return _tile(*m.groups())
+    m = _ITEM_ID_TILE.match(str(item.get("id", "")))
+    if m:
+        return _tile(*m.groups())
+    return None
+
+
+def cloud_cover(item: dict[str, Any]) -> float | None:
+    value = (item.get("properties") or {}).get("eo:cloud_cover")
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def nodata_percentage(item: dict[str, Any]) -> float | None:
+    props = item.get("properties") or {}
+    value = props.get("s2:nodata_pixel_percentage")
+    if value is None and props.get("sentinel:data_coverage") is not None:
+        try:
+            return 100.0 - float(props["sentinel:data_coverage"])
+        except (TypeError, ValueError):
+            return None
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def item_datetime(item: dict[str, Any]) -> str:
+    props = item.get("properties") or {}
+    return str(props.get("datetime") or props.get("start_datetime") or "")
+
+
+@dataclass(frozen=True)
+class S3Location:
+    bucket: str
+    key: str
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+def s3_location_of_url(url: str) -> S3Location | None:
+    """`s3://b/k` or an S3 https URL (virtual-hosted or path style) -> bucket and key."""
+    if url.startswith("s3://"):
+        bucket, _, key = url[5:].partition("/")
+        return S3Location(bucket, key) if bucket and key else None
+    m = _VHOST.match(url) or _PATH.match(url)
+    if m:
+        return S3Location(m.group(1), m.group(2))
+    return None
+
+
+_RED_ASSETS = ("red", "B04")
+
+
+def item_location(item: dict[str, Any]) -> S3Location | None:
+    """Where the item's own JSON lives in S3, or None when it lives in no bucket (an API-only item).
+
+    Sources, in order: a `canonical` link into a bucket (Earth Search v1 and v0), `earthsearch:s3_path` plus
+    `<id>.json`, then the sentinel-cogs layout (the item JSON sits next to its COGs, named after the item id).
+    """
+    item_id = item.get("id")
+    for link in item.get("links") or []:
+        if link.get("rel") == "canonical" and isinstance(link.get("href"), str):
+            loc = s3_location_of_url(link["href"])
+            if loc and loc.key.endswith(".json"):
+                return loc
+    props = item.get("properties") or {}
+    s3_path = props.get("earthsearch:s3_path")
+    if isinstance(s3_path, str) and item_id:
+        loc = s3_location_of_url(s3_path.rstrip("/") + f"/{item_id}.json")
+        if loc:
+            return loc
+    assets = item.get("assets") or {}
+    for name in _RED_ASSETS:
+        href = (assets.get(name) or {}).get("href")
+        if isinstance(href, str) and item_id and href.lower().endswith(".tif"):
+            loc = s3_location_of_url(href)
+            if loc and loc.bucket == "sentinel-cogs" and f"/{item_id}/" in f"/{loc.key}":
+                folder = loc.key.rsplit("/", 1)[0]
+                return S3Location(loc.bucket, f"{folder}/{item_id}.json")
+    return None
+
+
+def footprint(item: dict[str, Any]) -> dict[str, Any] | None:
+    """The item's geometry (GeoJSON), or its bbox as a polygon."""
+    geometry = item.get("geometry")
+    if isinstance(geometry, dict) and geometry.get("type"):
+        return geometry
+    bbox = item.get("bbox")
+    if isinstance(bbox, list) and len(bbox) >= 4:
+        w, s, e, n = bbox[0], bbox[1], bbox[-2], bbox[-1]
+        return {"type": "Polygon", "coordinates": [[[w, s], [e, s], [e, n], [w, n], [w, s]]]}
+    return None

@@ -1,0 +1,210 @@
+"""Pure: a plan's job -> the CreateProcessingJob request dict, checked against the API's limits before sending.
+
+Limits (DOMAIN.md section 3 and the SageMaker API reference): job name 1-63 characters matching
+`[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`; InstanceCount 1-100; VolumeSizeInGB 1-16384; MaxRuntimeInSeconds
+1-777600; at most 10 inputs and 10 outputs; LocalPath under /opt/ml/processing/; Environment at most 100
+entries (keys `[a-zA-Z_][a-zA-Z0-9_]*` up to 256 characters, values up to 256); ContainerArguments at most 100,
+each up to 256 characters; at most 50 tags.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from launcher.plan import JobPlan, Plan, Submission
+
+INPUT_PATH = "/opt/ml/processing/input"
+OUTPUT_PATH = "/opt/ml/processing/output"
+DEFAULT_WORKER_ARGS = ("--input", INPUT_PATH, "--output", OUTPUT_PATH, "--on-error", "continue")
+TAG_RUN_ID = "earthmon:run-id"
+TAG_ROUND = "earthmon:round"
+TAG_JOB_INDEX = "earthmon:job-index"
+
+JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
+INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
+S3_URI = re.compile(r"^(https|s3)://([^/]+)/?(.*)$")
+IMAGE_URI = re.compile(r"^.{1,255}$")
+
+
+class RequestError(ValueError):
+    """A request that the API would reject; the message lists every problem."""
+
+
+def processing_request(plan: Plan, job: JobPlan, submission: Submission) -> dict[str, Any]:
+    """The CreateProcessingJob request for one job of the plan."""
+    args = list(submission.worker_args) if submission.worker_args else list(DEFAULT_WORKER_ARGS)
+    app: dict[str, Any] = {"ImageUri": submission.image}
+    if args:
+        app["ContainerArguments"] = args
+    request: dict[str, Any] = {
+        "ProcessingJobName": job.name,
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": job.instance_count,
+                "InstanceType": submission.instance_type,
+                "VolumeSizeInGB": submission.volume_gb,
+            }
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": submission.max_runtime_seconds},
+        "AppSpecification": app,
+        "ProcessingInputs": [
+            {
+                "InputName": "items",
+                "S3Input": {
+                    "S3Uri": job.manifest_uri,
+                    "LocalPath": INPUT_PATH,
+                    "S3DataType": "ManifestFile",
+                    "S3InputMode": "File",
+                    "S3DataDistributionType": "ShardedByS3Key",
+                },
+            }
+        ],
+        "ProcessingOutputConfig": {
+            "Outputs": [
+                {
+                    "OutputName": "ndvi",
+                    "S3Output": {
+                        "S3Uri": plan.job_output_uri(job),
+                        "LocalPath": OUTPUT_PATH,
+                        "S3UploadMode": "Continuous",
+                    },
+                }
+            ]
+        },
+        "RoleArn": submission.role,
+        "Tags": [
+            {"Key": TAG_RUN_ID, "Value": plan.run_id},
+            {"Key": TAG_ROUND, "Value": str(job.round)},
+            {"Key": TAG_JOB_INDEX, "Value": str(job.index)},
+        ],
+    }
+    if submission.environment:
+        request["Environment"] = dict(submission.environment)
+    return request
+
+
+def _check_range(errors: list[str], name: str, value: Any, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        errors.append(f"{name} must be an integer within {lo}..{hi}, got {value!r}")
+
+
+def _check_s3(errors: list[str], name: str, uri: Any) -> None:
+    if not isinstance(uri, str) or not S3_URI.match(uri) or len(uri) > 1024:
+        errors.append(f"{name} must be an s3:// URI of at most 1024 characters, got {uri!r}")
+
+
+def request_errors(request: Mapping[str, Any]) -> list[str]:
+    """Every reason the API would reject this CreateProcessingJob request (empty when it is valid)."""
+    errors: list[str] = []
+    name = request.get("ProcessingJobName", "")
+    if not isinstance(name, str) or not JOB_NAME.match(name):
+        errors.append(
+            f"ProcessingJobName {name!r} must be 1-63 letters, digits and hyphens, starting and ending with a "
+            "letter or digit"
+        )
+    cluster = request.get("ProcessingResources", {}).get("ClusterConfig", {})
+    _check_range(errors, "InstanceCount", cluster.get("InstanceCount"), 1, 100)
+    _check_range(errors, "VolumeSizeInGB", cluster.get("VolumeSizeInGB"), 1, 16384)
+    itype = cluster.get("InstanceType")
+    if not isinstance(itype, str) or not INSTANCE_TYPE.match(itype):
+        errors.append(f"InstanceType must look like ml.m5.xlarge, got {itype!r}")
+    _check_range(
+        errors,
+        "MaxRuntimeInSeconds",
+        request.get("StoppingCondition", {}).get("MaxRuntimeInSeconds"),
+        1,
+        777600,
+    )
+    app = request.get("AppSpecification", {})
+    image = app.get("ImageUri")
+    if not isinstance(image, str) or not image or len(image) > 255 or any(c.isspace() for c in image):
+        errors.append(f"ImageUri must be 1-255 characters without spaces, got {image!r}")
+    args = app.get("ContainerArguments", [])
+    if len(args) > 100:
+        errors.append(f"at most 100 ContainerArguments, got {len(args)}")
+    for arg in args:
+        if not isinstance(arg, str) or not 1 <= len(arg) <= 256:
+            errors.append(f"each container argument must be 1-256 characters, got {arg!r}")
+    role = request.get("RoleArn")
+    if not isinstance(role, str) or not ROLE_ARN.match(role) or len(role) > 2048:
+        errors.append(f"RoleArn must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME), got {role!r}")
+    env = request.get("Environment", {})
+    if len(env) > 100:
+        errors.append(f"at most 100 Environment entries, got {len(env)}")
+    for key, value in env.items():
+        if not ENV_KEY.match(key) or len(key) > 256:
+            errors.append(
+                f"environment variable name {key!r} must match [a-zA-Z_][a-zA-Z0-9_]* (at most 256)"
+            )
+        if not isinstance(value, str) or len(value) > 256:
+            errors.append(f"environment variable {key} must be a string of at most 256 characters")
+    inputs = request.get("ProcessingInputs", [])
+    outputs = request.get("ProcessingOutputConfig", {}).get("Outputs", [])
+    if len(inputs) > 10:
+        errors.append(f"at most 10 ProcessingInputs, got {len(inputs)}")
+    if len(outputs) > 10:
+        errors.append(f"at most 10 outputs, got {len(outputs)}")
+    for i, inp in enumerate(inputs):
+        s3 = inp.get("S3Input", {})
+        _check_s3(errors, f"ProcessingInputs[{i}].S3Uri", s3.get("S3Uri"))
+        if not str(s3.get("LocalPath", "")).startswith("/opt/ml/processing/"):
+            errors.append(f"ProcessingInputs[{i}].LocalPath must be under /opt/ml/processing/")
+        if s3.get("S3DataType") not in {"ManifestFile", "S3Prefix"}:
+            errors.append(f"ProcessingInputs[{i}].S3DataType must be ManifestFile or S3Prefix")
+        if s3.get("S3DataDistributionType") not in {"ShardedByS3Key", "FullyReplicated"}:
+            errors.append(
+                f"ProcessingInputs[{i}].S3DataDistributionType must be ShardedByS3Key or FullyReplicated"
+            )
+    for i, out in enumerate(outputs):
+        s3 = out.get("S3Output", {})
+        _check_s3(errors, f"Outputs[{i}].S3Uri", s3.get("S3Uri"))
+        if not str(s3.get("LocalPath", "")).startswith("/opt/ml/processing/"):
+            errors.append(f"Outputs[{i}].LocalPath must be under /opt/ml/processing/")
+        if s3.get("S3UploadMode") not in {"Continuous", "EndOfJob"}:
+            errors.append(f"Outputs[{i}].S3UploadMode must be Continuous or EndOfJob")
+    tags = request.get("Tags", [])
+    if len(tags) > 50:
+        errors.append(f"at most 50 tags, got {len(tags)}")
+    return errors
+
+
+def validate_requests(requests: Sequence[Mapping[str, Any]]) -> None:
+    """Raise RequestError naming every invalid request and duplicate job name (nothing is sent then)."""
+    problems: list[str] = []
+    names: set[str] = set()
+    for request in requests:
+        name = request.get("ProcessingJobName", "?")
+        if name in names:
+            problems.append(f"{name}: job name used twice in one submission")
+        names.add(name)
+        problems.extend(f"{name}: {e}" for e in request_errors(request))
+    if problems:
+        raise RequestError("invalid CreateProcessingJob request(s):\n  " + "\n  ".join(problems))
+
+
+def parse_env(pairs: Sequence[str]) -> dict[str, str]:
+    """`K=V` strings -> dict; a clear error for a pair without '='."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise RequestError(f"--env takes KEY=VALUE, got {pair!r}")
+        env[key] = value
+    return env
+
+
+def same_job(existing: Mapping[str, Any], request: Mapping[str, Any]) -> bool:
+    """Whether a described job is the one this request would create (same manifest and output)."""
+
+    def uris(d: Mapping[str, Any]) -> tuple:
+        ins = tuple(i.get("S3Input", {}).get("S3Uri") for i in d.get("ProcessingInputs", []))
+        outs = tuple(
+            o.get("S3Output", {}).get("S3Uri") for o in d.get("ProcessingOutputConfig", {}).get("Outputs", [])
+        )
+        return ins, outs
+
+    return uris(existing) == uris(request)

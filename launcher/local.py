@@ -1,0 +1,292 @@
+"""Run a plan on this machine the way SageMaker Processing would.
+
+Each simulated instance (`algo-1`..`algo-N`) gets its own `/opt/ml` tree: `processing/input` with its share of
+the manifest's objects (split like ShardedByS3Key), `processing/output`, `config/resourceconfig.json` and
+`config/processingjobconfig.json` (the CreateProcessingJob request), `output/message`. The processing image runs
+once per instance with `docker run` (bind mounts, `--network host`), or, with `--no-docker`, the worker runs as
+`python -m ndvi_worker` with `SAGEMAKER_BASE_DIR` pointing at the instance's tree (the same isolation). When the
+instances exit, their outputs are copied to the job's output prefix. A job fails if any instance exits non-zero.
+
+SageMaker SDK local mode cannot do ManifestFile, ShardedByS3Key or Continuous (DOMAIN.md section 7), hence this
+runner; `run_sdk_local` offers the profile local mode supports (S3Prefix, FullyReplicated, EndOfJob).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from launcher.aws import S3Uri, list_objects, parse_s3_uri
+from launcher.plan import JobPlan, Plan, manifest_uris
+
+CONTAINER_BASE = "/opt/ml"
+DEFAULT_IMAGE = "earthmon-processing:dev"
+
+
+# --------------------------------------------------------------------------------------------------- pure
+
+
+def hosts(n: int) -> list[str]:
+    if n < 1:
+        raise ValueError(f"instances must be >= 1, got {n}")
+    return [f"algo-{i}" for i in range(1, n + 1)]
+
+
+def split_keys(uris: Sequence[str], n: int) -> list[list[str]]:
+    """ShardedByS3Key as simulated here: the manifest's objects sorted by key, in contiguous runs whose sizes
+    differ by at most one (AWS documents only 'about 1/n of the objects'; the workers find inputs recursively
+    and treat an empty share as success, so any split works)."""
+    ordered = sorted(uris)
+    base, extra = divmod(len(ordered), n)
+    out, start = [], 0
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        out.append(ordered[start : start + size])
+        start += size
+    return out
+
+
+def resource_config(host: str, all_hosts: Sequence[str]) -> dict[str, Any]:
+    return {"current_host": host, "hosts": list(all_hosts)}
+
+
+def rebase_args(args: Sequence[str], base_dir: str) -> list[str]:
+    """Container arguments with /opt/ml paths moved under a base dir (for the worker run as a process)."""
+    out = []
+    for arg in args:
+        if arg == CONTAINER_BASE or arg.startswith(CONTAINER_BASE + "/"):
+            arg = base_dir.rstrip("/") + arg[len(CONTAINER_BASE) :]
+        out.append(arg)
+    return out
+
+
+def docker_argv(
+    image: str, tree: str, environment: Mapping[str, str], args: Sequence[str], name: str | None = None
+) -> list[str]:
+    """`docker run` for one simulated instance: its tree mounted at /opt/ml, host network, the image's
+    ENTRYPOINT with the request's ContainerArguments appended (what SageMaker does)."""
+    argv = ["docker", "run", "--rm", "--network", "host"]
+    if name:
+        argv += ["--name", name]
+    for sub in ("processing/input", "processing/output", "config", "output"):
+        argv += ["-v", f"{os.path.abspath(os.path.join(tree, sub))}:{CONTAINER_BASE}/{sub}"]
+    for key, value in sorted(environment.items()):
+        argv += ["-e", f"{key}={value}"]
+    argv.append(image)
+    argv += list(args)
+    return argv
+
+
+def local_key(uri: str, prefix: str) -> str:
+    """Where an object lands under LocalPath: its key relative to the manifest prefix."""
+    return uri[len(prefix) :] if uri.startswith(prefix) else uri.split("/", 3)[-1]
+
+
+# ----------------------------------------------------------------------------------------------------- I/O
+
+
+@dataclass
+class InstanceResult:
+    host: str
+    exit_code: int
+    inputs: int
+    outputs: int
+    seconds: float
+    message: str
+    log: str
+
+
+@dataclass
+class LocalJobResult:
+    job: str
+    instances: list[InstanceResult] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        return "Completed" if all(i.exit_code == 0 for i in self.instances) else "Failed"
+
+
+def _prepare_tree(tree: Path) -> None:
+    for sub in ("processing/input", "processing/output", "config", "output"):
+        (tree / sub).mkdir(parents=True, exist_ok=True)
+
+
+def stage_inputs(s3: Any, uris: Sequence[str], prefix: str, input_dir: Path) -> int:
+    """Download the objects of one instance's share under its input dir, keys relative to the prefix."""
+    for uri in uris:
+        loc = parse_s3_uri(uri)
+        dest = input_dir / local_key(uri, prefix)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(loc.bucket, loc.key, str(dest))
+    return len(uris)
+
+
+def upload_outputs(s3: Any, output_dir: Path, output_uri: str) -> int:
+    dest = parse_s3_uri(output_uri).as_prefix()
+    n = 0
+    for path in sorted(output_dir.rglob("*")):
+        if path.is_file() and not path.name.startswith("."):
+            rel = path.relative_to(output_dir).as_posix()
+            s3.upload_file(str(path), dest.bucket, dest.key + rel)
+            n += 1
+    return n
+
+
+def run_job(
+    s3: Any,
+    plan: Plan,
+    job: JobPlan,
+    request: Mapping[str, Any],
+    workdir: Path,
+    instances: int,
+    *,
+    docker: bool = True,
+    image: str | None = None,
+    python: str = sys.executable,
+    extra_env: Mapping[str, str] | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> LocalJobResult:
+    """Run one job of the plan locally: stage, run every instance at once, upload outputs."""
+    say = on_event or (lambda _msg: None)
+    manifest_loc = parse_s3_uri(job.manifest_uri)
+    manifest = json.loads(s3.get_object(Bucket=manifest_loc.bucket, Key=manifest_loc.key)["Body"].read())
+    uris = manifest_uris(manifest)
+    prefix = manifest[0]["prefix"]
+    all_hosts = hosts(instances)
+    shares = split_keys(uris, instances)
+    job_dir = workdir / job.name
+    args = list(request.get("AppSpecification", {}).get("ContainerArguments", []))
+    environment = dict(request.get("Environment", {}))
+    if extra_env:
+        environment.update(extra_env)
+    procs: list[tuple[str, Path, subprocess.Popen, float, int, Any]] = []
+    for host, share in zip(all_hosts, shares, strict=True):
+        tree = job_dir / host
+        _prepare_tree(tree)
+        inputs = stage_inputs(s3, share, prefix, tree / "processing" / "input")
+        (tree / "config" / "resourceconfig.json").write_text(json.dumps(resource_config(host, all_hosts)))
+        (tree / "config" / "processingjobconfig.json").write_text(json.dumps(request, indent=1))
+        log = open(tree / "worker.log", "wb")  # noqa: SIM115 (closed when the process is reaped)
+        if docker:
+            argv = docker_argv(image or request["AppSpecification"]["ImageUri"], str(tree), environment, args)
+            env = None
+        else:
+            argv = [python, "-m", "ndvi_worker", *rebase_args(args, str(tree))]
+            env = {**os.environ, **environment, "SAGEMAKER_BASE_DIR": str(tree)}
+        say(f"{job.name} {host}: {inputs} item(s), {' '.join(argv[:3])} ...")
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
+        procs.append((host, tree, proc, time.monotonic(), inputs, log))
+    result = LocalJobResult(job=job.name)
+    for host, tree, proc, t0, inputs, log in procs:
+        code = proc.wait()
+        log.close()
+        seconds = time.monotonic() - t0
+        message_file = tree / "output" / "message"
+        message = message_file.read_text()[:1024] if message_file.exists() else ""
+        outputs = upload_outputs(s3, tree / "processing" / "output", plan.job_output_uri(job))
+        say(f"{job.name} {host}: exit {code}, {outputs} file(s) uploaded in {seconds:.1f} s")
+        result.instances.append(
+            InstanceResult(host, code, inputs, outputs, seconds, message, str(tree / "worker.log"))
+        )
+    (job_dir / "local-status.json").write_text(
+        json.dumps(
+            {
+                "job": job.name,
+                "status": result.status,
+                "instances": [i.__dict__ for i in result.instances],
+            },
+            indent=1,
+        )
+    )
+    return result
+
+
+# -------------------------------------------------------------------------------------------- SDK local mode
+
+
+def sdk_local_arguments(plan: Plan, job: JobPlan, input_uri: str, image: str, role: str) -> dict[str, Any]:
+    """The Processor and run() arguments for SageMaker SDK local mode's supported profile (pure)."""
+    return {
+        "processor": {
+            "role": role,
+            "image_uri": image,
+            "instance_count": 1,
+            "instance_type": "local",
+        },
+        "inputs": [
+            {
+                "source": input_uri,
+                "destination": "/opt/ml/processing/input",
+                "input_name": "items",
+                "s3_data_type": "S3Prefix",
+                "s3_data_distribution_type": "FullyReplicated",
+            }
+        ],
+        "outputs": [
+            {
+                "source": "/opt/ml/processing/output",
+                "destination": plan.job_output_uri(job),
+                "output_name": "ndvi",
+                "s3_upload_mode": "EndOfJob",
+            }
+        ],
+    }
+
+
+TELEMETRY_OPT_OUT = {
+    "SchemaVersion": "1.0",
+    "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
+}
+
+
+def stage_sdk_input(s3: Any, job: JobPlan, plan: Plan) -> str:
+    """Copy the job's item JSONs under one S3 prefix (local mode reads S3Prefix inputs, not manifests)."""
+    dest = parse_s3_uri(plan.s3_prefix).join("sdk-local", job.name).as_prefix()
+    for scene in job.scenes:
+        src = parse_s3_uri(scene.uri)
+        s3.copy_object(
+            Bucket=dest.bucket,
+            Key=dest.key + f"{scene.item_id}.json",
+            CopySource={"Bucket": src.bucket, "Key": src.key},
+        )
+    return str(dest)
+
+
+def run_sdk_local(
+    s3: Any, plan: Plan, job: JobPlan, image: str, role: str
+) -> None:  # pragma: no cover - Docker
+    """Run one job through SageMaker SDK local mode (one instance, S3Prefix, FullyReplicated, EndOfJob)."""
+    from sagemaker.local import LocalSession
+    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
+
+    from launcher.aws import session
+
+    input_uri = stage_sdk_input(s3, job, plan)
+    spec = sdk_local_arguments(plan, job, input_uri, image, role)
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    local_session = (
+        LocalSession(boto_session=session(), s3_endpoint_url=endpoint)
+        if endpoint
+        else LocalSession(boto_session=session())
+    )
+    local_session.config = {"local": {"local_code": True}}
+    local_session.sagemaker_config = TELEMETRY_OPT_OUT
+    processor = Processor(sagemaker_session=local_session, **spec["processor"])
+    processor.run(
+        inputs=[ProcessingInput(**i) for i in spec["inputs"]],
+        outputs=[ProcessingOutput(**o) for o in spec["outputs"]],
+        wait=True,
+        logs=True,
+    )
+
+
+def output_files(s3: Any, uri: str) -> list[str]:
+    prefix = parse_s3_uri(uri).as_prefix()
+    return [o["Key"] for o in list_objects(s3, S3Uri(prefix.bucket, prefix.key))]

@@ -1,0 +1,502 @@
+"""The plan: scenes sharded into ManifestFile jobs. Pure: item dicts in, a `Plan` (and manifests) out.
+
+`plan.json` is the launcher's central record. `Plan.from_dict` rejects unknown keys (a typo in a hand-edited plan
+is an error, not a silently ignored setting).
+
+S3 layout of a run under `s3_prefix` (`s3://bucket/prefix/<run_id>/`):
+    plan.json                      the plan
+    manifests/r<round>-<index>.json one ManifestFile per job
+    items/<item_id>.json           item JSONs that live in no bucket (or with --copy-items)
+    output/<job_name>/...          each job's Continuous output (per-host reports need per-job folders)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from launcher.items import item_location, mgrs_tile
+
+PLAN_VERSION = 1
+RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,47}$")
+MAX_RUN_ID = 48  # job names are <run_id>-r<round>-<index>, at most 63 characters
+DEFAULT_SECONDS_PER_SCENE = (
+    60.0  # download + NDVI + COG write of one full scene on an ml.m5.xlarge, with margin
+)
+DEFAULT_STARTUP_SECONDS = 180.0  # provisioning + image pull + manifest download, per job
+# Approximate on-demand prices (USD per instance-hour) of SageMaker Processing in us-east-1. An estimate only:
+# pass --price-per-hour for your region and agreement.
+PRICES_USD_PER_HOUR = {
+    "ml.t3.medium": 0.05,
+    "ml.t3.large": 0.10,
+    "ml.t3.xlarge": 0.20,
+    "ml.m5.large": 0.115,
+    "ml.m5.xlarge": 0.23,
+    "ml.m5.2xlarge": 0.461,
+    "ml.m5.4xlarge": 0.922,
+    "ml.m5.12xlarge": 2.765,
+    "ml.c5.xlarge": 0.204,
+    "ml.c5.2xlarge": 0.408,
+    "ml.c5.4xlarge": 0.816,
+    "ml.r5.large": 0.151,
+    "ml.r5.xlarge": 0.302,
+    "ml.r5.2xlarge": 0.605,
+}
+
+T = TypeVar("T")
+
+
+class PlanError(ValueError):
+    """A plan that cannot be built or read; the message says what to change."""
+
+
+# --------------------------------------------------------------------------------------------------- model
+
+
+def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
+    if not isinstance(data, dict):
+        raise PlanError(f"{where}: expected an object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise PlanError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    required = {
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    }
+    missing = sorted(required - set(data))
+    if missing:
+        raise PlanError(f"{where}: missing key(s) {', '.join(missing)}")
+
+
+@dataclass(frozen=True)
+class SceneRef:
+    """One scene of a job: the item id and the S3 URI of its item JSON."""
+
+    item_id: str
+    uri: str
+    tile: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"item_id": self.item_id, "uri": self.uri, "tile": self.tile}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "scene") -> SceneRef:
+        _check_keys(cls, data, where)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """One Processing job: its manifest and scenes."""
+
+    name: str
+    round: int
+    index: int
+    manifest_uri: str
+    instance_count: int
+    scenes: tuple[SceneRef, ...]
+
+    @property
+    def scene_count(self) -> int:
+        return len(self.scenes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "round": self.round,
+            "index": self.index,
+            "manifest_uri": self.manifest_uri,
+            "instance_count": self.instance_count,
+            "scenes": [s.to_dict() for s in self.scenes],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "job") -> JobPlan:
+        _check_keys(cls, data, where)
+        scenes = tuple(SceneRef.from_dict(s, f"{where}.scenes[{i}]") for i, s in enumerate(data["scenes"]))
+        return cls(**{**data, "scenes": scenes})
+
+
+@dataclass(frozen=True)
+class Estimate:
+    instance_hours: float
+    cost_usd: float
+    wall_hours: float
+    price_per_hour: float
+    seconds_per_scene: float
+    startup_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "estimate") -> Estimate:
+        _check_keys(cls, data, where)
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """How the jobs are submitted (recorded by `submit`, reused by `resume`)."""
+
+    image: str
+    role: str
+    instance_type: str = "ml.m5.xlarge"
+    volume_gb: int = 30
+    max_runtime_seconds: int = 3 * 3600
+    environment: dict[str, str] = field(default_factory=dict)
+    worker_args: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["worker_args"] = list(self.worker_args)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "submission") -> Submission:
+        _check_keys(cls, data, where)
+        return cls(**{**data, "worker_args": tuple(data.get("worker_args", ()))})
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_id: str
+    created: str
+    s3_prefix: str
+    output_prefix: str
+    instance_type: str
+    instances_per_job: int
+    jobs: tuple[JobPlan, ...]
+    estimate: Estimate
+    dedupe: str | None = None
+    submission: Submission | None = None
+    version: int = PLAN_VERSION
+
+    @property
+    def scene_count(self) -> int:
+        return len({s.item_id for j in self.jobs for s in j.scenes})
+
+    @property
+    def rounds(self) -> list[int]:
+        return sorted({j.round for j in self.jobs})
+
+    def jobs_of_round(self, round_: int) -> list[JobPlan]:
+        return [j for j in self.jobs if j.round == round_]
+
+    def scenes(self) -> dict[str, SceneRef]:
+        """Every scene of the plan by item id (a scene planned in several rounds appears once)."""
+        out: dict[str, SceneRef] = {}
+        for job in self.jobs:
+            for s in job.scenes:
+                out.setdefault(s.item_id, s)
+        return out
+
+    def job_output_uri(self, job: JobPlan) -> str:
+        return f"{self.output_prefix.rstrip('/')}/{job.name}/"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "run_id": self.run_id,
+            "created": self.created,
+            "s3_prefix": self.s3_prefix,
+            "output_prefix": self.output_prefix,
+            "instance_type": self.instance_type,
+            "instances_per_job": self.instances_per_job,
+            "dedupe": self.dedupe,
+            "estimate": self.estimate.to_dict(),
+            "submission": self.submission.to_dict() if self.submission else None,
+            "summary": {
+                "jobs": len(self.jobs),
+                "scenes": self.scene_count,
+                "rounds": self.rounds,
+            },
+            "jobs": [j.to_dict() for j in self.jobs],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Plan:
+        data = dict(data)
+        data.pop("summary", None)  # derived, written for humans
+        _check_keys(cls, data, "plan")
+        if data.get("version") != PLAN_VERSION:
+            raise PlanError(
+                f"plan version {data.get('version')!r} is not supported (this launcher reads {PLAN_VERSION})"
+            )
+        jobs = tuple(JobPlan.from_dict(j, f"plan.jobs[{i}]") for i, j in enumerate(data["jobs"]))
+        submission = data.get("submission")
+        return cls(
+            **{
+                **data,
+                "jobs": jobs,
+                "estimate": Estimate.from_dict(data["estimate"], "plan.estimate"),
+                "submission": Submission.from_dict(submission, "plan.submission") if submission else None,
+            }
+        )
+
+
+# ---------------------------------------------------------------------------------------------- pure logic
+
+
+def shard(items: Sequence[T], n: int) -> list[list[T]]:
+    """Round-robin `items` into `n` shards: item i goes to shard i % n.
+
+    Every item lands in exactly one shard, shard sizes differ by at most one, the result depends only on the
+    order of `items`, and no shard is empty unless there are fewer items than shards.
+    """
+    if n < 1:
+        raise ValueError(f"number of shards must be >= 1, got {n}")
+    return [list(items[i::n]) for i in range(n)]
+
+
+def common_prefix(uris: Sequence[str]) -> str:
+    """The deepest common folder (`s3://bucket/dir/`) of S3 URIs in one bucket."""
+    if not uris:
+        raise ValueError("no URIs")
+    buckets = {u[5:].split("/", 1)[0] for u in uris}
+    if len(buckets) != 1:
+        raise ValueError(f"URIs span several buckets: {', '.join(sorted(buckets))}")
+    folders = [u.rsplit("/", 1)[0].split("/") for u in uris]
+    first = folders[0]
+    depth = len(first)
+    for parts in folders[1:]:
+        depth = min(depth, len(parts))
+        for i in range(depth):
+            if parts[i] != first[i]:
+                depth = i
+                break
+    # keep at least "s3:", "", "bucket"
+    depth = max(depth, 3)
+    return "/".join(first[:depth]) + "/"
+
+
+def build_manifest(uris: Sequence[str]) -> list[Any]:
+    """A ManifestFile: `[{"prefix": "s3://bucket/dir/"}, "rel/key", ...]` (keys relative to the prefix)."""
+    prefix = common_prefix(uris)
+    return [{"prefix": prefix}, *[u[len(prefix) :] for u in uris]]
+
+
+def manifest_uris(manifest: Sequence[Any]) -> list[str]:
+    """The S3 URIs listed by a ManifestFile (inverse of `build_manifest`)."""
+    if not manifest or not isinstance(manifest[0], dict) or "prefix" not in manifest[0]:
+        raise ValueError('a ManifestFile starts with {"prefix": "s3://..."}')
+    prefix = manifest[0]["prefix"]
+    return [prefix + key for key in manifest[1:]]
+
+
+def job_name(run_id: str, round_: int, index: int) -> str:
+    return f"{run_id}-r{round_}-{index:03d}"
+
+
+def validate_run_id(run_id: str) -> None:
+    if not RUN_ID_PATTERN.match(run_id):
+        raise PlanError(
+            f"run id {run_id!r} is not valid: 1-{MAX_RUN_ID} characters, letters, digits and hyphens, starting and "
+            "ending with a letter or digit (it prefixes the Processing job names, at most 63 characters)"
+        )
+
+
+def scene_refs(
+    items: Sequence[dict[str, Any]], item_prefix: str, copy_items: bool | None = None
+) -> tuple[list[SceneRef], list[dict[str, Any]]]:
+    """Each item's `SceneRef` and the items that must be written to `item_prefix` first.
+
+    Items are referenced where they live when they all live in one bucket; otherwise (or with
+    `copy_items=True`) every item is written under `item_prefix`, because a ManifestFile lists keys of one bucket.
+    """
+    locations = [item_location(item) for item in items]
+    buckets = {loc.bucket for loc in locations if loc is not None}
+    in_place = copy_items is not True and all(loc is not None for loc in locations) and len(buckets) == 1
+    if copy_items is False and not in_place:
+        raise PlanError(
+            "the items do not all live in one bucket, so they must be copied: drop --no-copy-items "
+            f"(buckets: {', '.join(sorted(buckets)) or 'none'})"
+        )
+    refs: list[SceneRef] = []
+    to_write: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    base = item_prefix.rstrip("/")
+    for item, loc in zip(items, locations, strict=True):
+        item_id = str(item["id"])
+        if item_id in seen:
+            raise PlanError(
+                f"item {item_id} is listed twice: deduplicate the items first (launcher search does)"
+            )
+        seen.add(item_id)
+        if in_place:
+            assert loc is not None
+            uri = loc.uri
+        else:
+            uri = f"{base}/{item_id}.json"
+            to_write.append(item)
+        refs.append(SceneRef(item_id=item_id, uri=uri, tile=mgrs_tile(item)))
+    return refs, to_write
+
+
+def estimate(
+    scene_counts_and_instances: Sequence[tuple[int, int]],
+    price_per_hour: float,
+    seconds_per_scene: float = DEFAULT_SECONDS_PER_SCENE,
+    startup_seconds: float = DEFAULT_STARTUP_SECONDS,
+) -> Estimate:
+    """Instance-hours, cost and wall time when all jobs run at once. Each instance of a job gets about
+    scenes/instances scenes; a job lasts as long as its busiest instance, and every instance is billed for it."""
+    instance_hours = 0.0
+    wall = 0.0
+    for scenes, instances in scene_counts_and_instances:
+        if scenes == 0 or instances == 0:
+            continue
+        seconds = startup_seconds + math.ceil(scenes / instances) * seconds_per_scene
+        instance_hours += instances * seconds / 3600
+        wall = max(wall, seconds / 3600)
+    return Estimate(
+        instance_hours=round(instance_hours, 3),
+        cost_usd=round(instance_hours * price_per_hour, 2),
+        wall_hours=round(wall, 3),
+        price_per_hour=price_per_hour,
+        seconds_per_scene=seconds_per_scene,
+        startup_seconds=startup_seconds,
+    )
+
+
+def price_for(instance_type: str, override: float | None = None) -> float:
+    if override is not None:
+        return override
+    try:
+        return PRICES_USD_PER_HOUR[instance_type]
+    except KeyError:
+        raise PlanError(
+            f"no price known for {instance_type}: pass --price-per-hour (USD per instance-hour) for the estimate"
+        ) from None
+
+
+def order_scenes(refs: Sequence[SceneRef]) -> list[SceneRef]:
+    """The canonical order sharding starts from: by tile, then item id (independent of search page order)."""
+    return sorted(refs, key=lambda s: (s.tile or "~", s.item_id))
+
+
+def make_jobs(
+    refs: Sequence[SceneRef],
+    run_id: str,
+    round_: int,
+    jobs: int,
+    instances_per_job: int,
+    manifest_prefix: str,
+) -> tuple[list[JobPlan], dict[str, list[Any]]]:
+    """Shard scenes into at most `jobs` non-empty jobs and build their manifests (uri -> manifest)."""
+    if jobs < 1:
+        raise PlanError(f"--jobs must be >= 1, got {jobs}")
+    if not 1 <= instances_per_job <= 100:
+        raise PlanError(
+            f"--instances-per-job must be within 1..100 (the API's limit), got {instances_per_job}"
+        )
+    if not refs:
+        raise PlanError("no scenes to plan")
+    ordered = order_scenes(refs)
+    shards = [s for s in shard(ordered, min(jobs, len(ordered))) if s]
+    job_plans: list[JobPlan] = []
+    manifests: dict[str, list[Any]] = {}
+    base = manifest_prefix.rstrip("/")
+    for index, scenes in enumerate(shards):
+        uri = f"{base}/r{round_}-{index:03d}.json"
+        manifests[uri] = build_manifest([s.uri for s in scenes])
+        job_plans.append(
+            JobPlan(
+                name=job_name(run_id, round_, index),
+                round=round_,
+                index=index,
+                manifest_uri=uri,
+                instance_count=min(instances_per_job, len(scenes)),
+                scenes=tuple(scenes),
+            )
+        )
+    return job_plans, manifests
+
+
+def run_paths(s3_prefix: str, run_id: str) -> dict[str, str]:
+    base = f"{s3_prefix.rstrip('/')}/{run_id}"
+    return {
+        "base": base + "/",
+        "plan": f"{base}/plan.json",
+        "manifests": f"{base}/manifests/",
+        "items": f"{base}/items/",
+        "output": f"{base}/output/",
+    }
+
+
+def make_plan(
+    items: Sequence[dict[str, Any]],
+    *,
+    run_id: str,
+    created: str,
+    s3_prefix: str,
+    jobs: int,
+    instances_per_job: int,
+    instance_type: str = "ml.m5.xlarge",
+    price_per_hour: float | None = None,
+    seconds_per_scene: float = DEFAULT_SECONDS_PER_SCENE,
+    startup_seconds: float = DEFAULT_STARTUP_SECONDS,
+    copy_items: bool | None = None,
+    dedupe: str | None = None,
+) -> tuple[Plan, dict[str, list[Any]], list[dict[str, Any]]]:
+    """Plan items into jobs. Returns the plan, the manifests to upload (uri -> manifest) and the item dicts to
+    write under the run's `items/` prefix first."""
+    validate_run_id(run_id)
+    if not s3_prefix.startswith("s3://") or len(s3_prefix) <= 5:
+        raise PlanError(f"--s3-prefix must be an s3://bucket/prefix URI, got {s3_prefix!r}")
+    paths = run_paths(s3_prefix, run_id)
+    refs, to_write = scene_refs(items, paths["items"], copy_items)
+    job_plans, manifests = make_jobs(refs, run_id, 0, jobs, instances_per_job, paths["manifests"])
+    price = price_for(instance_type, price_per_hour)
+    est = estimate(
+        [(j.scene_count, j.instance_count) for j in job_plans], price, seconds_per_scene, startup_seconds
+    )
+    plan = Plan(
+        run_id=run_id,
+        created=created,
+        s3_prefix=paths["base"],
+        output_prefix=paths["output"],
+        instance_type=instance_type,
+        instances_per_job=instances_per_job,
+        jobs=tuple(job_plans),
+        estimate=est,
+        dedupe=dedupe,
+    )
+    return plan, manifests, to_write
+
+
+def add_round(
+    plan: Plan, scenes: Sequence[SceneRef], jobs: int | None = None
+) -> tuple[Plan, list[JobPlan], dict[str, list[Any]]]:
+    """A new round of jobs for `scenes` (resume). Jobs default to as many as keep the first round's scenes per
+    job. Returns the extended plan, the new jobs and their manifests."""
+    if not scenes:
+        raise PlanError("no scenes to plan in a new round")
+    round_ = max(plan.rounds, default=-1) + 1
+    if jobs is None:
+        first = plan.jobs_of_round(min(plan.rounds)) if plan.jobs else []
+        per_job = max(1, math.ceil(sum(j.scene_count for j in first) / max(1, len(first))))
+        jobs = max(1, math.ceil(len(scenes) / per_job))
+    name_check = job_name(plan.run_id, round_, max(jobs, 1) - 1)
+    if len(name_check) > 63:
+        raise PlanError(
+            f"job name {name_check} would exceed 63 characters: too many rounds for run {plan.run_id}"
+        )
+    manifest_prefix = f"{plan.s3_prefix.rstrip('/')}/manifests/"
+    new_jobs, manifests = make_jobs(
+        scenes, plan.run_id, round_, jobs, plan.instances_per_job, manifest_prefix
+    )
+    all_jobs = (*plan.jobs, *new_jobs)
+    est = estimate(
+        [(j.scene_count, j.instance_count) for j in all_jobs],
+        plan.estimate.price_per_hour,
+        plan.estimate.seconds_per_scene,
+        plan.estimate.startup_seconds,
+    )
+    return dataclasses.replace(plan, jobs=all_jobs, estimate=est), new_jobs, manifests

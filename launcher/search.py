@@ -1,0 +1,317 @@
+"""Scene search: a STAC API search (pystac-client, all pages) or SageMaker geospatial, then one scene per tile.
+
+`dedupe` and the geospatial-to-STAC conversion are pure; `search_stac` and `search_geospatial` are the I/O edge.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from launcher.items import cloud_cover, item_datetime, mgrs_tile, nodata_percentage
+
+EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
+DEFAULT_COLLECTION = "sentinel-2-l2a"
+DEDUPE_STRATEGIES = ("least-cloudy", "first", "latest")
+# The Sentinel-2 L2A COG collection of SageMaker geospatial (us-west-2 only, closed to new customers).
+GEOSPATIAL_SENTINEL2_ARN = (
+    "arn:aws:sagemaker-geospatial:us-west-2:378778860802:raster-data-collection/public/nmqj48dcu3g7ayw8"
+)
+
+
+@dataclass
+class DedupeStats:
+    searched: int = 0
+    other_collection: int = 0
+    duplicates: int = 0
+    no_tile: int = 0
+    kept: int = 0
+    per_collection: dict[str, int] = field(default_factory=dict)
+
+
+def _rank_least_cloudy(item: dict[str, Any]) -> tuple:
+    # Least cloud first; ties: less no-data, then the later acquisition, then the item id. Unknown values rank last.
+    cloud = cloud_cover(item)
+    nodata = nodata_percentage(item)
+    dt = item_datetime(item)
+    return (
+        math.inf if cloud is None else cloud,
+        math.inf if nodata is None else nodata,
+        _neg_str(dt),
+        str(item.get("id", "")),
+    )
+
+
+def _neg_str(s: str) -> tuple:
+    # Sort key for "descending string" inside an ascending tuple sort.
+    return tuple(-ord(c) for c in s) + (1,)
+
+
+def _rank_latest(item: dict[str, Any]) -> tuple:
+    return (_neg_str(item_datetime(item)), str(item.get("id", "")))
+
+
+def dedupe(
+    items: Iterable[dict[str, Any]], strategy: str = "least-cloudy", collection: str | None = None
+) -> tuple[list[dict[str, Any]], DedupeStats]:
+    """One scene per MGRS tile, sorted by (tile, id). Pure and deterministic whatever the page order.
+
+    - `least-cloudy`: lowest `eo:cloud_cover`; ties broken by lower no-data percentage, later datetime, item id.
+    - `first`: the first item seen per tile (what the reference pipeline did).
+    - `latest`: the most recent acquisition; ties broken by item id.
+    Items of another collection than `collection` (when given) are dropped and counted. Items without a tile
+    are kept, each as its own key (counted in `no_tile`). Duplicate item ids count once.
+    """
+    if strategy not in DEDUPE_STRATEGIES:
+        raise ValueError(
+            f"unknown dedupe strategy {strategy!r}: choose one of {', '.join(DEDUPE_STRATEGIES)}"
+        )
+    stats = DedupeStats()
+    best: dict[str, tuple[tuple, dict[str, Any]]] = {}
+    seen_ids: set[str] = set()
+    for order, item in enumerate(items):
+        stats.searched += 1
+        coll = str(item.get("collection", ""))
+        stats.per_collection[coll] = stats.per_collection.get(coll, 0) + 1
+        if collection and item.get("collection") not in (None, collection):
+            stats.other_collection += 1
+            continue
+        item_id = str(item.get("id", ""))
+        if item_id in seen_ids:
+            stats.duplicates += 1
+            continue
+        seen_ids.add(item_id)
+        tile = mgrs_tile(item)
+        if tile is None:
+            stats.no_tile += 1
+            key = f"~{item_id}"
+        else:
+            key = tile
+        if strategy == "first":
+            rank: tuple = (order,)
+        elif strategy == "latest":
+            rank = _rank_latest(item)
+        else:
+            rank = _rank_least_cloudy(item)
+        current = best.get(key)
+        if current is None:
+            best[key] = (rank, item)
+        else:
+            stats.duplicates += 1
+            if rank < current[0]:
+                best[key] = (rank, item)
+    kept = [best[k][1] for k in sorted(best)]
+    stats.kept = len(kept)
+    return kept, stats
+
+
+# ------------------------------------------------------------------------------------------------ STAC API
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    collection: str = DEFAULT_COLLECTION
+    bbox: tuple[float, float, float, float] | None = None
+    intersects: dict[str, Any] | None = None
+    datetime: str | None = None
+    max_cloud: float | None = None
+    page_size: int = 500
+    max_items: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.bbox is not None and self.intersects is not None:
+            raise ValueError("give either a bbox or an intersects geometry, not both")
+        if self.bbox is not None:
+            w, s, e, n = self.bbox
+            if not (-180 <= w <= 180 and -180 <= e <= 180 and -90 <= s <= n <= 90):
+                raise ValueError(f"bbox must be W,S,E,N in degrees with S <= N, got {self.bbox}")
+        if self.max_cloud is not None and not (0 <= self.max_cloud <= 100):
+            raise ValueError(f"max cloud cover must be within 0..100 %, got {self.max_cloud}")
+        if self.page_size < 1:
+            raise ValueError("page size must be >= 1")
+
+
+def parse_bbox(text: str) -> tuple[float, float, float, float]:
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 4:
+        raise ValueError(f"bbox must be four numbers W,S,E,N, got {text!r}")
+    try:
+        w, s, e, n = (float(p) for p in parts)
+    except ValueError as exc:
+        raise ValueError(f"bbox must be four numbers W,S,E,N, got {text!r}") from exc
+    return (w, s, e, n)
+
+
+def geometry_from_geojson(obj: dict[str, Any]) -> dict[str, Any]:
+    """A single geometry out of a GeoJSON geometry, Feature or one-feature FeatureCollection."""
+    kind = obj.get("type")
+    if kind == "FeatureCollection":
+        features = obj.get("features") or []
+        if len(features) != 1:
+            raise ValueError(
+                f"the FeatureCollection has {len(features)} features: give one (dissolve them first, e.g. with "
+                "shapely.unary_union) or use --bbox"
+            )
+        return geometry_from_geojson(features[0])
+    if kind == "Feature":
+        geometry = obj.get("geometry")
+        if not isinstance(geometry, dict):
+            raise ValueError("the Feature has no geometry")
+        return geometry
+    if kind in {"Polygon", "MultiPolygon", "Point", "MultiPoint", "LineString", "MultiLineString"}:
+        return obj
+    raise ValueError(f"not a GeoJSON geometry, Feature or FeatureCollection (type {kind!r})")
+
+
+def search_stac(
+    url: str, query: SearchQuery, on_page: Callable[[int, int], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every item of a STAC API search, all pages, as dicts. `on_page(pages, items)` reports progress."""
+    from pystac_client import Client
+
+    client = Client.open(url)
+    kwargs: dict[str, Any] = {"collections": [query.collection], "limit": query.page_size}
+    if query.bbox is not None:
+        kwargs["bbox"] = list(query.bbox)
+    if query.intersects is not None:
+        kwargs["intersects"] = query.intersects
+    if query.datetime:
+        kwargs["datetime"] = query.datetime
+    if query.max_cloud is not None:
+        kwargs["query"] = {"eo:cloud_cover": {"lt": query.max_cloud}}
+    if query.max_items is not None:
+        kwargs["max_items"] = query.max_items
+    search = client.search(**kwargs)
+    count = 0
+    for pages, page in enumerate(search.pages_as_dicts(), start=1):
+        features = page.get("features") or []
+        count += len(features)
+        if on_page:
+            on_page(pages, count)
+        yield from features
+
+
+# --------------------------------------------------------------------------------------- SageMaker geospatial
+
+
+def geospatial_request(query: SearchQuery, collection_arn: str = GEOSPATIAL_SENTINEL2_ARN) -> dict[str, Any]:
+    """The SearchRasterDataCollection request for a query (pure)."""
+    if not query.datetime or "/" not in query.datetime:
+        raise ValueError("SageMaker geospatial needs a closed time range: --datetime START/END")
+    start, end = query.datetime.split("/", 1)
+    if start in ("", "..") or end in ("", ".."):
+        raise ValueError("SageMaker geospatial needs a closed time range: --datetime START/END")
+    start, end = _as_timestamp(start, end_of_day=False), _as_timestamp(end, end_of_day=True)
+    if query.intersects is not None:
+        geometry = query.intersects
+        if geometry.get("type") != "Polygon":
+            raise ValueError("SageMaker geospatial takes a Polygon area of interest (or use --bbox)")
+        coordinates = geometry["coordinates"]
+    elif query.bbox is not None:
+        w, s, e, n = query.bbox
+        coordinates = [[[w, s], [e, s], [e, n], [w, n], [w, s]]]
+    else:
+        raise ValueError("SageMaker geospatial needs an area of interest: --bbox or --intersects")
+    rdc_query: dict[str, Any] = {
+        "AreaOfInterest": {"AreaOfInterestGeometry": {"PolygonGeometry": {"Coordinates": coordinates}}},
+        "TimeRangeFilter": {"StartTime": start, "EndTime": end},
+    }
+    if query.max_cloud is not None:
+        rdc_query["PropertyFilters"] = {
+            "Properties": [
+                {"Property": {"EoCloudCover": {"LowerBound": 0.0, "UpperBound": float(query.max_cloud)}}}
+            ],
+            "LogicalOperator": "AND",
+        }
+    return {"Arn": collection_arn, "RasterDataCollectionQuery": rdc_query}
+
+
+def _as_timestamp(text: str, end_of_day: bool) -> str:
+    text = text.strip()
+    if "T" in text:
+        return text
+    return f"{text}T23:59:59Z" if end_of_day else f"{text}T00:00:00Z"
+
+
+def geospatial_item_to_stac(item: dict[str, Any], collection: str = DEFAULT_COLLECTION) -> dict[str, Any]:
+    """A SearchRasterDataCollection item as a STAC-like item dict (pure)."""
+    props_in = item.get("Properties") or {}
+    dt = item.get("DateTime")
+    if hasattr(dt, "isoformat"):
+        dt = dt.isoformat()
+    properties: dict[str, Any] = {"datetime": dt}
+    if props_in.get("EoCloudCover") is not None:
+        properties["eo:cloud_cover"] = props_in["EoCloudCover"]
+    for src, dst in (("Platform", "platform"), ("ViewOffNadir", "view:off_nadir")):
+        if props_in.get(src) is not None:
+            properties[dst] = props_in[src]
+    geometry = item.get("Geometry") or {}
+    assets = {
+        name: {"href": a.get("Href")} for name, a in (item.get("Assets") or {}).items() if a.get("Href")
+    }
+    return {
+        "type": "Feature",
+        "stac_version": "1.0.0",
+        "id": item.get("Id"),
+        "collection": collection,
+        "geometry": {"type": geometry.get("Type", "Polygon"), "coordinates": geometry.get("Coordinates")},
+        "properties": properties,
+        "assets": assets,
+        "links": [],
+    }
+
+
+def search_geospatial(
+    query: SearchQuery, on_page: Callable[[int, int], None] | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every item of a SageMaker geospatial SearchRasterDataCollection, as STAC-like dicts."""
+    from launcher.aws import client
+
+    gs = client("sagemaker-geospatial", region="us-west-2")
+    request = geospatial_request(query)
+    token = None
+    pages = count = 0
+    while True:
+        kwargs = dict(request)
+        if token:
+            kwargs["NextToken"] = token
+        response = gs.search_raster_data_collection(**kwargs)
+        pages += 1
+        items = response.get("Items") or []
+        count += len(items)
+        if on_page:
+            on_page(pages, count)
+        for item in items:
+            yield geospatial_item_to_stac(item, query.collection)
+        token = response.get("NextToken")
+        if not token or (query.max_items is not None and count >= query.max_items):
+            return
+
+
+def write_jsonl(items: Iterable[dict[str, Any]], path: str) -> int:
+    n = 0
+    with open(path, "w", encoding="utf-8") as f:
+        for item in items:
+            f.write(json.dumps(item, separators=(",", ":")) + "\n")
+            n += 1
+    return n
+
+
+def read_jsonl(path: str) -> list[dict[str, Any]]:
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: not a JSON line ({exc.msg})") from exc
+            if not isinstance(item, dict) or "id" not in item:
+                raise ValueError(f"{path}:{lineno}: not a STAC item (no 'id')")
+            items.append(item)
+    return items

@@ -1,0 +1,128 @@
+"""I/O edge for plans: read/write plan.json, upload manifests and item JSONs, list outputs and reports."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from launcher.aws import S3Uri, get_json, list_objects, parse_s3_uri, put_json
+from launcher.plan import Plan, PlanError
+from launcher.watch import done_item_ids, is_report_key
+
+PLAN_FILE = "plan.json"
+
+
+def load_plan(path: str | os.PathLike[str]) -> Plan:
+    p = Path(path)
+    if p.is_dir():
+        p = p / PLAN_FILE
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise PlanError(f"no plan at {p}: run `launcher plan ... --out DIR` first") from None
+    except json.JSONDecodeError as exc:
+        raise PlanError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    try:
+        return Plan.from_dict(data)
+    except PlanError as exc:
+        raise PlanError(f"{p}: {exc}") from None
+    except (TypeError, ValueError, KeyError) as exc:
+        raise PlanError(f"{p}: malformed plan ({exc})") from None
+
+
+def save_plan(plan: Plan, path: str | os.PathLike[str]) -> Path:
+    """Write plan.json atomically (a crash never leaves half a plan)."""
+    p = Path(path)
+    if p.is_dir() or not p.suffix:
+        p = p / PLAN_FILE
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".plan-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(plan.to_dict(), f, indent=1)
+        f.write("\n")
+    os.replace(tmp, p)
+    return p
+
+
+def save_manifests(manifests: Mapping[str, list[Any]], directory: str | os.PathLike[str]) -> list[Path]:
+    """Local copies of the manifests (DIR/manifests/<name>.json) for inspection and `local` runs."""
+    out = Path(directory) / "manifests"
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for uri, manifest in manifests.items():
+        path = out / uri.rsplit("/", 1)[-1]
+        path.write_text(json.dumps(manifest, indent=0) + "\n")
+        paths.append(path)
+    return paths
+
+
+def _parallel(fn: Callable[[Any], None], items: Sequence[Any], workers: int = 16) -> None:
+    if len(items) <= 1:
+        for it in items:
+            fn(it)
+        return
+    with ThreadPoolExecutor(max_workers=min(workers, len(items))) as pool:
+        for _ in pool.map(fn, items):
+            pass
+
+
+def upload_run(
+    s3: Any,
+    plan: Plan,
+    manifests: Mapping[str, list[Any]],
+    items_to_write: Sequence[dict[str, Any]],
+    item_uris: Mapping[str, str],
+    on_item: Callable[[], None] | None = None,
+) -> None:
+    """Upload item JSONs first (manifests must never list a missing key), then manifests, then plan.json."""
+
+    def put_item(item: dict[str, Any]) -> None:
+        put_json(s3, parse_s3_uri(item_uris[str(item["id"])]), item)
+        if on_item:
+            on_item()
+
+    _parallel(put_item, list(items_to_write))
+    _parallel(lambda kv: put_json(s3, parse_s3_uri(kv[0]), kv[1]), list(manifests.items()))
+    put_json(s3, parse_s3_uri(plan.s3_prefix).join("plan.json"), plan.to_dict())
+
+
+def list_output_keys(s3: Any, plan: Plan) -> list[str]:
+    prefix = parse_s3_uri(plan.output_prefix).as_prefix()
+    try:
+        return [o["Key"] for o in list_objects(s3, prefix)]
+    except Exception as exc:  # a bucket that does not exist yet means nothing is done
+        from launcher.aws import is_not_found
+
+        if is_not_found(exc):
+            return []
+        raise
+
+
+def read_reports(s3: Any, plan: Plan, keys: Sequence[str]) -> dict[tuple[str, str], dict[str, Any]]:
+    """Per-host reports under the output prefix: (job name, host) -> report. Unreadable reports are skipped."""
+    bucket = parse_s3_uri(plan.output_prefix).bucket
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    output_key = parse_s3_uri(plan.output_prefix).as_prefix().key
+    for key in keys:
+        if not is_report_key(key):
+            continue
+        rel = key[len(output_key) :] if key.startswith(output_key) else key
+        job = rel.split("/", 1)[0]
+        host = key.rsplit("/", 1)[-1][: -len(".json")]
+        try:
+            report = get_json(s3, S3Uri(bucket, key))
+        except (ValueError, OSError):
+            continue
+        if isinstance(report, dict):
+            out[(job, host)] = report
+    return out
+
+
+def done_scenes(s3: Any, plan: Plan) -> tuple[set[str], list[str]]:
+    keys = list_output_keys(s3, plan)
+    return done_item_ids(keys), keys

@@ -1,0 +1,151 @@
+"""`launcher local`: the pure pieces, and end to end with the real worker (as processes) on generated scenes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from launcher_helpers import synthetic_items
+
+from launcher.cli import cli
+from launcher.local import docker_argv, rebase_args, resource_config, sdk_local_arguments, split_keys
+from launcher.plan import make_plan
+from launcher.store import load_plan
+
+# --------------------------------------------------------------------------------------------------- pure
+
+
+def test_split_keys_like_sharded_by_s3_key() -> None:
+    uris = [f"s3://b/p/{i:02d}.json" for i in range(7)]
+    shares = split_keys(list(reversed(uris)), 3)
+    assert shares == [uris[0:3], uris[3:5], uris[5:7]]
+    assert split_keys(uris[:1], 3) == [uris[:1], [], []]  # an instance can get nothing
+
+
+def test_worker_arguments_and_docker_command() -> None:
+    args = [
+        "--input",
+        "/opt/ml/processing/input",
+        "--output",
+        "/opt/ml/processing/output",
+        "--on-error",
+        "continue",
+    ]
+    assert rebase_args(args, "/tmp/run/algo-1") == [
+        "--input", "/tmp/run/algo-1/processing/input", "--output", "/tmp/run/algo-1/processing/output",
+        "--on-error", "continue",
+    ]  # fmt: skip
+    argv = docker_argv("earthmon-processing:dev", "/tmp/run/algo-2", {"B": "2", "A": "1"}, args)
+    assert argv[:5] == ["docker", "run", "--rm", "--network", "host"]
+    assert "/tmp/run/algo-2/processing/input:/opt/ml/processing/input" in argv
+    assert "/tmp/run/algo-2/config:/opt/ml/config" in argv
+    assert argv[argv.index("earthmon-processing:dev") + 1 :] == args  # appended to the image's ENTRYPOINT
+    assert argv.index("A=1") < argv.index("B=2") < argv.index("earthmon-processing:dev")
+    assert resource_config("algo-2", ["algo-1", "algo-2"]) == {
+        "current_host": "algo-2",
+        "hosts": ["algo-1", "algo-2"],
+    }
+
+
+def test_sdk_local_profile_is_the_supported_one() -> None:
+    plan, _, _ = make_plan(
+        synthetic_items(4), run_id="r", created="t", s3_prefix="s3://b/p", jobs=1, instances_per_job=2
+    )
+    spec = sdk_local_arguments(
+        plan, plan.jobs[0], "s3://b/p/r/sdk-local/r-r0-000/", "img:dev", "arn:aws:iam::1:role/x"
+    )
+    assert spec["processor"]["instance_count"] == 1 and spec["processor"]["instance_type"] == "local"
+    assert spec["inputs"][0]["s3_data_type"] == "S3Prefix"
+    assert spec["inputs"][0]["s3_data_distribution_type"] == "FullyReplicated"
+    assert spec["outputs"][0]["s3_upload_mode"] == "EndOfJob"
+    assert spec["outputs"][0]["destination"] == "s3://b/p/r/output/r-r0-000/"
+
+
+# --------------------------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    """Small generated scenes (real COGs) whose item hrefs are absolute paths, so the items can travel via S3."""
+    synthetic = pytest.importorskip("ndvi_worker.synthetic", reason="the NDVI worker is not installed")
+    root = tmp_path_factory.mktemp("scenes")
+    items = []
+    for k, tile in enumerate(["31UFU", "31UGU", "32ULC", "32UMC"]):
+        item_id = f"S2B_{tile}_20231204_0_L2A"
+        scene = synthetic.write_scene(root / item_id, item_id=item_id, size=256, seed=k)
+        item = json.loads(Path(scene.item_path).read_text())
+        for asset in item["assets"].values():
+            asset["href"] = str((Path(scene.item_path).parent / asset["href"]).resolve())
+        items.append(item)
+    broken = json.loads(json.dumps(items[3]))  # a scene whose red band is missing: it must fail alone
+    broken["assets"]["red"]["href"] = str(root / "missing" / "B04.tif")
+    items[3] = broken
+    return items
+
+
+def _run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def test_local_runs_the_plan_like_sagemaker_then_resumes(aws, scenes, tmp_path: Path) -> None:
+    from launcher.aws import client
+
+    items_path = tmp_path / "items.jsonl"
+    items_path.write_text("".join(json.dumps(i) + "\n" for i in scenes))
+    run = tmp_path / "run"
+    r = _run("plan", "--items", str(items_path), "--jobs", "2", "--instances-per-job", "2",
+             "--s3-prefix", "s3://earthmon-test/ndvi", "--run-id", "e2e", "--out", str(run))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    plan = load_plan(run)
+    assert all(s.uri.startswith("s3://earthmon-test/ndvi/e2e/items/") for s in plan.scenes().values())
+
+    r = _run("local", "--plan", str(run), "--no-docker", "--instances", "2", "--env", "GDAL_NUM_THREADS=1")
+    assert r.exit_code == 1, r.output  # the job holding the broken scene fails, like on SageMaker
+    assert "1/2 job(s) completed" in r.output
+
+    s3 = client("s3")
+    keys = {
+        o["Key"] for o in s3.list_objects_v2(Bucket="earthmon-test", Prefix="ndvi/e2e/output/")["Contents"]
+    }
+    good = [i["id"] for i in scenes[:3]]
+    bad = scenes[3]["id"]
+    for item_id in good:
+        job = next(j for j in plan.jobs if any(s.item_id == item_id for s in j.scenes))
+        assert f"ndvi/e2e/output/{job.name}/{item_id}_ndvi.tif" in keys
+        assert f"ndvi/e2e/output/{job.name}/{item_id}_ndvi.json" in keys
+    assert not any(bad in k and k.endswith("_ndvi.json") for k in keys)
+    # every simulated instance had its own tree, resourceconfig and share of the manifest
+    for job in plan.jobs:
+        reports = sorted(k for k in keys if k.startswith(f"ndvi/e2e/output/{job.name}/_reports/"))
+        assert [k.rsplit("/", 1)[-1] for k in reports] == ["algo-1.json", "algo-2.json"]
+        seen = []
+        for key in reports:
+            report = json.loads(s3.get_object(Bucket="earthmon-test", Key=key)["Body"].read())
+            assert report["hosts"] == ["algo-1", "algo-2"] and report["summary"]["total"] == 1
+            seen += [s["item_id"] for s in report["scenes"]]
+        assert sorted(seen) == sorted(s.item_id for s in job.scenes)  # each scene on exactly one instance
+        tree = run / "local" / job.name / "algo-2"
+        assert json.loads((tree / "config" / "resourceconfig.json").read_text())["current_host"] == "algo-2"
+        request = json.loads((tree / "config" / "processingjobconfig.json").read_text())
+        assert request["ProcessingJobName"] == job.name
+        assert request["ProcessingInputs"][0]["S3Input"]["S3DataDistributionType"] == "ShardedByS3Key"
+
+    r = _run("status", "--plan", str(run), "--json")
+    status = json.loads(r.stdout)
+    assert (status["scenes"], status["done"]) == (4, 3)
+    assert [f["item_id"] for f in status["failed_scenes"]] == [bad]
+
+    # fix the broken scene's item in the bucket, then resume: only it is planned and run again
+    fixed = json.loads(json.dumps(scenes[3]))
+    fixed["assets"]["red"]["href"] = fixed["assets"]["nir"]["href"].replace("B08.tif", "B04.tif")
+    s3.put_object(Bucket="earthmon-test", Key=f"ndvi/e2e/items/{bad}.json", Body=json.dumps(fixed).encode())
+    r = _run("resume", "--plan", str(run), "--no-submit")
+    assert r.exit_code == 0, r.output
+    assert "3/4 scene(s) done, 1 missing" in r.output
+    r = _run("local", "--plan", str(run), "--round", "1", "--no-docker", "--instances", "1")
+    assert r.exit_code == 0, r.output
+    status = json.loads(_run("status", "--plan", str(run), "--json").stdout)
+    assert (status["scenes"], status["done"]) == (4, 4) and status["failed_scenes"] == []
+    assert "nothing to resume" in _run("resume", "--plan", str(run), "--no-submit").output

@@ -1,0 +1,304 @@
+"""Search: tiles and item locations on real items, dedupe, and the CLI against a replayed Earth Search API."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from launcher_helpers import DATA, extra_page_items, fixture_items, load_json
+
+from launcher.cli import cli
+from launcher.items import item_location, mgrs_tile, s3_location_of_url
+from launcher.search import (
+    SearchQuery,
+    dedupe,
+    geometry_from_geojson,
+    geospatial_item_to_stac,
+    geospatial_request,
+    parse_bbox,
+    read_jsonl,
+)
+
+
+def _item(id_: str) -> dict:
+    return next(i for i in fixture_items() if i["id"] == id_)
+
+
+# ------------------------------------------------------------------------------------------ tiles, locations
+
+
+def test_tile_from_v1_grid_code_and_v0_sentinel_props() -> None:
+    assert mgrs_tile(_item("S2B_21PXK_20231110_0_L2A")) == "21PXK"
+    v0 = load_json(DATA / "items" / "v0_S2B_55GDP_20241003_0_L2A.json")
+    assert "grid:code" not in v0["properties"]
+    assert mgrs_tile(v0) == "55GDP"
+
+
+def test_tile_normalises_single_digit_zones_across_schemas() -> None:
+    v1 = {"id": "x", "properties": {"grid:code": "MGRS-9UXA"}}
+    v0 = {
+        "id": "y",
+        "properties": {"sentinel:utm_zone": 9, "sentinel:latitude_band": "U", "sentinel:grid_square": "XA"},
+    }
+    by_id = {"id": "S2A_9UXA_20231201_0_L2A", "properties": {}}
+    pc = {"id": "z", "properties": {"s2:mgrs_tile": "09UXA"}}
+    assert {mgrs_tile(v1), mgrs_tile(v0), mgrs_tile(by_id), mgrs_tile(pc)} == {"09UXA"}
+    assert mgrs_tile({"id": "LC08_L2SP_033032_20231008_02_T1", "properties": {}}) is None
+
+
+def test_item_location_from_canonical_links() -> None:
+    loc = item_location(_item("S2B_21PXK_20231110_0_L2A"))
+    assert loc is not None
+    assert loc.uri == (
+        "s3://sentinel-cogs/sentinel-s2-l2a-cogs/21/P/XK/2023/11/S2B_21PXK_20231110_0_L2A/S2B_21PXK_20231110_0_L2A.json"
+    )
+    v0 = load_json(DATA / "items" / "v0_S2B_55GDP_20241003_0_L2A.json")  # canonical is an https bucket URL
+    assert item_location(v0).uri.endswith(
+        "55/G/DP/2024/10/S2B_55GDP_20241003_0_L2A/S2B_55GDP_20241003_0_L2A.json"
+    )
+    assert item_location(v0).bucket == "sentinel-cogs"
+
+
+def test_item_location_derived_from_cog_hrefs_and_none_for_api_only_items() -> None:
+    item = copy.deepcopy(_item("S2B_21PXK_20231110_0_L2A"))
+    item["links"] = []
+    item["properties"].pop("earthsearch:s3_path")
+    loc = item_location(item)
+    assert loc is not None and loc.key.endswith("S2B_21PXK_20231110_0_L2A/S2B_21PXK_20231110_0_L2A.json")
+    item["assets"] = {"red": {"href": "https://example.com/data/B04.tif"}}
+    assert item_location(item) is None
+
+
+def test_s3_urls() -> None:
+    assert s3_location_of_url("https://sentinel-cogs.s3.us-west-2.amazonaws.com/a/b.json").uri == (
+        "s3://sentinel-cogs/a/b.json"
+    )
+    assert s3_location_of_url("https://s3.us-west-2.amazonaws.com/bkt/a/b.json").uri == "s3://bkt/a/b.json"
+    assert s3_location_of_url("https://earth-search.aws.element84.com/v1/collections/x/items/y") is None
+
+
+# ------------------------------------------------------------------------------------------------- dedupe
+
+
+def test_least_cloudy_keeps_the_clearest_scene_per_tile() -> None:
+    kept, stats = dedupe(extra_page_items(), "least-cloudy", collection="sentinel-2-l2a")
+    ids = [i["id"] for i in kept]
+    assert ids == ["S2B_21PXK_20231110_1_L2A", "S2B_21PYP_20231110_0_L2A", "S2B_22NCN_20231110_0_L2A"]
+    assert stats.searched == 5 and stats.duplicates == 2 and stats.kept == 3
+
+
+def test_first_and_latest_strategies() -> None:
+    items = extra_page_items()
+    first, _ = dedupe(items, "first")
+    assert [i["id"] for i in first] == [
+        "S2B_21PXK_20231110_1_L2A",
+        "S2B_21PYP_20231110_0_L2A",
+        "S2A_22NCN_20231105_0_L2A",
+    ]
+    latest, _ = dedupe(items, "latest")
+    # 21PXK: same datetime, tie broken by id; 22NCN: the 2023-11-10 scene is later than 2023-11-05
+    assert [i["id"] for i in latest] == [
+        "S2B_21PXK_20231110_0_L2A",
+        "S2B_21PYP_20231110_0_L2A",
+        "S2B_22NCN_20231110_0_L2A",
+    ]
+
+
+def test_least_cloudy_tie_breaks_on_nodata_then_deterministically() -> None:
+    a = {
+        "id": "S2A_31UFU_20231201_0_L2A",
+        "properties": {"eo:cloud_cover": 5.0, "s2:nodata_pixel_percentage": 60.0},
+    }
+    b = {
+        "id": "S2B_31UFU_20231203_0_L2A",
+        "properties": {"eo:cloud_cover": 5.0, "s2:nodata_pixel_percentage": 0.0},
+    }
+    c = {
+        "id": "S2A_31UFU_20231205_0_L2A",
+        "properties": {"eo:cloud_cover": 5.0, "s2:nodata_pixel_percentage": 0.0},
+    }
+    # b and c tie on cloud and no-data: the later acquisition (c) wins, whatever the order
+    assert {dedupe(o)[0][0]["id"] for o in ([a, b, c], [c, b, a], [b, a, c])} == {"S2A_31UFU_20231205_0_L2A"}
+
+
+def test_dedupe_is_independent_of_page_order() -> None:
+    items = fixture_items() + extra_page_items()
+    expected = [i["id"] for i in dedupe(items)[0]]
+    rng = random.Random(7)
+    for _ in range(5):
+        shuffled = items[:]
+        rng.shuffle(shuffled)
+        assert [i["id"] for i in dedupe(shuffled)[0]] == expected
+
+
+def test_dedupe_drops_other_collections_and_rejects_unknown_strategy() -> None:
+    page2 = load_json(DATA / "search-responses" / "earth-search-v1-search-page2.json")["features"]
+    kept, stats = dedupe(page2, collection="sentinel-2-l2a")
+    assert [i["id"] for i in kept] == ["S2A_37WDS_20240419_0_L2A", "S2A_38WMA_20240419_0_L2A"]
+    assert stats.other_collection == 8
+    with pytest.raises(ValueError, match="least-cloudy"):
+        dedupe([], "clearest")
+
+
+def test_query_validation() -> None:
+    assert parse_bbox("-179.03,-55.97,179.37,83.78") == (-179.03, -55.97, 179.37, 83.78)
+    with pytest.raises(ValueError, match="four numbers"):
+        parse_bbox("1,2,3")
+    with pytest.raises(ValueError, match="S <= N"):
+        SearchQuery(bbox=(0, 10, 1, 5))
+    with pytest.raises(ValueError, match="0..100"):
+        SearchQuery(bbox=(0, 0, 1, 1), max_cloud=120)
+    fc = {"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": {"type": "Point"}}] * 2}
+    with pytest.raises(ValueError, match="2 features"):
+        geometry_from_geojson(fc)
+
+
+# -------------------------------------------------------------------------------------- CLI against a server
+
+
+def test_search_cli_follows_every_page_and_dedupes(stac_server, tmp_path: Path) -> None:
+    out = tmp_path / "items.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "search",
+            "--stac-url",
+            stac_server.url,
+            "--bbox=-60,0,-50,10",
+            "--datetime",
+            "2023-12-01/2023-12-07",
+            "--max-cloud",
+            "10",
+            "--page-size",
+            "10",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    # 3 pages: 10 + 10 real Earth Search features, then 5 built from real items
+    assert "found 25 item(s)" in result.output
+    assert "dropped 18 item(s) of other collections" in result.output
+    kept = read_jsonl(str(out))
+    assert [i["id"] for i in kept] == [
+        "S2B_21PXK_20231110_1_L2A",
+        "S2B_21PYP_20231110_0_L2A",
+        "S2B_22NCN_20231110_0_L2A",
+        "S2A_37WDS_20240419_0_L2A",
+        "S2A_38WMA_20240419_0_L2A",
+    ]
+    assert "kept 5 scene(s)" in result.output
+    first = stac_server.requests[0]
+    assert first["collections"] == ["sentinel-2-l2a"]
+    assert first["bbox"] == [-60.0, 0.0, -50.0, 10.0]
+    assert first["datetime"].startswith("2023-12-01T00:00:00") and "2023-12-07T23:59:59" in first["datetime"]
+    assert first["query"] == {"eo:cloud_cover": {"lt": 10.0}}
+    assert first["limit"] == 10
+    token1 = load_json(DATA / "search-responses" / "earth-search-v1-search-page1.json")["links"][0]["body"][
+        "next"
+    ]
+    assert [r.get("next") for r in stac_server.requests] == [None, token1, "page3-token"]
+
+
+def test_search_cli_intersects_file_and_usage_errors(stac_server, tmp_path: Path) -> None:
+    aoi = tmp_path / "aoi.geojson"
+    polygon = {"type": "Polygon", "coordinates": [[[-56, 8], [-55, 8], [-55, 9], [-56, 9], [-56, 8]]]}
+    aoi.write_text(
+        json.dumps({"type": "FeatureCollection", "features": [{"type": "Feature", "geometry": polygon}]})
+    )
+    out = tmp_path / "items.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "search",
+            "--stac-url",
+            stac_server.url,
+            "--intersects",
+            str(aoi),
+            "--dedupe",
+            "first",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert stac_server.requests[0]["intersects"] == polygon
+    assert "bbox" not in stac_server.requests[0] and "query" not in stac_server.requests[0]
+    result = CliRunner().invoke(cli, ["search", "--stac-url", stac_server.url, "--out", str(out)])
+    assert result.exit_code == 2 and "--bbox" in result.output
+    result = CliRunner().invoke(cli, ["search", "--bbox", "1,2,3", "--out", str(out)])
+    assert result.exit_code == 2 and "four numbers" in result.output
+
+
+# ------------------------------------------------------------------------------------- SageMaker geospatial
+
+
+def _geospatial_item(item: dict) -> dict:
+    return {
+        "Id": item["id"],
+        "DateTime": item["properties"]["datetime"],
+        "Geometry": {"Type": "Polygon", "Coordinates": item["geometry"]["coordinates"]},
+        "Assets": {
+            name: {"Href": a["href"]} for name, a in item["assets"].items() if name in ("red", "nir", "scl")
+        },
+        "Properties": {"EoCloudCover": item["properties"]["eo:cloud_cover"], "Platform": "sentinel-2b"},
+    }
+
+
+def test_geospatial_request_and_conversion() -> None:
+    req = geospatial_request(
+        SearchQuery(bbox=(-56, 8, -55, 9), datetime="2023-12-01/2023-12-07", max_cloud=10)
+    )
+    q = req["RasterDataCollectionQuery"]
+    assert req["Arn"].startswith("arn:aws:sagemaker-geospatial:us-west-2:")
+    assert q["TimeRangeFilter"] == {"StartTime": "2023-12-01T00:00:00Z", "EndTime": "2023-12-07T23:59:59Z"}
+    assert q["AreaOfInterest"]["AreaOfInterestGeometry"]["PolygonGeometry"]["Coordinates"][0][0] == [-56, 8]
+    assert q["PropertyFilters"]["Properties"][0]["Property"]["EoCloudCover"]["UpperBound"] == 10.0
+    with pytest.raises(ValueError, match="closed time range"):
+        geospatial_request(SearchQuery(bbox=(0, 0, 1, 1), datetime="2023-12-01/.."))
+    stac = geospatial_item_to_stac(_geospatial_item(_item("S2B_21PXK_20231110_0_L2A")))
+    assert mgrs_tile(stac) == "21PXK"
+    assert item_location(stac).uri.endswith("S2B_21PXK_20231110_0_L2A/S2B_21PXK_20231110_0_L2A.json")
+
+
+def test_search_cli_sagemaker_geospatial_pages(aws, tmp_path: Path) -> None:
+    items = [
+        _item("S2B_21PXK_20231110_0_L2A"),
+        _item("S2B_21PYP_20231110_0_L2A"),
+        _item("S2B_22NCN_20231110_0_L2A"),
+    ]
+    pages = {
+        None: {"Items": [_geospatial_item(i) for i in items[:2]], "NextToken": "t2"},
+        "t2": {"Items": [_geospatial_item(items[2])]},
+    }
+    aws.answer(
+        "sagemaker-geospatial", "SearchRasterDataCollection", lambda body: (200, pages[body.get("NextToken")])
+    )
+    out = tmp_path / "items.jsonl"
+    result = CliRunner().invoke(
+        cli,
+        [
+            "search",
+            "--source",
+            "sagemaker-geospatial",
+            "--bbox=-56,8,-55,9",
+            "--datetime",
+            "2023-11-01/2023-11-30",
+            "--max-cloud",
+            "20",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    calls = aws.injected("SearchRasterDataCollection")
+    assert len(calls) == 2
+    time_range = calls[0].body["RasterDataCollectionQuery"]["TimeRangeFilter"]
+    # the timestamps go on the wire as epoch seconds: 2023-11-01T00:00:00Z and 2023-11-30T23:59:59Z
+    assert (time_range["StartTime"], time_range["EndTime"]) == (1698796800, 1701388799)
+    assert "NextToken" not in calls[0].body and calls[1].body["NextToken"] == "t2"
+    assert [i["id"] for i in read_jsonl(str(out))] == [i["id"] for i in items]
