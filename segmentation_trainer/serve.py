@@ -187,7 +187,7 @@ def load_model_dir(model_dir: Path) -> LoadedModel:
 
     ctx = default_context()
     net, metadata = load_model(str(model_dir), ctx=ctx)
-    net.hybridize(static_alloc=True, static_shape=True)
+    net.hybridize(static_alloc=True)
     forward = mxnet_forward(net, ctx)
     crop = metadata["crop_size"]
     height, width = (crop, crop) if isinstance(crop, int) else crop

@@ -1,0 +1,198 @@
+"""Load benchmark of the inference server: requests/s and p50/p99 latency for 512 x 512 requests on loopback.
+
+Starts the real server (``python -m segmentation_trainer.serve``: gunicorn, the image's entry point) on a
+model directory with a DeepLabV3 network of the production size (random weights: the compute is the same),
+drives it with concurrent clients for a fixed time, and prints one line per server layout with its ratio
+to the baseline layout measured in the same run (default baseline: one worker using every core; the
+server's default: one single-threaded worker per core).
+
+    .venv-trainer/bin/python benchmarks/bench_serve.py                      # DeepLabV3-ResNet50, crop 240
+    .venv-trainer/bin/python benchmarks/bench_serve.py --backbone tiny --crop 64 --duration 10   # quick
+
+Every request must succeed: any error or non-200 answer is counted and makes the exit status non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def make_model_dir(directory: Path, backbone: str, algorithm: str, crop: int, bands: int) -> None:
+    import mxnet as mx
+
+    from segmentation_trainer.export import build_metadata, save_model_dir
+    from segmentation_trainer.model import NetworkConfig, build_network
+
+    config = NetworkConfig(num_classes=2, algorithm=algorithm, backbone=backbone, bands=bands)
+    net = build_network(config)
+    net(mx.nd.zeros((1, bands, crop, crop)))
+    metadata = build_metadata(
+        config, mean=[0.1] * bands, std=[0.2] * bands, crop_size=crop, class_names=["background", "building"]
+    )
+    save_model_dir(net, metadata, directory, symbol=False, onnx=False)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(base: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SAGEMAKER_BASE_DIR": str(base),
+        "SAGEMAKER_BIND_TO_PORT": str(port),
+        "PYTHONPATH": str(ROOT),
+    }
+    log = (base / f"server-{workers}x{threads}.log").open("wb")
+    cmd = [sys.executable, "-m", "segmentation_trainer.serve", "--host", "127.0.0.1"]
+    cmd += ["--workers", str(workers), "--threads-per-worker", str(threads)]
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
+    import requests
+
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError("server exited during start-up")
+        try:
+            if requests.get(f"{url}/ping", timeout=2).status_code == 200:
+                return time.monotonic() - started
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"server not ready in {timeout} s")
+
+
+def load(url: str, body: bytes, concurrency: int, duration: float) -> dict:
+    """``concurrency`` clients, each sending requests back to back for ``duration`` seconds."""
+    import requests
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + duration
+
+    def client() -> None:
+        session = requests.Session()
+        headers = {"Content-Type": "application/x-npy", "Accept": "image/png"}
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            try:
+                r = session.post(f"{url}/invocations", data=body, headers=headers, timeout=120)
+                ok = r.status_code == 200 and r.content[:4] == b"\x89PNG"
+                why = f"HTTP {r.status_code}: {r.text[:200]}"
+            except Exception as exc:  # noqa: BLE001 - counted as an error
+                ok, why = False, repr(exc)
+            elapsed = time.perf_counter() - t0
+            with lock:
+                (latencies.append(elapsed) if ok else errors.append(why))
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.monotonic() - started
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "requests": len(latencies),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "req_per_s": len(latencies) / wall,
+        "p50_ms": float(np.percentile(lat, 50)),
+        "p99_ms": float(np.percentile(lat, 99)),
+        "wall_s": wall,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--backbone", default="resnet-50", choices=["resnet-50", "resnet-101", "tiny"])
+    parser.add_argument("--algorithm", default="deeplab", choices=["deeplab", "fcn", "psp"])
+    parser.add_argument("--crop", type=int, default=240, help="training crop size = window size")
+    parser.add_argument("--bands", type=int, default=4)
+    parser.add_argument("--size", type=int, default=512, help="request image side")
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per layout")
+    parser.add_argument(
+        "--layouts", default="1x{cpus},{cpus}x1", help="WORKERSxTHREADS per worker, first = baseline"
+    )
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    cpus = len(os.sched_getaffinity(0))
+    layouts = [tuple(int(v) for v in s.format(cpus=cpus).split("x")) for s in args.layouts.split(",")]
+    body_io = io.BytesIO()
+    rng = np.random.default_rng(0)
+    np.save(body_io, rng.random((args.bands, args.size, args.size), dtype=np.float32))
+    body = body_io.getvalue()
+    print(
+        f"serve benchmark: {args.algorithm}/{args.backbone}, crop {args.crop}, {args.bands}-band "
+        f"{args.size}x{args.size} float32 requests ({len(body) / 2**20:.1f} MiB, application/x-npy -> image/png), "
+        f"{args.concurrency} clients x {args.duration:.0f} s per layout, {cpus} CPU(s)"
+    )
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        base = Path(tmp)
+        t0 = time.monotonic()
+        make_model_dir(base / "model", args.backbone, args.algorithm, args.crop, args.bands)
+        print(f"model directory written in {time.monotonic() - t0:.1f} s")
+        for workers, threads in layouts:
+            proc, url = start_server(base, workers, threads)
+            try:
+                ready = wait_ready(url, proc)
+                load(url, body, workers, min(5.0, args.duration / 4))  # warm-up: every worker's first shapes
+                result = load(url, body, args.concurrency, args.duration)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(60)
+            result.update(workers=workers, threads=threads, ready_s=ready, exit_code=code)
+            results.append(result)
+    base_rps = results[0]["req_per_s"]
+    print(
+        f"{'layout':>16} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'requests':>9} {'errors':>7} {'vs base':>8}"
+    )
+    for r in results:
+        ratio = r["req_per_s"] / base_rps if base_rps else float("nan")
+        layout = f"{r['workers']}w x {r['threads']}t"
+        print(
+            f"{layout:>16} {r['req_per_s']:8.2f} {r['p50_ms']:9.0f} {r['p99_ms']:9.0f} "
+            f"{r['requests']:9d} {r['errors']:7d} {ratio:7.2f}x"
+        )
+        if r["first_error"]:
+            print(f"  first error: {r['first_error']}")
+    if args.json:
+        args.json.write_text(
+            json.dumps({"args": vars(args) | {"json": str(args.json)}, "results": results}, indent=2)
+        )
+    failed = any(r["errors"] or r["exit_code"] != 0 for r in results)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
