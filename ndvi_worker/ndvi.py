@@ -28,15 +28,19 @@ INT16_SCALE = 10000
 INT16_NODATA = -32768
 
 
-def mask_lut(mask_classes: Iterable[int]) -> np.ndarray:
-    """A 256-entry boolean lookup table: ``lut[scl]`` is True where the pixel is masked. SCL 0 is always masked."""
-    lut = np.zeros(256, dtype=bool)
-    for c in mask_classes:
-        if not 0 <= int(c) <= 255:
+def scl_mask(scl: np.ndarray, mask_classes: Iterable[int]) -> np.ndarray:
+    """True where the SCL class is in ``mask_classes``; SCL 0 (no data) is always masked.
+
+    A few equality tests OR-ed together: several times faster than a lookup-table gather on large blocks.
+    """
+    classes = sorted({0, *(int(c) for c in mask_classes)})
+    for c in classes:
+        if not 0 <= c <= 255:
             raise ValueError(f"SCL class {c} is outside 0-255")
-        lut[int(c)] = True
-    lut[0] = True
-    return lut
+    mask = scl == classes[0]
+    for c in classes[1:]:
+        mask |= scl == c
+    return mask
 
 
 def upsample_scl(scl: np.ndarray, shape: tuple[int, int], factor: int = 2) -> np.ndarray:
@@ -136,66 +140,108 @@ class BlockStats:
         return out
 
 
-def compute_ndvi(
+def ndvi_core(
     red: np.ndarray,
     nir: np.ndarray,
     scl: np.ndarray | None,
     add_dn: int,
-    lut: np.ndarray,
-) -> tuple[np.ndarray, BlockStats]:
-    """NDVI (float32, NaN where masked) and block statistics from DN arrays on the same grid.
+    mask_classes: Iterable[int],
+) -> tuple[np.ndarray, np.ndarray, BlockStats]:
+    """NDVI (float32, finite everywhere), the invalid mask and block statistics, from DN on one grid.
 
-    ``red`` and ``nir`` are integer DN (uint16 in the public COGs), ``scl`` the SCL classes already on the
-    same grid (or ``None`` to skip cloud masking), ``add_dn`` the BOA offset in DN, ``lut`` from :func:`mask_lut`.
+    ``red`` and ``nir`` are integer DN (uint16 in the public COGs), ``scl`` the SCL classes already on the same
+    grid (or ``None`` to skip cloud masking), ``add_dn`` the BOA offset in DN. Values where ``invalid`` is True
+    are meaningless; :func:`compute_ndvi`, :func:`encode_int16` and :func:`encode_float32` apply the mask.
+    Written with whole-array arithmetic only (no boolean scatter), which is what keeps it fast.
     """
     if red.shape != nir.shape or (scl is not None and scl.shape != red.shape):
         raise ValueError(
             f"shape mismatch: red {red.shape}, nir {nir.shape}, scl {None if scl is None else scl.shape}"
         )
     stats = BlockStats(pixels=int(red.size))
-    nodata = (red == 0) | (nir == 0)
+    nodata = red == 0
+    nodata |= nir == 0
     r = red.astype(np.float32)
     n = nir.astype(np.float32)
     if add_dn:
         r += np.float32(add_dn)
         n += np.float32(add_dn)
-    clamped = (r <= CLAMP_FLOOR_DN) | (n <= CLAMP_FLOOR_DN)
+    clamped = r <= CLAMP_FLOOR_DN
+    clamped |= n <= CLAMP_FLOOR_DN
     clamped &= ~nodata
     invalid = nodata | clamped
     if scl is not None:
-        cloud = lut[scl]
-        stats.scl_masked = int(np.count_nonzero(cloud & ~nodata))
+        cloud = scl_mask(scl, mask_classes)
+        cloud &= ~nodata
+        stats.scl_masked = int(np.count_nonzero(cloud))
         invalid |= cloud
-        counts = np.bincount(scl.ravel(), minlength=256)
-        stats.scl_counts = [int(x) for x in counts[:256]]
+        stats.scl_counts = class_counts(scl)
     den = n + r
     invalid |= den <= 0
-    num = n
-    num -= r  # n is no longer needed as nir
-    den[invalid] = 1.0
-    ndvi = num
-    np.divide(num, den, out=ndvi)
-    ndvi[invalid] = np.nan
+    np.maximum(den, np.float32(1.0), out=den)  # valid pixels have den > 2; this keeps invalid ones finite
+    n -= r
+    ndvi = n
+    np.divide(n, den, out=ndvi)
     np.clip(ndvi, -1.0, 1.0, out=ndvi)
 
     stats.nodata = int(np.count_nonzero(nodata))
     stats.clamped = int(np.count_nonzero(clamped))
-    valid_values = ndvi[~invalid]
-    stats.valid = int(valid_values.size)
+    stats.valid = stats.pixels - int(np.count_nonzero(invalid))
     if stats.valid:
-        v64 = valid_values.astype(np.float64)
-        stats.total = float(v64.sum())
-        stats.total_sq = float(np.dot(v64, v64))
-        stats.minimum = float(valid_values.min())
-        stats.maximum = float(valid_values.max())
-    return ndvi, stats
+        # float32 pairwise sums (numpy's default) are accurate to ~1e-6 here; the buffers are reused, not allocated
+        buf = den
+        np.multiply(ndvi, ~invalid, out=buf)
+        stats.total = float(buf.sum(dtype=np.float64))
+        np.multiply(buf, buf, out=buf)
+        stats.total_sq = float(buf.sum(dtype=np.float64))
+        np.multiply(invalid, np.float32(4.0), out=buf)
+        buf += ndvi
+        stats.minimum = float(buf.min())
+        np.multiply(invalid, np.float32(-4.0), out=buf)
+        buf += ndvi
+        stats.maximum = float(buf.max())
+    return ndvi, invalid, stats
+
+
+def compute_ndvi(
+    red: np.ndarray,
+    nir: np.ndarray,
+    scl: np.ndarray | None,
+    add_dn: int,
+    mask_classes: Iterable[int] = DEFAULT_MASK_CLASSES,
+) -> tuple[np.ndarray, BlockStats]:
+    """NDVI as float32 with NaN where masked, and the block statistics (see :func:`ndvi_core`)."""
+    ndvi, invalid, stats = ndvi_core(red, nir, scl, add_dn, mask_classes)
+    return encode_float32(ndvi, invalid), stats
+
+
+def encode_float32(ndvi: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    return np.where(invalid, np.float32(np.nan), ndvi)
+
+
+def encode_int16(ndvi: np.ndarray, invalid: np.ndarray) -> np.ndarray:
+    """NDVI x 10000 as int16, :data:`INT16_NODATA` where invalid (value = int16 / 10000)."""
+    q = np.rint(ndvi * np.float32(INT16_SCALE)).astype(np.int16)
+    q *= ~invalid
+    q += invalid.astype(np.int16) * np.int16(INT16_NODATA)
+    return q
+
+
+def class_counts(scl: np.ndarray) -> list[int]:
+    """Pixels per SCL class (256 entries), without bincount's int64 copy of the whole block."""
+    counts = [0] * 256
+    seen = 0
+    for c in range(12):
+        k = int(np.count_nonzero(scl == c))
+        counts[c] = k
+        seen += k
+    if seen != scl.size:  # codes outside 0-11 (rare): fall back to the general count
+        full = np.bincount(scl.ravel(), minlength=256)
+        return [int(x) for x in full[:256]]
+    return counts
 
 
 def to_int16(ndvi: np.ndarray) -> np.ndarray:
-    """NDVI scaled by 10000 into int16 with :data:`INT16_NODATA` where NaN (value = int16 / 10000)."""
-    out = np.empty(ndvi.shape, dtype=np.int16)
-    nan = np.isnan(ndvi)
-    scaled = np.rint(np.where(nan, 0.0, ndvi) * INT16_SCALE)
-    out[...] = scaled
-    out[nan] = INT16_NODATA
-    return out
+    """NaN-masked float NDVI to int16 x 10000 with :data:`INT16_NODATA` where NaN."""
+    invalid = np.isnan(ndvi)
+    return encode_int16(np.where(invalid, np.float32(0), ndvi), invalid)

@@ -25,7 +25,7 @@ from ndvi_worker import io as wio
 from ndvi_worker.config import WorkerConfig
 from ndvi_worker.contract import ProcessingPaths
 from ndvi_worker.discover import InputItem, find_items
-from ndvi_worker.ndvi import BlockStats, compute_ndvi, mask_lut, scl_alignment, to_int16, upsample_scl
+from ndvi_worker.ndvi import BlockStats, encode_float32, encode_int16, ndvi_core, scl_alignment, upsample_scl
 from ndvi_worker.report import SceneRecord, exit_message, host_report, output_item, utcnow
 from ndvi_worker.stac import ItemError, Scene, scene_from_item
 
@@ -100,7 +100,6 @@ def process_scene(
         overview_resampling="AVERAGE",
         max_z_error=cfg.max_z_error,
     )
-    lut = mask_lut(cfg.mask_classes)
     readers: list = []
     try:
         red = wio.BandReader(scene.red, cfg.retries)
@@ -149,10 +148,12 @@ def process_scene(
                     r = red.read(window)
                     n = nir.read(window)
                     s = read_scl(window)
-                    ndvi, stats = compute_ndvi(r, n, s, scene.offset.add_dn, lut)
-                    staging.write(to_int16(ndvi) if cfg.dtype == "int16" else ndvi, window)
+                    ndvi, invalid, stats = ndvi_core(r, n, s, scene.offset.add_dn, cfg.mask_classes)
+                    encode = encode_int16 if cfg.dtype == "int16" else encode_float32
+                    staging.write(encode(ndvi, invalid), window)
                     return stats
 
+                t_chunks = time.monotonic()
                 tasks = [
                     dask.delayed(chunk_task, pure=False)(w) for w in chunk_windows(shape, cfg.chunk_size)
                 ]
@@ -164,13 +165,22 @@ def process_scene(
                 total = total + p
             stats = total.summary()
 
+            t_cog = time.monotonic()
             cog_name = f"{scene.output_stem}.tif"
             wio.write_cog(work / "full.tif", work / cog_name, fmt, threads=cfg.workers)
             (work / "full.tif").unlink()
+            t_png = time.monotonic()
             png_name = None
             if cfg.quicklook:
                 png_name = f"{scene.output_stem}.png"
                 wio.write_quicklook(work / cog_name, work / png_name)
+            log.info(
+                "%s: read + NDVI %.1fs, COG %.1fs, quicklook %.1fs",
+                scene.item_id,
+                t_cog - t_chunks,
+                t_png - t_cog,
+                time.monotonic() - t_png,
+            )
             epsg = red.info.crs.to_epsg() if red.info.crs else None
             item = output_item(
                 scene.item,

@@ -118,12 +118,16 @@ def validate_item_id(item_id: object) -> str:
 
 
 def parse_baseline(value: object) -> float | None:
-    """``'04.00'`` -> 4.0, ``'05.09'`` -> 5.09, ``4`` -> 4.0; ``None`` for anything unreadable."""
+    """``'04.00'`` -> 4.0, ``'05.09'`` -> 5.09, ``'N0400'`` -> 4.0, ``4`` -> 4.0; ``None`` if unreadable."""
     if value is None or isinstance(value, bool):
         return None
     if isinstance(value, int | float):
         return float(value)
-    m = re.match(r"^\s*[A-Za-z]?(\d{1,2})(?:\.(\d{1,2}))?\s*$", str(value))
+    text = str(value).strip()
+    m = re.match(r"^N(\d{2})(\d{2})$", text)  # ESA's product-name form: N0400 -> 04.00
+    if m:
+        return int(m.group(1)) + int(m.group(2)) / 100.0
+    m = re.match(r"^(\d{1,2})(?:\.(\d{1,2}))?$", text)
     if not m:
         return None
     major, minor = int(m.group(1)), int(m.group(2) or 0)
