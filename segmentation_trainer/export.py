@@ -203,7 +203,7 @@ def _inference_network(metadata: ModelMetadata, params_file: Path, ctx, fixed_si
     from segmentation_trainer.model import build_network
 
     net = build_network(metadata.network_config(), ctx=ctx, initialize=False)
-    net.load_parameters(str(params_file), ctx=ctx)
+    net.load_parameters(str(params_file), ctx=ctx, cast_dtype=True, dtype_source="current")
     net.aux = False
     if fixed_size is not None:
         net.fix_input_size(*fixed_size)
@@ -404,7 +404,7 @@ def load_model(model_dir: str | Path, ctx=None):
     config = metadata.network_config()
     net = build_network(config, ctx=ctx, initialize=False)
     try:
-        net.load_parameters(str(params), ctx=ctx)
+        net.load_parameters(str(params), ctx=ctx, cast_dtype=True, dtype_source="current")
     except AssertionError:
         if not config.aux:
             raise
@@ -414,6 +414,6 @@ def load_model(model_dir: str | Path, ctx=None):
             ctx=ctx,
             initialize=False,
         )
-        net.load_parameters(str(params), ctx=ctx)
+        net.load_parameters(str(params), ctx=ctx, cast_dtype=True, dtype_source="current")
     net.aux = False
     return net, metadata

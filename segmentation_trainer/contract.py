@@ -1,0 +1,169 @@
+"""The SageMaker training contract: paths, config files, channels, failure file, checkpoints.
+
+Every path hangs off one base directory, resolved lazily: ``SAGEMAKER_BASE_DIR`` (default ``/opt/ml``), so a
+test or a local run relocates all of them at once. Nothing else in the package reads ``/opt/ml`` or the
+environment for these paths.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_BASE_DIR = "/opt/ml"
+FAILURE_LIMIT = 1024  # SageMaker shows the first 1024 characters as FailureReason
+
+CHANNELS = (
+    "train",
+    "validation",
+    "train_annotation",
+    "validation_annotation",
+    "label_map",
+    "model",
+    "pretrained",
+)
+
+
+class ContractError(ValueError):
+    """The job's configuration or inputs do not follow the contract; the message says what to fix."""
+
+
+def base_dir(environ: dict[str, str] | None = None) -> Path:
+    env = os.environ if environ is None else environ
+    return Path(env.get("SAGEMAKER_BASE_DIR") or DEFAULT_BASE_DIR)
+
+
+@dataclass(frozen=True)
+class TrainingPaths:
+    base: Path
+
+    @classmethod
+    def resolve(cls, base: str | Path | None = None) -> TrainingPaths:
+        return cls(Path(base) if base is not None else base_dir())
+
+    @property
+    def config_dir(self) -> Path:
+        return self.base / "input" / "config"
+
+    @property
+    def hyperparameters_file(self) -> Path:
+        return self.config_dir / "hyperparameters.json"
+
+    @property
+    def input_data_config_file(self) -> Path:
+        return self.config_dir / "inputdataconfig.json"
+
+    @property
+    def resource_config_file(self) -> Path:
+        return self.config_dir / "resourceconfig.json"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.base / "input" / "data"
+
+    def channel(self, name: str) -> Path:
+        return self.data_dir / name
+
+    @property
+    def model_dir(self) -> Path:
+        return self.base / "model"
+
+    @property
+    def output_dir(self) -> Path:
+        return self.base / "output"
+
+    @property
+    def output_data_dir(self) -> Path:
+        return self.output_dir / "data"
+
+    @property
+    def failure_file(self) -> Path:
+        return self.output_dir / "failure"
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.base / "checkpoints"
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ContractError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ContractError(f"{what} is not valid JSON ({path}): {exc}") from None
+
+
+def read_hyperparameters(paths: TrainingPaths) -> dict[str, Any]:
+    """The raw hyperparameters (string values); an absent file means none were given."""
+    if not paths.hyperparameters_file.is_file():
+        return {}
+    raw = _read_json(paths.hyperparameters_file, "hyperparameters.json")
+    if not isinstance(raw, dict):
+        raise ContractError("hyperparameters.json must hold a JSON object")
+    return raw
+
+
+@dataclass(frozen=True)
+class ResourceConfig:
+    current_host: str = "algo-1"
+    hosts: tuple[str, ...] = ("algo-1",)
+
+
+def read_resource_config(paths: TrainingPaths) -> ResourceConfig:
+    if not paths.resource_config_file.is_file():
+        return ResourceConfig()
+    raw = _read_json(paths.resource_config_file, "resourceconfig.json")
+    host = str(raw.get("current_host", "algo-1"))
+    hosts = tuple(str(h) for h in raw.get("hosts", [host])) or (host,)
+    return ResourceConfig(host, hosts)
+
+
+def read_input_data_config(paths: TrainingPaths) -> dict[str, Any]:
+    if not paths.input_data_config_file.is_file():
+        return {}
+    raw = _read_json(paths.input_data_config_file, "inputdataconfig.json")
+    return raw if isinstance(raw, dict) else {}
+
+
+def check_channels(paths: TrainingPaths, data_config: dict[str, Any]) -> list[str]:
+    """Present channels; raises for unknown channel names and for Pipe mode (this image reads files)."""
+    problems = []
+    for name, cfg in data_config.items():
+        if name not in CHANNELS:
+            problems.append(f"unknown channel {name!r} (expected some of: {', '.join(CHANNELS)})")
+        if isinstance(cfg, dict) and str(cfg.get("TrainingInputMode", "File")).lower() not in (
+            "file",
+            "fastfile",
+        ):
+            problems.append(
+                f"channel {name!r}: input mode {cfg.get('TrainingInputMode')} is not supported, use File"
+            )
+    if problems:
+        raise ContractError("; ".join(problems))
+    present = [c for c in CHANNELS if paths.channel(c).is_dir()]
+    return present
+
+
+def write_failure(paths: TrainingPaths, message: str) -> None:
+    """Write the failure reason (SageMaker keeps the first 1024 characters)."""
+    paths.output_dir.mkdir(parents=True, exist_ok=True)
+    text = message.strip() or "training failed"
+    if len(text) > FAILURE_LIMIT:
+        text = text[: FAILURE_LIMIT - 3] + "..."
+    paths.failure_file.write_text(text)
+
+
+def extract_model_channel(channel: Path, dest: Path) -> Path:
+    """A ``model`` channel holds model.tar.gz (or an extracted model directory): return the directory."""
+    tars = sorted(channel.glob("*.tar.gz"))
+    if not tars:
+        return channel
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tars[0]) as tar:
+        tar.extractall(dest, filter="data")
+    return dest

@@ -1,0 +1,288 @@
+"""A SageMaker training job, end to end: contract -> hyperparameters -> data -> network -> fit -> artifacts.
+
+``run_training()`` follows the contract (``SAGEMAKER_BASE_DIR`` relocates ``/opt/ml``): it never raises;
+on any error it writes ``output/failure`` (``ClientError: ...`` for bad input, ``AlgorithmError: ...``
+otherwise, first 1024 characters shown by SageMaker) and returns a non-zero exit status. SIGTERM
+(StopTrainingJob, spot interruption) stops after the current batch and still writes the model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from segmentation_trainer.contract import (
+    ContractError,
+    TrainingPaths,
+    check_channels,
+    extract_model_channel,
+    read_hyperparameters,
+    read_input_data_config,
+    read_resource_config,
+    write_failure,
+)
+from segmentation_trainer.data import (
+    DataError,
+    Dataset,
+    cache_fits,
+    image_info,
+    label_lut,
+    pair_channel,
+    read_label_map,
+)
+from segmentation_trainer.hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
+
+log = logging.getLogger(__name__)
+
+CACHE_LIMIT_BYTES = 4 * 1024**3
+PARAM_SUFFIXES = (".params",)
+
+
+class ClientError(ValueError):
+    """A problem the user fixes (inputs, hyperparameters, channels)."""
+
+
+USER_ERRORS = (ClientError, ContractError, DataError, HyperparameterError)
+
+
+@dataclass
+class RunOptions:
+    """Knobs for tests and benchmarks (a SageMaker job uses the defaults)."""
+
+    workers: int = 2
+    max_batches_per_epoch: int | None = None
+    onnx: bool = True
+    ctxs: list | None = None
+    install_signal_handler: bool = True
+
+
+def find_pretrained(paths: TrainingPaths, hp: Hyperparameters) -> Path | None:
+    """The backbone weight file: ``pretrained_weights`` (a path, absolute or inside the pretrained channel)
+    or the one ``.params`` file of the ``pretrained`` channel (the one naming the backbone if several)."""
+    channel = paths.channel("pretrained")
+    if hp.pretrained_weights:
+        p = Path(hp.pretrained_weights)
+        for candidate in (p, channel / p):
+            if candidate.is_file():
+                return candidate
+        raise ClientError(
+            f"pretrained_weights={hp.pretrained_weights} not found (nor in the pretrained channel)"
+        )
+    if not channel.is_dir():
+        return None
+    files = sorted(f for f in channel.rglob("*") if f.is_file() and f.suffix in PARAM_SUFFIXES)
+    if len(files) > 1:
+        key = hp.backbone.replace("-", "")
+        named = [f for f in files if key in f.name]
+        files = named if len(named) == 1 else files
+    if len(files) != 1:
+        raise ClientError(
+            f"the pretrained channel must hold one .params file for {hp.backbone} (found "
+            f"{len(files)}: {', '.join(f.name for f in files[:5])}); or set pretrained_weights"
+        )
+    return files[0]
+
+
+def _class_names(paths: TrainingPaths, hp: Hyperparameters) -> list[str] | None:
+    if hp.class_names:
+        return list(hp.class_names)
+    path = paths.channel("label_map") / "class_names.json"
+    if path.is_file():
+        names = json.loads(path.read_text())
+        if isinstance(names, list) and len(names) == hp.num_classes:
+            return [str(n) for n in names]
+        log.warning("ignoring %s: expected a list of %d names", path, hp.num_classes)
+    return None
+
+
+def run_training(paths: TrainingPaths | None = None, options: RunOptions | None = None) -> int:
+    """Run a training job; returns the process exit status (0 = success)."""
+    paths = paths or TrainingPaths.resolve()
+    options = options or RunOptions()
+    stop = threading.Event()
+    previous = None
+    if options.install_signal_handler and threading.current_thread() is threading.main_thread():
+
+        def on_term(signum, frame):
+            log.warning("SIGTERM received: finishing the current batch, then writing the model")
+            stop.set()
+
+        previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        _train(paths, options, stop)
+        return 0
+    except USER_ERRORS as exc:
+        message = f"ClientError: {exc}"
+        log.error("%s", message)
+        write_failure(paths, message)
+        return 2
+    except Exception as exc:
+        message = f"AlgorithmError: {type(exc).__name__}: {exc}"
+        log.error("training failed\n%s", traceback.format_exc())
+        write_failure(paths, message)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event) -> None:
+    from segmentation_trainer.data import compute_stats
+    from segmentation_trainer.devices import contexts, describe
+    from segmentation_trainer.export import build_metadata, read_metadata, save_model_dir
+    from segmentation_trainer.fit import FitConfig, fingerprint, fit
+    from segmentation_trainer.model import NetworkConfig, build_network
+
+    started = time.monotonic()
+    resources = read_resource_config(paths)
+    if len(resources.hosts) > 1:
+        raise ClientError(
+            f"this algorithm trains on one instance (it uses every GPU of it); the job has {len(resources.hosts)} "
+            "hosts: set InstanceCount=1"
+        )
+    hp = parse_hyperparameters(read_hyperparameters(paths))
+    channels = check_channels(paths, read_input_data_config(paths))
+    log.info("channels: %s", ", ".join(channels) or "none")
+    if "train" not in channels:
+        raise ClientError(f"the train channel is missing ({paths.channel('train')})")
+    ctxs = options.ctxs or contexts()
+    if hp.precision_dtype == "float16" and all(c.device_type == "cpu" for c in ctxs):
+        raise ClientError("precision_dtype=float16 needs a GPU instance; use float32 on CPU instances")
+    log.info("training on %s", describe(ctxs))
+
+    label_dir = paths.channel("label_map")
+    train_pairs = pair_channel(paths.channel("train"), paths.channel("train_annotation"))
+    val_pairs = []
+    if "validation" in channels:
+        val_pairs = pair_channel(paths.channel("validation"), paths.channel("validation_annotation"))
+    else:
+        log.warning("no validation channel: no validation metrics; model_best.params = the final model")
+    info = image_info(train_pairs[0].image)
+    log.info(
+        "%d training / %d validation images, %d band(s) %s (%s)",
+        len(train_pairs),
+        len(val_pairs),
+        info.bands,
+        info.dtype,
+        info.format,
+    )
+
+    # incremental training: the model channel's network and normalisation
+    base_model = None
+    if "model" in channels:
+        model_dir = extract_model_channel(paths.channel("model"), paths.base / "work" / "model-channel")
+        try:
+            base_model = read_metadata(model_dir)
+        except FileNotFoundError as exc:
+            raise ClientError(str(exc)) from None
+        base_params = model_dir / base_model.get("params_file", "model_best.params")
+        if not base_params.is_file():
+            base_params = model_dir / "model_algo-1"
+    network = NetworkConfig(
+        num_classes=hp.num_classes, algorithm=hp.algorithm, backbone=hp.backbone, bands=info.bands, aux=True
+    )
+    if base_model is not None:
+        want = base_model.network_config()
+        if (want.num_classes, want.algorithm, want.backbone, want.bands) != (
+            network.num_classes,
+            network.algorithm,
+            network.backbone,
+            network.bands,
+        ):
+            raise ClientError(
+                f"the model channel holds a {want.algorithm}/{want.backbone} network for {want.num_classes} classes "
+                f"and {want.bands} band(s); this job asks for {network.algorithm}/{network.backbone}, "
+                f"{network.num_classes} classes, {network.bands} band(s)"
+            )
+        mean, std = base_model["mean"], base_model["std"]
+        log.info("incremental training from the model channel (its normalisation is kept)")
+    else:
+        mean, std = compute_stats(train_pairs)
+        log.info("normalisation from the training set: mean %s std %s", _fmt(mean), _fmt(std))
+
+    pretrained = None
+    if base_model is None and hp.use_pretrained_model:
+        pretrained = find_pretrained(paths, hp)
+        if pretrained is None:
+            raise ClientError(
+                "use_pretrained_model=True but no backbone weights were given (GluonCV's downloads no longer "
+                f"work): add a 'pretrained' channel with GluonCV's ImageNet {hp.backbone.replace('-', '')}_v1s "
+                ".params file, or set pretrained_weights=<path>, or set use_pretrained_model=False to train "
+                "from scratch"
+            )
+        log.info("backbone weights: %s", pretrained)
+    syncbn = len(ctxs) if hp.syncbn and len(ctxs) > 1 else 0
+    if hp.syncbn and not syncbn:
+        log.info("syncbn=True has no effect on a single device")
+    try:
+        net = build_network(network, ctx=ctxs, pretrained_backbone=pretrained, syncbn_devices=syncbn)
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
+    if base_model is not None:
+        net.load_parameters(str(base_params), ctx=ctxs, cast_dtype=True, dtype_source="current")
+
+    train_lut = label_lut(read_label_map(label_dir, "train"))
+    val_lut = label_lut(read_label_map(label_dir, "validation"))
+    cache = cache_fits(train_pairs + val_pairs, info.bands, CACHE_LIMIT_BYTES)
+    train_ds = Dataset(train_pairs, train_lut, mean, std, cache=cache)
+    val_ds = Dataset(val_pairs, val_lut, mean, std, cache=cache) if val_pairs else None
+
+    config = FitConfig(
+        hp=hp,
+        host=resources.current_host,
+        checkpoint_dir=paths.checkpoint_dir,
+        workers=options.workers,
+        max_batches_per_epoch=options.max_batches_per_epoch,
+    )
+    fp = fingerprint(hp, network, len(train_pairs), info.bands)
+    result = fit(net, train_ds, val_ds, ctxs, config, stop=stop, fp=fp)
+
+    metrics = {
+        "best_validation_mIOU": result.state.best_miou,
+        "best_epoch": result.state.best_epoch,
+        "epochs_completed": result.state.epoch + 1,
+        "stopped_early": result.state.stopped_early,
+        "interrupted": result.interrupted,
+        "history": result.state.history,
+        "training_seconds": round(result.seconds, 1),
+    }
+    metadata = build_metadata(
+        network,
+        mean=mean,
+        std=std,
+        crop_size=hp.effective_crop_size,
+        base_size=hp.base_size,
+        class_names=_class_names(paths, hp),
+        band_names=info.band_names,
+        nodata=info.nodata,
+        input_format=info.format,
+        metrics=metrics,
+    )
+    written = save_model_dir(
+        net,
+        metadata,
+        paths.model_dir,
+        best_params=result.best_params,
+        hyperparameters=hp.to_strings(),
+        onnx=options.onnx and not result.interrupted,
+    )
+    paths.output_data_dir.mkdir(parents=True, exist_ok=True)
+    (paths.output_data_dir / "training_history.json").write_text(json.dumps(metrics, indent=1))
+    log.info(
+        "model written to %s (%s) in %.0f s total",
+        paths.model_dir,
+        ", ".join(sorted(p.name for p in paths.model_dir.iterdir())),
+        time.monotonic() - started,
+    )
+    if isinstance(written.get("onnx"), dict) and "error" in written["onnx"]:
+        log.warning("ONNX export failed: %s", written["onnx"]["error"])
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
