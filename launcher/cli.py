@@ -165,8 +165,12 @@ def search(
         try:
             kept, stats = s.dedupe(found, dedupe, collection=collection)
         except Exception as exc:
-            if type(exc).__module__.startswith("pystac_client") or type(exc).__name__ in {"APIError"}:
-                raise click.ClickException(f"the STAC search at {url} failed: {exc}") from None
+            module = type(exc).__module__
+            if source == "stac" and (module.startswith(("pystac_client", "requests", "urllib3", "pystac"))):
+                raise click.ClickException(
+                    f"the STAC search at {url} failed ({type(exc).__name__}: {str(exc)[:300]}); check --stac-url "
+                    "and the network, then run the search again"
+                ) from None
             raise
     n = s.write_jsonl(kept, out)
     console.print(
@@ -521,7 +525,10 @@ def status(plan_path, show_jobs, as_json) -> None:
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
 @friendly_errors
 def watch(plan_path, interval, timeout) -> None:
-    """Follow the run: a progress bar of scenes done with ETA, until every job has ended."""
+    """Follow the run: a progress bar of scenes done with ETA, until every job has ended.
+
+    Exits 1 when every job has ended but some scenes have no output (then `launcher resume`).
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     console = _console()
@@ -642,6 +649,12 @@ def resume(
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="[default: <plan dir>/local]")
 @click.option("--env", multiple=True, help="KEY=VALUE for the worker (repeatable).")
 @click.option(
+    "--volume",
+    "volumes",
+    multiple=True,
+    help="Extra docker bind mount HOST:CONTAINER[:ro], e.g. a local catalog the item hrefs point into.",
+)
+@click.option(
     "--sdk-local",
     is_flag=True,
     help="Run through SageMaker SDK local mode instead (one instance, S3Prefix, FullyReplicated, EndOfJob; "
@@ -651,7 +664,9 @@ def resume(
     "--role", default="arn:aws:iam::000000000000:role/local", show_default=True, help="For --sdk-local."
 )
 @friendly_errors
-def local(plan_path, instances, job_names, round_, no_docker, image, workdir, env, sdk_local, role) -> None:
+def local(
+    plan_path, instances, job_names, round_, no_docker, image, workdir, env, volumes, sdk_local, role
+) -> None:
     """Run a plan on this machine the way SageMaker would (sharded instances, own /opt/ml trees)."""
     from launcher import local as runner
     from launcher.aws import client
@@ -681,7 +696,9 @@ def local(plan_path, instances, job_names, round_, no_docker, image, workdir, en
     if sdk_local:
         for job in jobs:
             console.print(f"{job.name}: SageMaker SDK local mode (1 instance, FullyReplicated, EndOfJob)")
-            runner.run_sdk_local(s3, the_plan, job, submission.image, role)
+            runner.run_sdk_local(
+                s3, the_plan, job, submission.image, role, {**submission.environment, **parse_env(env)}
+            )
         return
     workdir_path = Path(workdir) if workdir else _plan_file(plan_path).parent / "local"
     extra_env = parse_env(env)
@@ -698,6 +715,7 @@ def local(plan_path, instances, job_names, round_, no_docker, image, workdir, en
             docker=not no_docker,
             image=submission.image,
             extra_env=extra_env,
+            volumes=volumes,
             on_event=console.print,
         )
         for inst in result.instances:

@@ -68,7 +68,12 @@ def rebase_args(args: Sequence[str], base_dir: str) -> list[str]:
 
 
 def docker_argv(
-    image: str, tree: str, environment: Mapping[str, str], args: Sequence[str], name: str | None = None
+    image: str,
+    tree: str,
+    environment: Mapping[str, str],
+    args: Sequence[str],
+    name: str | None = None,
+    volumes: Sequence[str] = (),
 ) -> list[str]:
     """`docker run` for one simulated instance: its tree mounted at /opt/ml, host network, the image's
     ENTRYPOINT with the request's ContainerArguments appended (what SageMaker does)."""
@@ -77,6 +82,8 @@ def docker_argv(
         argv += ["--name", name]
     for sub in ("processing/input", "processing/output", "config", "output"):
         argv += ["-v", f"{os.path.abspath(os.path.join(tree, sub))}:{CONTAINER_BASE}/{sub}"]
+    for volume in volumes:  # e.g. a local catalog the item hrefs point into
+        argv += ["-v", volume]
     for key, value in sorted(environment.items()):
         argv += ["-e", f"{key}={value}"]
     argv.append(image)
@@ -151,6 +158,7 @@ def run_job(
     image: str | None = None,
     python: str = sys.executable,
     extra_env: Mapping[str, str] | None = None,
+    volumes: Sequence[str] = (),
     on_event: Callable[[str], None] | None = None,
 ) -> LocalJobResult:
     """Run one job of the plan locally: stage, run every instance at once, upload outputs."""
@@ -175,7 +183,13 @@ def run_job(
         (tree / "config" / "processingjobconfig.json").write_text(json.dumps(request, indent=1))
         log = open(tree / "worker.log", "wb")  # noqa: SIM115 (closed when the process is reaped)
         if docker:
-            argv = docker_argv(image or request["AppSpecification"]["ImageUri"], str(tree), environment, args)
+            argv = docker_argv(
+                image or request["AppSpecification"]["ImageUri"],
+                str(tree),
+                environment,
+                args,
+                volumes=volumes,
+            )
             env = None
         else:
             argv = [python, "-m", "ndvi_worker", *rebase_args(args, str(tree))]
@@ -260,8 +274,8 @@ def stage_sdk_input(s3: Any, job: JobPlan, plan: Plan) -> str:
 
 
 def run_sdk_local(
-    s3: Any, plan: Plan, job: JobPlan, image: str, role: str
-) -> None:  # pragma: no cover - Docker
+    s3: Any, plan: Plan, job: JobPlan, image: str, role: str, environment: Mapping[str, str] | None = None
+) -> None:  # pragma: no cover - needs Docker and docker compose (the container tests run it)
     """Run one job through SageMaker SDK local mode (one instance, S3Prefix, FullyReplicated, EndOfJob)."""
     from sagemaker.local import LocalSession
     from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
@@ -271,14 +285,15 @@ def run_sdk_local(
     input_uri = stage_sdk_input(s3, job, plan)
     spec = sdk_local_arguments(plan, job, input_uri, image, role)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    local_session = (
-        LocalSession(boto_session=session(), s3_endpoint_url=endpoint)
-        if endpoint
-        else LocalSession(boto_session=session())
+    local_session = LocalSession(
+        boto_session=session(), s3_endpoint_url=endpoint, sagemaker_config=TELEMETRY_OPT_OUT
     )
     local_session.config = {"local": {"local_code": True}}
-    local_session.sagemaker_config = TELEMETRY_OPT_OUT
-    processor = Processor(sagemaker_session=local_session, **spec["processor"])
+    # no ContainerArguments: local mode raises KeyError on arguments without an entrypoint (DOMAIN.md section 7);
+    # the worker's defaults are the contract paths
+    processor = Processor(
+        sagemaker_session=local_session, env=dict(environment or {}) or None, **spec["processor"]
+    )
     processor.run(
         inputs=[ProcessingInput(**i) for i in spec["inputs"]],
         outputs=[ProcessingOutput(**o) for o in spec["outputs"]],

@@ -13,7 +13,6 @@ import copy
 import json
 import os
 import shutil
-import socket
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launcher_helpers import DATA, extra_page_items, load_json
+from launcher_helpers import DATA, extra_page_items, free_port, load_json
 
 REGION = "us-east-1"
 BUCKET = "earthmon-test"
@@ -36,12 +35,6 @@ def require(condition: bool, reason: str) -> None:
     if os.environ.get("EARTHMON_REQUIRE_ALL") == "1":
         pytest.fail(f"{reason} (EARTHMON_REQUIRE_ALL=1)")
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------- moto

@@ -302,3 +302,14 @@ def test_search_cli_sagemaker_geospatial_pages(aws, tmp_path: Path) -> None:
     assert (time_range["StartTime"], time_range["EndTime"]) == (1698796800, 1701388799)
     assert "NextToken" not in calls[0].body and calls[1].body["NextToken"] == "t2"
     assert [i["id"] for i in read_jsonl(str(out))] == [i["id"] for i in items]
+
+
+def test_search_cli_explains_an_unreachable_api(tmp_path: Path) -> None:
+    from launcher_helpers import free_port
+
+    url = f"http://127.0.0.1:{free_port()}"
+    result = CliRunner().invoke(
+        cli, ["search", "--stac-url", url, "--bbox=0,0,1,1", "--out", str(tmp_path / "i.jsonl")]
+    )
+    assert result.exit_code == 1
+    assert f"the STAC search at {url} failed" in result.output and "--stac-url" in result.output
