@@ -120,6 +120,10 @@ test-containers: venv-worker ## image tests on a running Docker engine (build fi
 bench-worker: venv-worker ## NDVI worker vs naive baseline vs GDAL floor on a full-size synthetic scene
 	$(PY) benchmarks/bench_worker.py
 
+.PHONY: bench-plan
+bench-plan: venv-worker ## launcher: plan 8,581 scenes into 25 jobs x 20 instances (each step vs reading the items)
+	$(PY) benchmarks/bench_plan.py
+
 .PHONY: clean
 clean: ## remove environments, caches and demo output
 	rm -rf $(VENV) $(VENV_TRAINER) $(DEMO_DIR) .pytest_cache .ruff_cache .hypothesis build *.egg-info
