@@ -124,6 +124,10 @@ bench-worker: venv-worker ## NDVI worker vs naive baseline vs GDAL floor on a fu
 bench-plan: venv-worker ## launcher: plan 8,581 scenes into 25 jobs x 20 instances (each step vs reading the items)
 	$(PY) benchmarks/bench_plan.py
 
+.PHONY: bench-serve
+bench-serve: venv-trainer ## serve: req/s and p50/p99 of 512x512 requests on the real server (layouts vs 1 worker)
+	$(PY_TRAINER) benchmarks/bench_serve.py
+
 .PHONY: clean
 clean: ## remove environments, caches and demo output
 	rm -rf $(VENV) $(VENV_TRAINER) $(DEMO_DIR) .pytest_cache .ruff_cache .hypothesis build *.egg-info
