@@ -3,7 +3,7 @@
 Prints the time of each step and its ratio to a baseline measured in the same run: reading the items JSONL
 (json.loads of every line), the input cost no planner can avoid. The issue's bar: "seconds, not minutes".
 
-    .venv/bin/python benchmarks/bench_plan.py [--scenes 8581] [--jobs 25] [--instances 20] [--repeat 3]
+    .venv/bin/python benchmarks/bench_plan.py [--scenes 8581] [--jobs 25] [--instances 20] [--repeat 3] [--with-upload]
 """
 
 from __future__ import annotations
@@ -33,6 +33,46 @@ def best_of(repeat: int, fn) -> float:
     return min(times)
 
 
+def upload_timings(jsonl: Path, args: argparse.Namespace, tmp: Path) -> list[tuple[str, float]]:
+    """`launcher plan` against a local moto S3 (one run each: uploads are not repeatable without --force)."""
+    import logging
+    import os
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    import launcher.aws
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    os.environ.update(
+        AWS_ENDPOINT_URL=f"http://127.0.0.1:{port}", AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
+        AWS_DEFAULT_REGION="us-east-1", EARTHMON_AWS_MAX_RPS="0",
+    )  # fmt: skip
+    launcher.aws.reset_session()
+    boto3.client("s3").create_bucket(Bucket="bench-bucket")
+    out = []
+    try:
+        for label, extra in (("in place", []), ("copy items", ["--copy-items"])):
+            t0 = time.perf_counter()
+            result = CliRunner().invoke(
+                cli,
+                ["plan", "--items", str(jsonl), "--jobs", str(args.jobs), "--instances-per-job", str(args.instances),
+                 "--s3-prefix", "s3://bench-bucket/ndvi", "--run-id", f"up-{label.split()[0]}",
+                 "--out", str(tmp / label.replace(" ", "-")), *extra],
+            )  # fmt: skip
+            assert result.exit_code == 0, result.output
+            out.append((f"`launcher plan` + upload to moto S3 ({label})", time.perf_counter() - t0))
+    finally:
+        server.stop()
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -41,6 +81,12 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=25)
     parser.add_argument("--instances", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument(
+        "--with-upload",
+        action="store_true",
+        help="also time `launcher plan` uploading to a local moto S3: manifests only (items in place), and with "
+        "every item JSON copied (--copy-items, 16 upload threads)",
+    )
     args = parser.parse_args()
 
     t0 = time.perf_counter()
@@ -85,11 +131,12 @@ def main() -> int:
                 cli,
                 ["plan", "--items", str(jsonl), "--jobs", str(args.jobs), "--instances-per-job", str(args.instances),
                  "--s3-prefix", "s3://bucket/ndvi", "--run-id", "bench", "--out", str(Path(tmp) / "run"),
-                 "--no-upload"],
+                 "--no-upload", "--force"],
             )  # fmt: skip
             assert result.exit_code == 0, result.output
 
         t_cli = best_of(args.repeat, cli_plan)
+        uploads = upload_timings(jsonl, args, Path(tmp)) if args.with_upload else []
 
     sizes = sorted({j.scene_count for j in plan.jobs})
     print(
@@ -108,6 +155,8 @@ def main() -> int:
         ("`launcher plan --no-upload` end to end", t_cli),
     ]
     for name, seconds in rows:
+        print(f"    {name:<54} {seconds:8.3f} s  {seconds / baseline:6.2f}x baseline")
+    for name, seconds in uploads:
         print(f"    {name:<54} {seconds:8.3f} s  {seconds / baseline:6.2f}x baseline")
     ok = t_cli < 10.0
     print(

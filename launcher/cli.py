@@ -230,6 +230,7 @@ def _default_run_id(items: list[dict[str, Any]]) -> str:
     "--map", "map_path", type=click.Path(dir_okay=False), default=None, help="Write an HTML map here."
 )
 @click.option("--no-upload", is_flag=True, help="Only write the plan and manifests locally.")
+@click.option("--force", is_flag=True, help="Replace an existing DIR/plan.json (its run's history is lost).")
 @friendly_errors
 def plan(
     items_path,
@@ -244,6 +245,7 @@ def plan(
     copy_items,
     map_path,
     no_upload,
+    force,
 ) -> None:
     """Shard the items into balanced ManifestFile jobs, upload them and write DIR/plan.json."""
     from launcher import plan as p
@@ -251,6 +253,12 @@ def plan(
     from launcher.search import read_jsonl
 
     console = _console()
+    existing = Path(out_dir) / store.PLAN_FILE
+    if existing.exists() and not force:
+        raise click.ClickException(
+            f"{existing} exists already: it records a run (status, resume need it). Plan into another --out, "
+            "or pass --force to replace it"
+        )
     try:
         items = read_jsonl(items_path)
     except ValueError as exc:

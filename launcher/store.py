@@ -116,8 +116,14 @@ def read_reports(s3: Any, plan: Plan, keys: Sequence[str]) -> dict[tuple[str, st
         host = key.rsplit("/", 1)[-1][: -len(".json")]
         try:
             report = get_json(s3, S3Uri(bucket, key))
-        except (ValueError, OSError):
+        except ValueError:  # half-written or not JSON: the next poll reads it again
             continue
+        except Exception as exc:
+            from launcher.aws import is_not_found
+
+            if is_not_found(exc):  # deleted between list and get
+                continue
+            raise
         if isinstance(report, dict):
             out[(job, host)] = report
     return out

@@ -285,3 +285,16 @@ def test_plan_cli_errors(tmp_path: Path) -> None:
         cli, ["plan", "--items", str(bad), "--s3-prefix", "s3://b/p", "--out", str(tmp_path)]
     )
     assert r.exit_code == 1 and "bad.jsonl:2" in r.output
+
+
+def test_plan_cli_never_overwrites_a_run_silently(aws, tmp_path: Path) -> None:
+    items_path = tmp_path / "items.jsonl"
+    items_path.write_text("".join(json.dumps(i) + "\n" for i in synthetic_items(6)))
+    args = ["plan", "--items", str(items_path), "--jobs", "2", "--s3-prefix", "s3://earthmon-test/x", "--out",
+            str(tmp_path / "run")]  # fmt: skip
+    assert CliRunner().invoke(cli, [*args, "--run-id", "first"]).exit_code == 0
+    again = CliRunner().invoke(cli, [*args, "--run-id", "second"])
+    assert again.exit_code == 1 and "exists already" in again.output and "--force" in again.output
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["run_id"] == "first"
+    assert CliRunner().invoke(cli, [*args, "--run-id", "second", "--force"]).exit_code == 0
+    assert json.loads((tmp_path / "run" / "plan.json").read_text())["run_id"] == "second"
