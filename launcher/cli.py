@@ -702,11 +702,24 @@ def local(
         )
     s3 = client("s3")
     if sdk_local:
+        failed = 0
         for job in jobs:
             console.print(f"{job.name}: SageMaker SDK local mode (1 instance, FullyReplicated, EndOfJob)")
-            runner.run_sdk_local(
-                s3, the_plan, job, submission.image, role, {**submission.environment, **parse_env(env)}
-            )
+            try:
+                runner.run_sdk_local(
+                    s3, the_plan, job, submission.image, role, {**submission.environment, **parse_env(env)}
+                )
+                console.print(f"{job.name}: Completed")
+            except RuntimeError as exc:  # local mode raises when the container exits non-zero
+                failed += 1
+                console.print(
+                    f"[red]{job.name}: Failed[/] ({str(exc)[:300]}); the per-host report is in the output"
+                )
+        console.print(
+            f"{len(jobs) - failed}/{len(jobs)} job(s) completed; outputs under {the_plan.output_prefix}"
+        )
+        if failed:
+            sys.exit(1)
         return
     workdir_path = Path(workdir) if workdir else _plan_file(plan_path).parent / "local"
     extra_env = parse_env(env)
