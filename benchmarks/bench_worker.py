@@ -53,7 +53,8 @@ def start_nginx(root: Path, workdir: Path) -> tuple[subprocess.Popen, int] | Non
     port = free_port()
     conf = workdir / "nginx.conf"
     conf.write_text(
-        f"""daemon off; worker_processes 1; pid {workdir}/nginx.pid; error_log {workdir}/error.log;
+        ("user root;\n" if os.geteuid() == 0 else "")
+        + f"""daemon off; worker_processes 1; pid {workdir}/nginx.pid; error_log {workdir}/error.log;
 events {{ worker_connections 256; }}
 http {{ access_log off; sendfile on; client_body_temp_path {workdir}; proxy_temp_path {workdir};
   fastcgi_temp_path {workdir}; uwsgi_temp_path {workdir}; scgi_temp_path {workdir};

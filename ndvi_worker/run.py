@@ -27,7 +27,7 @@ from ndvi_worker.contract import ProcessingPaths
 from ndvi_worker.discover import InputItem, find_items
 from ndvi_worker.ndvi import BlockStats, encode_float32, encode_int16, ndvi_core, scl_alignment, upsample_scl
 from ndvi_worker.report import SceneRecord, exit_message, host_report, output_item, utcnow
-from ndvi_worker.stac import ItemError, Scene, scene_from_item
+from ndvi_worker.stac import ItemError, Scene, scene_from_item, validate_item_id
 
 log = logging.getLogger("ndvi_worker")
 
@@ -256,7 +256,10 @@ def plan_shard(entries: list[InputItem], cfg: WorkerConfig) -> list[Planned]:
         try:
             scene = scene_from_item(entry.item, entry.location, cfg.boa_offset)
         except ItemError as exc:
-            shown = item_id if isinstance(item_id, str) and len(item_id) < 120 else None
+            try:  # only a safe id is echoed in the report (consumers build paths from it)
+                shown = validate_item_id(item_id)
+            except ItemError:
+                shown = None
             planned.append(Planned(entry, None, SceneRecord(entry.source, shown, "failed", error=str(exc))))
             continue
         if scene.item_id in seen:
@@ -408,9 +411,14 @@ def run(cfg: WorkerConfig, paths: ProcessingPaths) -> int:
         if _in_main_thread():
             signal.signal(signal.SIGTERM, previous)
         for i, r in enumerate(records):
-            if r is None:
+            if r is None:  # interrupted: a scene whose output was published in the meantime is done
                 p = planned[i]
-                records[i] = SceneRecord(p.entry.source, p.scene.item_id, "failed", error="interrupted")
+                if existing_output_valid(cfg.output_dir, p.scene.output_stem):
+                    records[i] = SceneRecord(
+                        p.entry.source, p.scene.item_id, "done", output=f"{p.scene.output_stem}.tif"
+                    )
+                else:
+                    records[i] = SceneRecord(p.entry.source, p.scene.item_id, "failed", error="interrupted")
         write_report()
         final = [r for r in records if r is not None]
         message = exit_message(final, host)

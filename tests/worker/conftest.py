@@ -77,7 +77,8 @@ def nginx(tmp_path_factory):
     port = free_port()
     conf = work / "nginx.conf"
     conf.write_text(
-        f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log;
+        ("user root;\n" if os.geteuid() == 0 else "")
+        + f"""daemon off; worker_processes 1; pid {work}/nginx.pid; error_log {work}/error.log;
 events {{ worker_connections 128; }}
 http {{
   log_format ranges '$status $request_method $uri $http_range';
