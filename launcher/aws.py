@@ -16,7 +16,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-DEFAULT_MAX_ATTEMPTS = 10
+DEFAULT_MAX_ATTEMPTS = (
+    10  # retries after the first attempt (botocore's `max_attempts`); override EARTHMON_AWS_MAX_ATTEMPTS
+)
 # Requests per second per client. SageMaker's control-plane APIs throttle at a few TPS per account; staying
 # under that keeps adaptive retries for real congestion. Override with EARTHMON_AWS_MAX_RPS.
 DEFAULT_MAX_RPS = 4.0

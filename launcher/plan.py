@@ -113,12 +113,17 @@ class JobPlan:
             "index": self.index,
             "manifest_uri": self.manifest_uri,
             "instance_count": self.instance_count,
+            "scene_count": self.scene_count,
             "scenes": [s.to_dict() for s in self.scenes],
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "job") -> JobPlan:
+        data = dict(data)
+        count = data.pop("scene_count", None)  # derived, written for humans
         _check_keys(cls, data, where)
+        if count is not None and count != len(data["scenes"]):
+            raise PlanError(f"{where}: scene_count {count} does not match its {len(data['scenes'])} scenes")
         scenes = tuple(SceneRef.from_dict(s, f"{where}.scenes[{i}]") for i, s in enumerate(data["scenes"]))
         return cls(**{**data, "scenes": scenes})
 

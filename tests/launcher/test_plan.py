@@ -166,6 +166,11 @@ def test_plan_round_trips_and_rejects_unknown_keys() -> None:
         Plan.from_dict(missing)
     with pytest.raises(PlanError, match="version"):
         Plan.from_dict({**data, "version": 99})
+    assert data["jobs"][0]["scene_count"] == len(data["jobs"][0]["scenes"]) == 13
+    edited = copy.deepcopy(data)
+    edited["jobs"][0]["scenes"].pop()
+    with pytest.raises(PlanError, match="scene_count 13 does not match its 12 scenes"):
+        Plan.from_dict(edited)
 
 
 def test_reference_run_estimate() -> None:

@@ -293,3 +293,21 @@ def test_preflight_without_quota_access_says_so(aws, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["submit", "--plan", str(path), "--image", IMAGE, "--role", ROLE])
     assert result.exit_code == 0, result.output
     assert "quota preflight skipped" in result.output and "AccessDeniedException" in result.output
+
+
+def test_clients_retry_adaptively_and_follow_endpoint_variables(aws, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import launcher.aws as launcher_aws
+
+    sm = launcher_aws.client("sagemaker")
+    # botocore's max_attempts counts retries: 10 retries = 11 attempts in all
+    assert sm.meta.config.retries == {"mode": "adaptive", "total_max_attempts": 11}
+    assert sm.meta.endpoint_url == os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SAGEMAKER", "http://127.0.0.1:9")  # per-service override wins
+    monkeypatch.setenv("EARTHMON_AWS_MAX_ATTEMPTS", "3")
+    launcher_aws.reset_session()
+    sm = launcher_aws.client("sagemaker")
+    assert sm.meta.endpoint_url == "http://127.0.0.1:9"
+    assert sm.meta.config.retries["total_max_attempts"] == 4
+    assert launcher_aws.client("s3").meta.endpoint_url == os.environ["AWS_ENDPOINT_URL"]
