@@ -3,8 +3,8 @@
 Starts the real server (``python -m segmentation_trainer.serve``: gunicorn, the image's entry point) on a
 model directory with a DeepLabV3 network of the production size (random weights: the compute is the same),
 drives it with concurrent clients for a fixed time, and prints one line per server layout with its ratio
-to the baseline layout measured in the same run (default baseline: one worker using every core; the
-server's default: one single-threaded worker per core).
+to the baseline layout measured in the same run (baseline: one single-threaded worker per vCPU, the usual
+model-server layout; then the server's default: one worker per two vCPUs, each using its share of them).
 
     .venv-trainer/bin/python benchmarks/bench_serve.py                      # DeepLabV3-ResNet50, crop 240
     .venv-trainer/bin/python benchmarks/bench_serve.py --backbone tiny --crop 64 --duration 10   # quick
@@ -140,13 +140,20 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per layout")
     parser.add_argument(
-        "--layouts", default="1x{cpus},{cpus}x1", help="WORKERSxTHREADS per worker, first = baseline"
+        "--layouts", default="{cpus}x1,default", help="WORKERSxTHREADS per worker, first = baseline"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
+    from segmentation_trainer.serve import default_workers
+
     cpus = len(os.sched_getaffinity(0))
-    layouts = [tuple(int(v) for v in s.format(cpus=cpus).split("x")) for s in args.layouts.split(",")]
+    workers = default_workers(cpus)
+    default = f"{workers}x{max(1, cpus // workers)}"
+    layouts = [
+        tuple(int(v) for v in s.replace("default", default).format(cpus=cpus).split("x"))
+        for s in args.layouts.split(",")
+    ]
     body_io = io.BytesIO()
     rng = np.random.default_rng(0)
     np.save(body_io, rng.random((args.bands, args.size, args.size), dtype=np.float32))

@@ -103,7 +103,7 @@ def decode_png(body):
 
 def decode_probabilities(body):
     """The built-in's response layout, read with the protobuf runtime (see test_serve_codecs)."""
-    from test_serve_codecs import reference_record_class
+    from .test_serve_codecs import reference_record_class
 
     (payload,) = codecs.read_recordio(body)
     rec = reference_record_class()()
