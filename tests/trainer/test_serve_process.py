@@ -185,7 +185,12 @@ def test_sigterm_finishes_the_request_in_flight(base_dir):
 def test_missing_model_dir_fails_fast(tmp_path):
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, "-m", "segmentation_trainer.serve"],
+        [
+            sys.executable,
+            "-m",
+            "segmentation_trainer",
+            "serve",
+        ],  # the image entry point: docker run IMAGE serve
         env=env,
         capture_output=True,
         text=True,
