@@ -51,6 +51,8 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _aws_hint(exc: Exception) -> str | None:
+    if not type(exc).__module__.startswith(("botocore", "boto3")):
+        return None
     name = type(exc).__name__
     if name == "NoRegionError":
         return "no AWS region configured: set AWS_REGION (or AWS_DEFAULT_REGION), e.g. export AWS_REGION=us-west-2"
@@ -60,11 +62,18 @@ def _aws_hint(exc: Exception) -> str | None:
         )
     if name == "EndpointConnectionError":
         return f"cannot reach the AWS endpoint ({exc}); check AWS_ENDPOINT_URL and the network"
-    if name == "ClientError":
+    from botocore.exceptions import ClientError
+
+    if isinstance(exc, ClientError):
         from launcher.aws import error_code, error_message
 
         code = error_code(exc)
         msg = error_message(exc)
+        if code == "ResourceLimitExceeded":
+            return (
+                f"AWS error {code}: {msg}. An account quota is reached: request an increase in Service Quotas or "
+                "wait for running jobs; submitting again is safe (existing jobs are skipped)"
+            )
         if code in {"NoSuchBucket"}:
             return f"S3 bucket not found ({msg}): create it or fix --s3-prefix"
         if code in {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}:
@@ -435,11 +444,15 @@ def submit(
     jobs = list(the_plan.jobs) if round_ is None else the_plan.jobs_of_round(round_)
     if not jobs:
         raise click.ClickException(f"no jobs in round {round_} of the plan (rounds: {the_plan.rounds})")
-    _submit_jobs(the_plan, jobs, submission, dry_run, skip_preflight, console)
     if not dry_run:
         import dataclasses
 
+        from launcher.submit import build_requests
+
+        build_requests(the_plan, jobs, submission)  # invalid settings are never recorded
+        # recorded before sending, so `resume` knows them even if this submission is interrupted
         store.save_plan(dataclasses.replace(the_plan, submission=submission), _plan_file(plan_path))
+    _submit_jobs(the_plan, jobs, submission, dry_run, skip_preflight, console)
 
 
 # ------------------------------------------------------------------------------------------ status / watch
@@ -559,7 +572,11 @@ def watch(plan_path, interval, timeout) -> None:
             if timeout is not None and time.monotonic() - start > timeout:
                 console.print("[yellow]watch timed out; the jobs keep running[/]")
                 break
-            time.sleep(interval)
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                console.print("[yellow]stopped watching; the jobs keep running[/]")
+                break
     _print_status(prog, the_plan, console, verbose=False)
     if prog.finished and prog.done < prog.scenes:
         sys.exit(1)
@@ -648,6 +665,9 @@ def resume(
 @cli.command()
 @click.option("--plan", "plan_path", required=True, help="DIR/plan.json.")
 @click.option("--instances", type=int, default=2, show_default=True, help="Simulated instances per job.")
+@click.option(
+    "--parallel", type=int, default=None, help="Instances running at once [default: all, as on SageMaker]."
+)
 @click.option("--job", "job_names", multiple=True, help="Run only these jobs (repeatable) [default: all].")
 @click.option("--round", "round_", type=int, default=None, help="Run only this round [default: all].")
 @click.option("--no-docker", is_flag=True, help="Run the worker as a local process instead of the image.")
@@ -673,7 +693,18 @@ def resume(
 )
 @friendly_errors
 def local(
-    plan_path, instances, job_names, round_, no_docker, image, workdir, env, volumes, sdk_local, role
+    plan_path,
+    instances,
+    parallel,
+    job_names,
+    round_,
+    no_docker,
+    image,
+    workdir,
+    env,
+    volumes,
+    sdk_local,
+    role,
 ) -> None:
     """Run a plan on this machine the way SageMaker would (sharded instances, own /opt/ml trees)."""
     from launcher import local as runner
@@ -737,6 +768,7 @@ def local(
             image=submission.image,
             extra_env=extra_env,
             volumes=volumes,
+            parallel=parallel,
             on_event=console.print,
         )
         for inst in result.instances:

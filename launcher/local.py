@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -146,6 +147,16 @@ def upload_outputs(s3: Any, output_dir: Path, output_uri: str) -> int:
     return n
 
 
+@dataclass
+class _Running:
+    host: str
+    tree: Path
+    proc: subprocess.Popen
+    started: float
+    inputs: int
+    log: Any
+
+
 def run_job(
     s3: Any,
     plan: Plan,
@@ -159,24 +170,29 @@ def run_job(
     python: str = sys.executable,
     extra_env: Mapping[str, str] | None = None,
     volumes: Sequence[str] = (),
+    parallel: int | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> LocalJobResult:
-    """Run one job of the plan locally: stage, run every instance at once, upload outputs."""
+    """Run one job of the plan locally: each instance starts from a fresh tree (like a new SageMaker instance),
+    gets its share staged, runs, and has its outputs uploaded when it exits. At most `parallel` instances run at
+    once (default: all, as on SageMaker)."""
     say = on_event or (lambda _msg: None)
     manifest_loc = parse_s3_uri(job.manifest_uri)
     manifest = json.loads(s3.get_object(Bucket=manifest_loc.bucket, Key=manifest_loc.key)["Body"].read())
     uris = manifest_uris(manifest)
     prefix = manifest[0]["prefix"]
     all_hosts = hosts(instances)
-    shares = split_keys(uris, instances)
+    pending = list(zip(all_hosts, split_keys(uris, instances), strict=True))
     job_dir = workdir / job.name
     args = list(request.get("AppSpecification", {}).get("ContainerArguments", []))
     environment = dict(request.get("Environment", {}))
     if extra_env:
         environment.update(extra_env)
-    procs: list[tuple[str, Path, subprocess.Popen, float, int, Any]] = []
-    for host, share in zip(all_hosts, shares, strict=True):
+    limit = max(1, parallel or instances)
+
+    def start(host: str, share: list[str]) -> _Running:
         tree = job_dir / host
+        shutil.rmtree(tree, ignore_errors=True)  # a fresh instance: no inputs or outputs of an earlier run
         _prepare_tree(tree)
         inputs = stage_inputs(s3, share, prefix, tree / "processing" / "input")
         (tree / "config" / "resourceconfig.json").write_text(json.dumps(resource_config(host, all_hosts)))
@@ -196,26 +212,41 @@ def run_job(
             env = {**os.environ, **environment, "SAGEMAKER_BASE_DIR": str(tree)}
         say(f"{job.name} {host}: {inputs} item(s), {' '.join(argv[:3])} ...")
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env)
-        procs.append((host, tree, proc, time.monotonic(), inputs, log))
-    result = LocalJobResult(job=job.name)
-    for host, tree, proc, t0, inputs, log in procs:
-        code = proc.wait()
-        log.close()
-        seconds = time.monotonic() - t0
-        message_file = tree / "output" / "message"
+        return _Running(host, tree, proc, time.monotonic(), inputs, log)
+
+    def finish(run: _Running) -> InstanceResult:
+        code = run.proc.wait()
+        run.log.close()
+        seconds = time.monotonic() - run.started
+        message_file = run.tree / "output" / "message"
         message = message_file.read_text()[:1024] if message_file.exists() else ""
-        outputs = upload_outputs(s3, tree / "processing" / "output", plan.job_output_uri(job))
-        say(f"{job.name} {host}: exit {code}, {outputs} file(s) uploaded in {seconds:.1f} s")
-        result.instances.append(
-            InstanceResult(host, code, inputs, outputs, seconds, message, str(tree / "worker.log"))
+        outputs = upload_outputs(s3, run.tree / "processing" / "output", plan.job_output_uri(job))
+        say(f"{job.name} {run.host}: exit {code}, {outputs} file(s) uploaded in {seconds:.1f} s")
+        return InstanceResult(
+            run.host, code, run.inputs, outputs, seconds, message, str(run.tree / "worker.log")
         )
+
+    result = LocalJobResult(job=job.name)
+    running: list[_Running] = []
+    try:
+        while pending or running:
+            while pending and len(running) < limit:
+                running.append(start(*pending.pop(0)))
+            ended = next((r for r in running if r.proc.poll() is not None), None)
+            if ended is None:
+                time.sleep(0.1)
+                continue
+            running.remove(ended)
+            result.instances.append(finish(ended))
+    finally:
+        for run in running:  # interrupted: stop what still runs
+            run.proc.terminate()
+            run.proc.wait()
+            run.log.close()
+    result.instances.sort(key=lambda i: all_hosts.index(i.host))
     (job_dir / "local-status.json").write_text(
         json.dumps(
-            {
-                "job": job.name,
-                "status": result.status,
-                "instances": [i.__dict__ for i in result.instances],
-            },
+            {"job": job.name, "status": result.status, "instances": [i.__dict__ for i in result.instances]},
             indent=1,
         )
     )

@@ -311,3 +311,28 @@ def test_clients_retry_adaptively_and_follow_endpoint_variables(aws, monkeypatch
     assert sm.meta.endpoint_url == "http://127.0.0.1:9"
     assert sm.meta.config.retries["total_max_attempts"] == 4
     assert launcher_aws.client("s3").meta.endpoint_url == os.environ["AWS_ENDPOINT_URL"]
+
+
+def test_an_interrupted_submission_resumes_with_the_recorded_settings(aws, tmp_path: Path) -> None:
+    plan, _ = _plan(n=30, jobs=3)
+    path = _write(tmp_path, plan)
+    third = plan.jobs[2].name
+    aws.answer(
+        "sagemaker",
+        "CreateProcessingJob",
+        lambda body: (
+            (400, {"__type": "ResourceLimitExceeded", "message": "account-level service limit"})
+            if body["ProcessingJobName"] == third
+            else None
+        ),
+    )
+    result = _submit(path)
+    assert result.exit_code == 1
+    assert "ResourceLimitExceeded" in result.output and "Traceback" not in result.output
+    assert load_plan(path).submission == _submission()  # recorded before sending
+    aws._inject.clear()
+    aws.calls.clear()
+    again = CliRunner().invoke(cli, ["submit", "--plan", str(path), "--skip-preflight"])  # no --image/--role
+    assert again.exit_code == 0, again.output
+    assert "submitted 1 job(s); 2 already existed" in again.output
+    assert [c.body["ProcessingJobName"] for c in aws.sent("sagemaker", "CreateProcessingJob")] == [third]
