@@ -182,9 +182,12 @@ def image_info(path: Path) -> ImageInfo:
     if path.suffix.lower() in GEOTIFF_SUFFIXES:
         import rasterio
 
-        with rasterio.open(path) as src:
-            names = tuple(d for d in src.descriptions) if all(src.descriptions) else None
-            return ImageInfo(src.count, src.dtypes[0], src.nodata, names, "geotiff")
+        try:
+            with rasterio.open(path) as src:
+                names = tuple(d for d in src.descriptions) if all(src.descriptions) else None
+                return ImageInfo(src.count, src.dtypes[0], src.nodata, names, "geotiff")
+        except Exception as exc:
+            raise DataError(f"cannot read image {path}: {exc}") from exc
     a, _ = read_image(path)
     names = ("red", "green", "blue") if a.shape[0] == 3 else None
     return ImageInfo(a.shape[0], str(a.dtype), None, names, "jpg")
@@ -277,7 +280,8 @@ def normalise(
 def _resize(image_hwc: np.ndarray, size_wh: tuple[int, int], nearest: bool) -> np.ndarray:
     import cv2
 
-    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    # INTER_NEAREST_EXACT samples pixel centres as INTER_LINEAR does (INTER_NEAREST is shifted by half a pixel)
+    interp = cv2.INTER_NEAREST_EXACT if nearest else cv2.INTER_LINEAR
     if image_hwc.ndim == 3 and image_hwc.shape[2] > 4:
         # cv2 handles up to 512 channels, but slices of 4 keep it on its fast paths
         parts = [

@@ -156,7 +156,7 @@ def rotated_transform(transform, height: int, width: int):
     """The geotransform of an image rotated by 180 degrees (pixel (0,0) is the old bottom-right)."""
     from rasterio.transform import Affine
 
-    return transform * Affine.translation(width, height) * Affine.scale(-1, -1)
+    return transform @ Affine.translation(width, height) @ Affine.scale(-1, -1)
 
 
 def valid_pixels(image: np.ndarray) -> np.ndarray:
