@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.aws import S3Uri, list_objects, parse_s3_uri
-from launcher.plan import JobPlan, Plan, manifest_uris
+from launcher.aws import S3Uri, is_not_found, list_objects, parse_s3_uri
+from launcher.plan import JobPlan, Plan, PlanError, manifest_uris
 
 CONTAINER_BASE = "/opt/ml"
 DEFAULT_IMAGE = "earthmon-processing:dev"
@@ -75,12 +75,15 @@ def docker_argv(
     args: Sequence[str],
     name: str | None = None,
     volumes: Sequence[str] = (),
+    user: str | None = None,
 ) -> list[str]:
     """`docker run` for one simulated instance: its tree mounted at /opt/ml, host network, the image's
     ENTRYPOINT with the request's ContainerArguments appended (what SageMaker does)."""
     argv = ["docker", "run", "--rm", "--network", "host"]
     if name:
         argv += ["--name", name]
+    if user:  # SageMaker runs images as root; as a non-root user, keep the tree's files yours
+        argv += ["--user", user]
     for sub in ("processing/input", "processing/output", "config", "output"):
         argv += ["-v", f"{os.path.abspath(os.path.join(tree, sub))}:{CONTAINER_BASE}/{sub}"]
     for volume in volumes:  # e.g. a local catalog the item hrefs point into
@@ -178,7 +181,15 @@ def run_job(
     once (default: all, as on SageMaker)."""
     say = on_event or (lambda _msg: None)
     manifest_loc = parse_s3_uri(job.manifest_uri)
-    manifest = json.loads(s3.get_object(Bucket=manifest_loc.bucket, Key=manifest_loc.key)["Body"].read())
+    try:
+        manifest = json.loads(s3.get_object(Bucket=manifest_loc.bucket, Key=manifest_loc.key)["Body"].read())
+    except Exception as exc:
+        if is_not_found(exc):
+            raise PlanError(
+                f"the manifest {job.manifest_uri} is not in S3 (planned with --no-upload?): run `launcher plan` "
+                "again without --no-upload (and --force), then `launcher local`"
+            ) from None
+        raise
     uris = manifest_uris(manifest)
     prefix = manifest[0]["prefix"]
     all_hosts = hosts(instances)
@@ -205,6 +216,7 @@ def run_job(
                 environment,
                 args,
                 volumes=volumes,
+                user=None if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}",
             )
             env = None
         else:

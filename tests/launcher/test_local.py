@@ -43,6 +43,7 @@ def test_worker_arguments_and_docker_command() -> None:
     assert "/tmp/run/algo-2/config:/opt/ml/config" in argv
     assert argv[argv.index("earthmon-processing:dev") + 1 :] == args  # appended to the image's ENTRYPOINT
     assert argv.index("A=1") < argv.index("B=2") < argv.index("earthmon-processing:dev")
+    assert "--user" in docker_argv("img", "/t", {}, [], user="1000:1000")
     assert resource_config("algo-2", ["algo-1", "algo-2"]) == {
         "current_host": "algo-2",
         "hosts": ["algo-1", "algo-2"],
@@ -157,3 +158,14 @@ def test_local_runs_the_plan_like_sagemaker_then_resumes(aws, scenes, tmp_path: 
     status = json.loads(_run("status", "--plan", str(run), "--json").stdout)
     assert (status["scenes"], status["done"]) == (4, 4) and status["failed_scenes"] == []
     assert "nothing to resume" in _run("resume", "--plan", str(run), "--no-submit").output
+
+
+def test_local_explains_a_plan_that_was_never_uploaded(aws, tmp_path: Path) -> None:
+    items_path = tmp_path / "items.jsonl"
+    items_path.write_text("".join(json.dumps(i) + "\n" for i in synthetic_items(3)))
+    run = tmp_path / "run"
+    r = _run("plan", "--items", str(items_path), "--jobs", "1", "--s3-prefix", "s3://earthmon-test/x", "--out", str(run),
+             "--no-upload")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = _run("local", "--plan", str(run), "--no-docker")
+    assert r.exit_code == 1 and "not in S3" in r.output and "--no-upload" in r.output
