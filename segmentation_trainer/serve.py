@@ -11,9 +11,11 @@
   ``SAGEMAKER_BATCH_STRATEGY``.
 
 Production server: gunicorn, pre-forked workers (one per two vCPUs by default, ``SAGEMAKER_MODEL_SERVER_WORKERS``
-overrides), each with its own copy of the model and ``cpus / workers`` math threads, one request at a time
-per worker (inference is CPU-bound). SIGTERM stops accepting and lets in-flight requests finish within 25 s
-(SageMaker sends SIGKILL 30 s after SIGTERM). The master never imports MXNet: workers load it after the fork.
+overrides), each with its own copy of the model and ``cpus / workers`` math threads, one inference at a
+time per worker (inference is CPU-bound) while a second thread answers ``/ping``; busy workers let idle ones
+accept new connections first (:class:`BalancedThreadWorker`). SIGTERM stops accepting and lets in-flight
+requests finish within 25 s (SageMaker sends SIGKILL 30 s after SIGTERM). The master never imports MXNet:
+workers load it after the fork.
 
 Configuration comes from the environment SageMaker sets (read once, in :meth:`ServeConfig.from_env`):
 
@@ -296,6 +298,52 @@ def infer(body: bytes, content_type: str | None, accept: str | None, model: Load
     return codecs.encode_json(summary), answer
 
 
+# ----------------------------------------------------------------------------------------------- one at a time
+class InferenceGate:
+    """Serialises inferences within a worker process (the math already uses the worker's cores) and tells the
+    worker's accept loop whether it is busy, so idle workers take new connections first."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count_lock = threading.Lock()
+        self._in_flight = 0
+
+    @property
+    def busy(self) -> bool:
+        return self._in_flight > 0
+
+    def __enter__(self) -> InferenceGate:
+        with self._count_lock:
+            self._in_flight += 1
+        self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+        with self._count_lock:
+            self._in_flight -= 1
+
+
+GATE = InferenceGate()  # one per worker process
+BUSY_ACCEPT_DELAY_S = 0.05
+
+try:  # the production worker class (gunicorn is in the image; the in-process app does not need it)
+    from gunicorn.workers.gthread import ThreadWorker as _ThreadWorker
+except ImportError:  # pragma: no cover
+    _ThreadWorker = object
+
+
+class BalancedThreadWorker(_ThreadWorker):  # type: ignore[misc, valid-type]
+    """gunicorn's threaded worker, minus its greed: a worker busy with an inference waits a moment before
+    accepting, so a new connection goes to an idle worker when there is one. Its second thread still
+    answers /ping at once while an inference runs (SageMaker wants /ping within 2 s)."""
+
+    def accept(self, listener):  # noqa: D102 - gunicorn's hook
+        if GATE.busy:
+            time.sleep(BUSY_ACCEPT_DELAY_S)  # an idle worker, if any, accepts first; EAGAIN is then ignored
+        return super().accept(listener)
+
+
 # ----------------------------------------------------------------------------------------------- HTTP app
 def create_app(config: ServeConfig, loader: Callable[[], LoadedModel] | None = None):
     """The WSGI application (Flask). ``loader`` defaults to loading ``config.model_dir`` with MXNet."""
@@ -342,13 +390,14 @@ def create_app(config: ServeConfig, loader: Callable[[], LoadedModel] | None = N
             if not holder.wait(config.model_wait_s) or holder.model is None:
                 reason = holder.error or "model is still loading"
                 return error(503, f"model not available: {reason}")
-            payload, media = infer(
-                body,
-                request.headers.get("Content-Type"),
-                request.headers.get("Accept"),
-                holder.model,
-                config,
-            )
+            with GATE:
+                payload, media = infer(
+                    body,
+                    request.headers.get("Content-Type"),
+                    request.headers.get("Accept"),
+                    holder.model,
+                    config,
+                )
         except codecs.CodecError as exc:
             log.info("invocation rejected (%d): %s", exc.status, exc)
             return error(exc.status, str(exc))
@@ -371,17 +420,20 @@ def gunicorn_options(config: ServeConfig) -> dict[str, Any]:
     return {
         "bind": f"{config.host}:{config.port}",
         "workers": config.workers,
-        "worker_class": "gthread",  # keep-alive connections, as SageMaker's front end uses them
-        "threads": 1,  # one inference at a time per worker: the math already uses the worker's cores
+        # threads: one runs the inference (GATE: one at a time), the other answers /ping meanwhile
+        "worker_class": "segmentation_trainer.serve.BalancedThreadWorker",
+        "threads": 2,
         "timeout": config.timeout_s + 30,
         "graceful_timeout": GRACEFUL_TIMEOUT_S,
-        "keepalive": 75,
+        # no keep-alive: a kept connection would pin its next requests to one worker while others idle;
+        # a reconnect costs microseconds next to an inference
+        "keepalive": 0,
         "backlog": 2048,
         "preload_app": False,  # each worker imports MXNet and loads the model after the fork
         "accesslog": "-",
         "errorlog": "-",
         "loglevel": "info",
-        "access_log_format": '%(h)s "%(r)s" %(s)s %(B)s bytes %(M)s ms',
+        "access_log_format": 'worker %(p)s %(h)s "%(r)s" %(s)s %(B)s bytes %(M)s ms',
         "worker_tmp_dir": "/dev/shm" if os.path.isdir("/dev/shm") else None,
     }
 
@@ -471,4 +523,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the importable module, not this __main__ copy: the worker class gunicorn imports by name must share
+    # the app's GATE
+    from segmentation_trainer.serve import main as _main
+
+    raise SystemExit(_main())

@@ -128,27 +128,37 @@ def test_oversized_body_is_413_without_reading_it(server):
     assert response.status_code == 413
 
 
-def test_concurrent_requests_use_several_workers(server):
-    image = npy(np.random.default_rng(1).random((4, 64, 64), dtype=np.float32))
-    statuses, pids = [], set()
+def served_by(log: Path) -> list[str]:
+    """Worker pids of the /invocations lines of the access log, in order."""
+    lines = log.read_text().splitlines()
+    return [line.split()[1] for line in lines if line.startswith("worker ") and "/invocations" in line]
 
-    def call():
-        r = requests.post(
-            f"{server.url}/invocations", data=image, headers={"Content-Type": "application/x-npy"}, timeout=60
-        )
-        statuses.append(r.status_code)
 
-    threads = [threading.Thread(target=call) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert statuses == [200] * 8
+def test_a_busy_worker_leaves_new_requests_to_an_idle_one(server):
     workers = subprocess.run(
         ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True
     ).stdout.split()
-    pids.update(workers)
-    assert len(pids) == 2
+    assert len(workers) == 2
+    big = npy(np.random.default_rng(1).random((4, 500, 500), dtype=np.float32))
+    before = len(served_by(server.log))
+    statuses = []
+
+    def call():
+        headers = {"Content-Type": "application/x-npy"}
+        statuses.append(
+            requests.post(f"{server.url}/invocations", data=big, headers=headers, timeout=60).status_code
+        )
+
+    threads = [threading.Thread(target=call) for _ in range(2)]
+    threads[0].start()
+    time.sleep(0.5)  # the first request is being computed by one worker
+    threads[1].start()
+    for t in threads:
+        t.join()
+    assert statuses == [200, 200]
+    time.sleep(0.2)  # the access log line is written after the response
+    pids = served_by(server.log)[before:]
+    assert len(pids) == 2 and len(set(pids)) == 2, server.log.read_text()[-2000:]
 
 
 def test_sigterm_finishes_the_request_in_flight(base_dir):
@@ -169,6 +179,9 @@ def test_sigterm_finishes_the_request_in_flight(base_dir):
         thread = threading.Thread(target=call)
         thread.start()
         time.sleep(0.5)  # the request is being computed
+        t0 = time.monotonic()
+        assert requests.get(f"{srv.url}/ping", timeout=2).status_code == 200  # answered beside the inference
+        ping_s = time.monotonic() - t0
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
         thread.join(60)
@@ -177,6 +190,7 @@ def test_sigterm_finishes_the_request_in_flight(base_dir):
         srv.stop()
     assert result["status"] == 200 and result["size"] > 0
     assert result["done"] > signalled, "the request finished before SIGTERM: make it bigger"
+    assert ping_s < 1.0
     assert code == 0
     log = srv.log.read_text()
     assert "Handling signal: term" in log
