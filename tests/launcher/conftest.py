@@ -22,19 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launcher_helpers import DATA, extra_page_items, free_port, load_json
+from launcher_helpers import DATA, extra_page_items, free_port, load_json, require
 
 REGION = "us-east-1"
 BUCKET = "earthmon-test"
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when a test dependency is missing, or fail when EARTHMON_REQUIRE_ALL=1 (CI)."""
-    if condition:
-        return
-    if os.environ.get("EARTHMON_REQUIRE_ALL") == "1":
-        pytest.fail(f"{reason} (EARTHMON_REQUIRE_ALL=1)")
-    pytest.skip(reason)
 
 
 # ------------------------------------------------------------------------------------------------- moto

@@ -4,11 +4,23 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import socket
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 DATA = Path(__file__).resolve().parents[1] / "data" / "launcher"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a test dependency is missing, or fail when EARTHMON_REQUIRE_ALL=1 (CI)."""
+    if condition:
+        return
+    if os.environ.get("EARTHMON_REQUIRE_ALL") == "1":
+        pytest.fail(f"{reason} (EARTHMON_REQUIRE_ALL=1)")
+    pytest.skip(reason)
 
 
 def free_port() -> int:
