@@ -355,54 +355,110 @@ class OutputFormat:
 
 
 class StagingRaster:
-    """An uncompressed tiled GeoTIFF in the staging folder that chunks are written into, from any thread.
+    """Uncompressed tiled GeoTIFFs in the staging folder that chunks are written into, from any thread: the full
+    resolution and one file per overview level, tied together by a VRT whose explicit overviews GDAL's COG driver
+    uses as they are (so it compresses each pixel once and computes no overview itself).
 
-    Uncompressed, so the full resolution is compressed exactly once: when :func:`write_cog` turns it into
-    the final COG (the staging file lives in the page cache, not in the process's memory).
+    The staging files live in the page cache, not in the process's memory.
     """
 
-    def __init__(self, path: Path, info: BandInfo, fmt: OutputFormat, tags: dict[str, str]):
+    def __init__(self, folder: Path, info: BandInfo, fmt: OutputFormat, tags: dict[str, str], levels: int):
         import rasterio
         from affine import Affine
 
-        self.path = path
-        self._lock = threading.Lock()
-        profile = {
-            "driver": "GTiff",
-            "width": info.shape[1],
-            "height": info.shape[0],
-            "count": 1,
-            "dtype": fmt.dtype,
-            "crs": info.crs,
-            "transform": Affine(*info.transform),
-            "nodata": fmt.nodata,
-            "tiled": True,
-            "blockxsize": fmt.blocksize,
-            "blockysize": fmt.blocksize,
-            "compress": "NONE",
-            "BIGTIFF": "IF_SAFER",
-            "SPARSE_OK": "TRUE",
-        }
-        self._ds = rasterio.open(path, "w", **profile)
-        self._ds.update_tags(**tags)
-        self._ds.set_band_description(1, "ndvi")
-        if fmt.dtype == "int16":
-            from ndvi_worker.ndvi import INT16_SCALE
+        from ndvi_worker.pyramid import overview_shape
 
-            self._ds.scales = (1.0 / INT16_SCALE,)
-            self._ds.offsets = (0.0,)
+        self.folder = folder
+        self.tags = tags
+        self.info = info
+        self.fmt = fmt
+        self.levels = levels
+        self._locks = [threading.Lock() for _ in range(levels + 1)]
+        base = Affine(*info.transform)
+        self._datasets = []
+        for level in range(levels + 1):
+            rows, cols = overview_shape(info.shape, level)
+            profile = {
+                "driver": "GTiff",
+                "width": cols,
+                "height": rows,
+                "count": 1,
+                "dtype": fmt.dtype,
+                "crs": info.crs,
+                "transform": base * Affine.scale(info.shape[1] / cols, info.shape[0] / rows),
+                "nodata": fmt.nodata,
+                "tiled": True,
+                "blockxsize": fmt.blocksize,
+                "blockysize": fmt.blocksize,
+                "compress": "NONE",
+                "BIGTIFF": "IF_SAFER",
+                "SPARSE_OK": "TRUE",
+            }
+            ds = rasterio.open(self.path(level), "w", **profile)
+            if level == 0:
+                ds.update_tags(**tags)
+                ds.set_band_description(1, "ndvi")
+            if fmt.dtype == "int16":
+                from ndvi_worker.ndvi import INT16_SCALE
 
-    def write(self, data: np.ndarray, window) -> None:
-        with self._lock:
-            self._ds.write(data, 1, window=window)
+                ds.scales = (1.0 / INT16_SCALE,)
+                ds.offsets = (0.0,)
+            self._datasets.append(ds)
+
+    def path(self, level: int) -> Path:
+        return self.folder / ("full.tif" if level == 0 else f"overview-{level}.tif")
+
+    def write(self, data: np.ndarray, window, level: int = 0) -> None:
+        with self._locks[level]:
+            self._datasets[level].write(data, 1, window=window)
 
     def close(self) -> None:
-        if not self._ds.closed:
-            self._ds.close()
+        for ds in self._datasets:
+            if not ds.closed:
+                ds.close()
+
+    def vrt(self) -> Path:
+        """A VRT of the full resolution with the overview files as its explicit overviews."""
+        from affine import Affine
+
+        gdal_type = {"int16": "Int16", "float32": "Float32"}[self.fmt.dtype]
+        nodata = "nan" if self.fmt.dtype == "float32" else str(int(self.fmt.nodata))
+        overviews = "".join(
+            f'<Overview><SourceFilename relativeToVRT="0">{self.path(k)}</SourceFilename>'
+            f"<SourceBand>1</SourceBand></Overview>"
+            for k in range(1, self.levels + 1)
+        )
+        rows, cols = self.info.shape
+        metadata = "".join(
+            f'<MDI key="{_xml_escape(k)}">{_xml_escape(v)}</MDI>' for k, v in self.tags.items()
+        )
+        scale = ""
+        if self.fmt.dtype == "int16":
+            from ndvi_worker.ndvi import INT16_SCALE
+
+            scale = f"<Offset>0</Offset><Scale>{1.0 / INT16_SCALE}</Scale>"
+        text = (
+            f'<VRTDataset rasterXSize="{cols}" rasterYSize="{rows}">'
+            f"<Metadata>{metadata}</Metadata>"
+            f"<SRS>{_xml_escape(self.info.crs.to_wkt())}</SRS>"
+            f"<GeoTransform>{', '.join(repr(v) for v in Affine(*self.info.transform).to_gdal())}</GeoTransform>"
+            f'<VRTRasterBand dataType="{gdal_type}" band="1"><NoDataValue>{nodata}</NoDataValue>{scale}'
+            f"<Description>ndvi</Description>"
+            f'<SimpleSource><SourceFilename relativeToVRT="0">{self.path(0)}</SourceFilename>'
+            f"<SourceBand>1</SourceBand></SimpleSource>{overviews}</VRTRasterBand></VRTDataset>"
+        )
+        path = self.folder / "stack.vrt"
+        path.write_text(text)
+        return path
+
+
+def _xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
 
 def write_cog(src: Path, dst: Path, fmt: OutputFormat, threads: int) -> None:
-    """Translate the staging GeoTIFF into a Cloud-Optimized GeoTIFF with GDAL's COG driver."""
+    """Translate the staging data (a VRT with its overviews) into a Cloud-Optimized GeoTIFF with GDAL's COG
+    driver."""
     import rasterio.shutil
 
     rasterio.shutil.copy(str(src), str(dst), driver="COG", **fmt.cog_options(threads))

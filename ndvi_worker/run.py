@@ -26,6 +26,7 @@ from ndvi_worker.config import WorkerConfig
 from ndvi_worker.contract import ProcessingPaths
 from ndvi_worker.discover import InputItem, find_items
 from ndvi_worker.ndvi import BlockStats, encode_float32, encode_int16, ndvi_core, scl_alignment, upsample_scl
+from ndvi_worker.pyramid import chunk_overviews, overview_count
 from ndvi_worker.report import SceneRecord, exit_message, host_report, output_item, utcnow
 from ndvi_worker.stac import ItemError, Scene, scene_from_item, validate_item_id
 
@@ -90,6 +91,7 @@ def process_scene(
 ) -> SceneResult:
     """Compute and publish one scene's NDVI. Raises on failure; never leaves a partial file in the output."""
     import dask
+    from rasterio.windows import Window
 
     fmt = wio.OutputFormat(
         dtype=cfg.dtype,
@@ -114,8 +116,6 @@ def process_scene(
             scl_resampling = "block-repeat" if factor > 1 else "identity"
 
             def read_scl(window):
-                from rasterio.windows import Window
-
                 r0, c0 = int(window.row_off), int(window.col_off)
                 r1, c1 = r0 + int(window.height), c0 + int(window.width)
                 sr0, sc0 = r0 // factor, c0 // factor
@@ -141,7 +141,12 @@ def process_scene(
                 "NDVI_BOA_ADD_OFFSET_DN": str(scene.offset.add_dn),
                 "NDVI_SCALE": "0.0001" if cfg.dtype == "int16" else "1",
             }
-            staging = wio.StagingRaster(work / "full.tif", red.info, fmt, tags)
+            levels = overview_count(shape, cfg.blocksize)
+            if cfg.chunk_size % (2**levels):  # chunks must tile every overview level exactly
+                raise wio.SceneError(
+                    f"--chunk-size must be a multiple of {2**levels} for {levels} overview levels"
+                )
+            staging = wio.StagingRaster(work, red.info, fmt, tags, levels)
             try:
 
                 def chunk_task(window) -> BlockStats:
@@ -151,6 +156,10 @@ def process_scene(
                     ndvi, invalid, stats = ndvi_core(r, n, s, scene.offset.add_dn, cfg.mask_classes)
                     encode = encode_int16 if cfg.dtype == "int16" else encode_float32
                     staging.write(encode(ndvi, invalid), window)
+                    for level, (mean, empty) in enumerate(chunk_overviews(ndvi, invalid, levels), start=1):
+                        f = 2**level
+                        ow = Window(window.col_off // f, window.row_off // f, mean.shape[1], mean.shape[0])
+                        staging.write(encode(mean, empty), ow, level)
                     return stats
 
                 t_chunks = time.monotonic()
@@ -167,8 +176,9 @@ def process_scene(
 
             t_cog = time.monotonic()
             cog_name = f"{scene.output_stem}.tif"
-            wio.write_cog(work / "full.tif", work / cog_name, fmt, threads=cfg.workers)
-            (work / "full.tif").unlink()
+            wio.write_cog(staging.vrt(), work / cog_name, fmt, threads=cfg.workers)
+            for level in range(levels + 1):
+                staging.path(level).unlink()
             t_png = time.monotonic()
             png_name = None
             if cfg.quicklook:

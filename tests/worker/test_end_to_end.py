@@ -71,6 +71,19 @@ def test_real_scene_matches_independent_numpy(sample_scene, run_worker, tmp_path
         assert info["crs"] == red.crs and info["transform"] == red.transform
     assert info["overviews"] and info["compression"] is not None and info["nodata"] == -32768
     assert info["scale"] == pytest.approx(1e-4)
+    # overviews: exact means of the valid full-resolution NDVI under each overview pixel
+    with rasterio.open(cog, OVERVIEW_LEVEL=0) as ov:
+        level1 = ov.read(1).astype(np.float64)
+        level1_nodata = level1 == -32768
+        level1 *= 1e-4
+    h, w = expected.shape
+    pad = np.full((h + h % 2, w + w % 2), np.nan)
+    pad[:h, :w] = expected
+    blocks = pad.reshape(pad.shape[0] // 2, 2, pad.shape[1] // 2, 2)
+    with np.errstate(invalid="ignore"):
+        ref = np.nanmean(blocks, axis=(1, 3))
+    assert np.array_equal(level1_nodata, np.isnan(ref))
+    np.testing.assert_allclose(level1[~level1_nodata], ref[~np.isnan(ref)], atol=1.1e-4)
     # the STAC item describing it
     item = pystac.Item.from_file(str(out / f"{stem}.json"))
     assert item.id == stem
