@@ -458,7 +458,23 @@ def submit(
 # ------------------------------------------------------------------------------------------ status / watch
 
 
-def _gather(the_plan):
+def _local_status(plan_path: str, job_name: str) -> dict[str, Any] | None:
+    """The status of a job run by `launcher local` (never submitted), as a DescribeProcessingJob-like dict."""
+    from launcher.watch import LOCAL_SUFFIX
+
+    path = _plan_file(plan_path).parent / "local" / job_name / "local-status.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    messages = [i.get("message", "").strip() for i in data.get("instances", []) if i.get("exit_code")]
+    return {
+        "ProcessingJobStatus": f"{data.get('status', 'Unknown')}{LOCAL_SUFFIX}",
+        "ExitMessage": "; ".join(m for m in messages if m)[:1024] or None,
+    }
+
+
+def _gather(the_plan, plan_path: str):
     from launcher import store
     from launcher.aws import client
     from launcher.submit import describe_jobs
@@ -468,6 +484,9 @@ def _gather(the_plan):
     done, keys = store.done_scenes(s3, the_plan)
     reports = store.read_reports(s3, the_plan, keys)
     descriptions = describe_jobs(client("sagemaker"), [j.name for j in the_plan.jobs])
+    for name, description in descriptions.items():
+        if description is None:
+            descriptions[name] = _local_status(plan_path, name)
     return progress(the_plan, descriptions, done, reports), done
 
 
@@ -482,10 +501,10 @@ def _print_status(prog, the_plan, console, verbose: bool) -> None:
         f"${the_plan.estimate.price_per_hour}/h; estimate for the plan ${the_plan.estimate.cost_usd:,.2f})"
     )
     for j in prog.jobs:
-        if not verbose and j.status not in {"Failed", "Stopped"}:
+        if not verbose and not j.status.startswith(("Failed", "Stopped")):
             continue
         reason = " / ".join(x for x in (j.failure_reason, j.exit_message) if x)
-        colour = "red" if j.status in {"Failed", "Stopped"} else "default"
+        colour = "red" if j.status.startswith(("Failed", "Stopped")) else "default"
         line = (
             f"  [{colour}]{j.name}  {j.status}[/]  {j.done}/{j.scenes} scenes  {j.instance_count} instance(s)"
         )
@@ -509,7 +528,7 @@ def _print_status(prog, the_plan, console, verbose: bool) -> None:
 def status(plan_path, show_jobs, as_json) -> None:
     """Jobs by state, scenes done, failures with their reasons, and cost so far."""
     the_plan = _load_plan(plan_path)
-    prog, _ = _gather(the_plan)
+    prog, _ = _gather(the_plan, plan_path)
     if as_json:
         click.echo(
             json.dumps(
@@ -564,7 +583,7 @@ def watch(plan_path, interval, timeout) -> None:
     ) as bar:
         task = bar.add_task("scenes", total=the_plan.scene_count)
         while True:
-            prog, _ = _gather(the_plan)
+            prog, _ = _gather(the_plan, plan_path)
             states = " ".join(f"{n} {s}" for s, n in sorted(prog.by_status.items()))
             bar.update(task, completed=prog.done, description=f"scenes ({states}, ${prog.cost_usd:,.2f})")
             if prog.finished:

@@ -139,14 +139,24 @@ def stage_inputs(s3: Any, uris: Sequence[str], prefix: str, input_dir: Path) -> 
     return len(uris)
 
 
-def upload_outputs(s3: Any, output_dir: Path, output_uri: str) -> int:
+def upload_outputs(
+    s3: Any, output_dir: Path, output_uri: str, uploaded: dict[str, tuple[int, int]] | None = None
+) -> int:
+    """Upload the files under an instance's output dir that are new or changed since the last call (`uploaded`
+    remembers size and mtime per file). Returns the number uploaded. Dot files (scratch) are skipped."""
     dest = parse_s3_uri(output_uri).as_prefix()
+    seen = uploaded if uploaded is not None else {}
     n = 0
     for path in sorted(output_dir.rglob("*")):
-        if path.is_file() and not path.name.startswith("."):
-            rel = path.relative_to(output_dir).as_posix()
-            s3.upload_file(str(path), dest.bucket, dest.key + rel)
-            n += 1
+        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(output_dir).parts):
+            continue
+        stat = path.stat()
+        rel = path.relative_to(output_dir).as_posix()
+        if seen.get(rel) == (stat.st_size, stat.st_mtime_ns):
+            continue
+        s3.upload_file(str(path), dest.bucket, dest.key + rel)
+        seen[rel] = (stat.st_size, stat.st_mtime_ns)
+        n += 1
     return n
 
 
@@ -158,6 +168,7 @@ class _Running:
     started: float
     inputs: int
     log: Any
+    uploaded: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 def run_job(
@@ -174,11 +185,13 @@ def run_job(
     extra_env: Mapping[str, str] | None = None,
     volumes: Sequence[str] = (),
     parallel: int | None = None,
+    upload_interval: float = 10.0,
     on_event: Callable[[str], None] | None = None,
 ) -> LocalJobResult:
     """Run one job of the plan locally: each instance starts from a fresh tree (like a new SageMaker instance),
-    gets its share staged, runs, and has its outputs uploaded when it exits. At most `parallel` instances run at
-    once (default: all, as on SageMaker)."""
+    gets its share staged and runs; like Continuous upload, new output files are copied to the job's output
+    prefix every `upload_interval` seconds while it runs, and once more when it exits. At most `parallel`
+    instances run at once (default: all, as on SageMaker)."""
     say = on_event or (lambda _msg: None)
     manifest_loc = parse_s3_uri(job.manifest_uri)
     try:
@@ -232,20 +245,28 @@ def run_job(
         seconds = time.monotonic() - run.started
         message_file = run.tree / "output" / "message"
         message = message_file.read_text()[:1024] if message_file.exists() else ""
-        outputs = upload_outputs(s3, run.tree / "processing" / "output", plan.job_output_uri(job))
-        say(f"{job.name} {run.host}: exit {code}, {outputs} file(s) uploaded in {seconds:.1f} s")
+        upload_outputs(s3, run.tree / "processing" / "output", plan.job_output_uri(job), run.uploaded)
+        outputs = len(run.uploaded)
+        say(f"{job.name} {run.host}: exit {code} after {seconds:.1f} s, {outputs} output file(s) uploaded")
         return InstanceResult(
             run.host, code, run.inputs, outputs, seconds, message, str(run.tree / "worker.log")
         )
 
     result = LocalJobResult(job=job.name)
     running: list[_Running] = []
+    last_upload = time.monotonic()
     try:
         while pending or running:
             while pending and len(running) < limit:
                 running.append(start(*pending.pop(0)))
             ended = next((r for r in running if r.proc.poll() is not None), None)
             if ended is None:
+                if time.monotonic() - last_upload >= upload_interval:
+                    for run in running:
+                        upload_outputs(
+                            s3, run.tree / "processing" / "output", plan.job_output_uri(job), run.uploaded
+                        )
+                    last_upload = time.monotonic()
                 time.sleep(0.1)
                 continue
             running.remove(ended)

@@ -20,6 +20,7 @@ REPORTS_DIR = "_reports"
 TERMINAL = {"Completed", "Failed", "Stopped"}
 ACTIVE = {"InProgress", "Stopping"}
 NOT_SUBMITTED = "NotSubmitted"
+LOCAL_SUFFIX = " (local)"  # a job never submitted but run by `launcher local`: "Completed (local)"
 
 
 def done_item_ids(keys: Iterable[str]) -> set[str]:
@@ -101,7 +102,10 @@ class Progress:
 
     @property
     def finished(self) -> bool:
-        return all(j.status in TERMINAL or j.status == NOT_SUBMITTED for j in self.jobs)
+        return all(
+            j.status in TERMINAL or j.status == NOT_SUBMITTED or j.status.endswith(LOCAL_SUFFIX)
+            for j in self.jobs
+        )
 
 
 def _as_datetime(value: Any) -> dt.datetime | None:

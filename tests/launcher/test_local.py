@@ -10,7 +10,14 @@ from click.testing import CliRunner
 from launcher_helpers import require, synthetic_items
 
 from launcher.cli import cli
-from launcher.local import docker_argv, rebase_args, resource_config, sdk_local_arguments, split_keys
+from launcher.local import (
+    docker_argv,
+    rebase_args,
+    resource_config,
+    sdk_local_arguments,
+    split_keys,
+    upload_outputs,
+)
 from launcher.plan import make_plan
 from launcher.store import load_plan
 
@@ -141,6 +148,13 @@ def test_local_runs_the_plan_like_sagemaker_then_resumes(aws, scenes, tmp_path: 
     status = json.loads(r.stdout)
     assert (status["scenes"], status["done"]) == (4, 3)
     assert [f["item_id"] for f in status["failed_scenes"]] == [bad]
+    bad_job = next(j.name for j in plan.jobs if any(s.item_id == bad for s in j.scenes))
+    states = {j["name"]: j["status"] for j in status["jobs"]}
+    assert states == {
+        j.name: "Failed (local)" if j.name == bad_job else "Completed (local)" for j in plan.jobs
+    }
+    failed_job = next(j for j in status["jobs"] if j["name"] == bad_job)
+    assert bad in failed_job["exit_message"]  # the worker's /opt/ml/output/message
 
     # fix the broken scene's item in the bucket, then resume: only it is planned and run again
     fixed = json.loads(json.dumps(scenes[3]))
@@ -173,3 +187,29 @@ def test_local_explains_a_plan_that_was_never_uploaded(aws, tmp_path: Path) -> N
     assert r.exit_code == 0, r.output
     r = _run("local", "--plan", str(run), "--no-docker")
     assert r.exit_code == 1 and "not in S3" in r.output and "--no-upload" in r.output
+
+
+def test_outputs_upload_continuously_without_repeats(aws, tmp_path: Path) -> None:
+    import os
+
+    from launcher.aws import client
+
+    s3 = client("s3")
+    out = tmp_path / "output"
+    (out / "_reports").mkdir(parents=True)
+    (out / ".ndvi-staging").mkdir()
+    (out / "A_ndvi.tif").write_bytes(b"1")
+    (out / "_reports" / "algo-1.json").write_text("{}")
+    (out / ".ndvi-staging" / "half.tif").write_bytes(b"x")  # scratch: never uploaded
+    seen: dict = {}
+    uri = "s3://earthmon-test/o/job/"
+    assert upload_outputs(s3, out, uri, seen) == 2
+    assert upload_outputs(s3, out, uri, seen) == 0  # nothing new
+    (out / "B_ndvi.tif").write_bytes(b"2")
+    report = out / "_reports" / "algo-1.json"
+    report.write_text('{"summary": {}}')
+    os.utime(report, ns=(1, 1))  # a changed file goes up again
+    assert upload_outputs(s3, out, uri, seen) == 2
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="earthmon-test", Prefix="o/")["Contents"])
+    assert keys == ["o/job/A_ndvi.tif", "o/job/B_ndvi.tif", "o/job/_reports/algo-1.json"]
+    assert len(aws.sent("s3", "PutObject")) == 4
