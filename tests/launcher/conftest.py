@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import json
 import os
 import shutil
@@ -137,6 +138,13 @@ class Wire:
         return AWSResponse(request.url, status, headers, _Raw(json.dumps(payload).encode()))
 
 
+@functools.cache
+def _shared_loader() -> Any:
+    import botocore.loaders
+
+    return botocore.loaders.create_loader()
+
+
 @pytest.fixture
 def aws(
     moto_server: str, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
@@ -166,6 +174,9 @@ def aws(
         monkeypatch.setenv(key, value)
     urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).read()
     launcher_aws.reset_session()
+    # a fresh session per test (clean event handlers), sharing one botocore loader: parsing the service models
+    # again for every test costs about half a second of CPU each
+    launcher_aws.session()._session.register_component("data_loader", _shared_loader())
     wire = Wire()
     launcher_aws.session().events.register("before-send", wire.handler)
     s3 = launcher_aws.client("s3")
