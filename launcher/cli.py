@@ -614,6 +614,12 @@ def watch(plan_path, interval, timeout) -> None:
 @click.option("--no-submit", is_flag=True, help="Plan and upload the new round, but do not submit it.")
 @click.option("--force", is_flag=True, help="Resume even while jobs of the plan are still running.")
 @click.option("--skip-preflight", is_flag=True, help="Do not read the instance quota first.")
+@click.option(
+    "--skip-failed",
+    is_flag=True,
+    help="Leave out scenes the per-host reports show as failed (e.g. corrupt sources); rerun only the scenes that "
+    "never ran or whose job died.",
+)
 @friendly_errors
 def resume(
     plan_path,
@@ -629,6 +635,7 @@ def resume(
     no_submit,
     force,
     skip_preflight,
+    skip_failed,
 ) -> None:
     """Plan and submit a new round for the scenes without a valid output only."""
     import dataclasses
@@ -642,8 +649,17 @@ def resume(
     console = _console()
     the_plan = _load_plan(plan_path)
     s3 = client("s3")
-    done, _ = store.done_scenes(s3, the_plan)
+    done, keys = store.done_scenes(s3, the_plan)
     missing = missing_scenes(the_plan, done)
+    if skip_failed:
+        from launcher.watch import failures_from_reports
+
+        failed = {f.item_id for f in failures_from_reports(store.read_reports(s3, the_plan, keys), done)}
+        skipped = [m for m in missing if m.item_id in failed]
+        missing = [m for m in missing if m.item_id not in failed]
+        if skipped:
+            console.print(f"--skip-failed: leaving out {len(skipped)} scene(s) that failed: " + ", ".join(
+                m.item_id for m in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))  # fmt: skip
     console.print(
         f"{len(done & set(the_plan.scenes()))}/{the_plan.scene_count} scene(s) done, {len(missing)} missing"
     )

@@ -227,3 +227,13 @@ def test_commands_explain_a_missing_or_broken_plan(tmp_path: Path) -> None:
     bad.write_text(json.dumps(data))
     r = CliRunner().invoke(cli, ["submit", "--plan", str(bad), "--image", IMAGE, "--role", ROLE, "--dry-run"])
     assert r.exit_code == 1 and "instance_count_typo" in r.output
+
+
+def test_resume_can_leave_out_scenes_that_failed(aws, tmp_path: Path) -> None:
+    _, path, missing, failed_id = _setup_run(aws, tmp_path)
+    result = CliRunner().invoke(cli, ["resume", "--plan", str(path), "--skip-failed", "--skip-preflight"])
+    assert result.exit_code == 0, result.output
+    assert f"leaving out 1 scene(s) that failed: {failed_id}" in result.output
+    manifest = next(c.body for c in aws.sent("s3", "PutObject") if isinstance(c.body, list))
+    listed = {k.rsplit("/", 1)[-1].removesuffix(".json") for k in manifest[1:]}
+    assert listed == set(missing) - {failed_id} and len(listed) == 4
