@@ -3,8 +3,8 @@
 Starts the real server (``python -m segmentation_trainer.serve``: gunicorn, the image's entry point) on a
 model directory with a DeepLabV3 network of the production size (random weights: the compute is the same),
 drives it with concurrent clients for a fixed time, and prints one line per server layout with its ratio
-to the baseline layout measured in the same run (baseline: one single-threaded worker per vCPU, the usual
-model-server layout; then the server's default: one worker per two vCPUs, each using its share of them).
+to the baseline layout measured in the same run (baseline: a single worker using every vCPU, i.e. no
+pre-forked concurrency; then the server's default layout: one single-threaded worker per vCPU).
 
     .venv-trainer/bin/python benchmarks/bench_serve.py                      # DeepLabV3-ResNet50, crop 240
     .venv-trainer/bin/python benchmarks/bench_serve.py --backbone tiny --crop 64 --duration 10   # quick
@@ -140,7 +140,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per layout")
     parser.add_argument(
-        "--layouts", default="{cpus}x1,default", help="WORKERSxTHREADS per worker, first = baseline"
+        "--layouts", default="1x{cpus},default", help="WORKERSxTHREADS per worker, first = baseline"
     )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()

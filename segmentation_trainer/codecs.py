@@ -147,7 +147,11 @@ class DecodedImage:
         if self.nodata is None:
             return None
         if np.isnan(self.nodata):
-            return np.isnan(self.array).all(axis=0)
+            return np.isnan(self.array).all(axis=0) if self.array.dtype.kind == "f" else None
+        if self.array.dtype.kind in "ui":
+            info = np.iinfo(self.array.dtype)
+            if not (info.min <= self.nodata <= info.max and float(self.nodata).is_integer()):
+                return None  # a nodata value the pixels cannot hold marks nothing
         return (self.array == self.array.dtype.type(self.nodata)).all(axis=0)
 
 
@@ -212,7 +216,6 @@ def _decode_pil(body: bytes, media_type: str, bands: int | None, max_pixels: int
 
 def _decode_tiff(body: bytes, max_pixels: int | None) -> DecodedImage:
     import rasterio
-    from rasterio.errors import RasterioIOError
     from rasterio.io import MemoryFile
 
     try:
@@ -224,7 +227,7 @@ def _decode_tiff(body: bytes, max_pixels: int | None) -> DecodedImage:
             nodata = src.nodata
     except CodecError:
         raise
-    except (RasterioIOError, Exception) as exc:
+    except Exception as exc:  # rasterio/GDAL raise several types for unreadable data
         raise BadRequest(f"corrupt or unreadable TIFF: {exc}") from exc
     return DecodedImage(array, TIFF, crs=crs, transform=transform, nodata=nodata)
 

@@ -10,7 +10,7 @@
   ``BatchStrategy``, ``MaxPayloadInMB``), honouring ``SAGEMAKER_MAX_PAYLOAD_IN_MB`` and
   ``SAGEMAKER_BATCH_STRATEGY``.
 
-Production server: gunicorn, pre-forked workers (one per two vCPUs by default, ``SAGEMAKER_MODEL_SERVER_WORKERS``
+Production server: gunicorn, pre-forked workers (one per vCPU by default, ``SAGEMAKER_MODEL_SERVER_WORKERS``
 overrides), each with its own copy of the model and ``cpus / workers`` math threads, one inference at a
 time per worker (inference is CPU-bound) while a second thread answers ``/ping``; busy workers let idle ones
 accept new connections first (:class:`BalancedThreadWorker`). SIGTERM stops accepting and lets in-flight
@@ -22,7 +22,7 @@ Configuration comes from the environment SageMaker sets (read once, in :meth:`Se
 =================================  =========================================================  =========
 ``SAGEMAKER_BIND_TO_PORT``         port to listen on                                          8080
 ``SAGEMAKER_BASE_DIR``             root of the contract paths; the model is in ``model/``     /opt/ml
-``SAGEMAKER_MODEL_SERVER_WORKERS`` worker processes                                           vCPUs / 2
+``SAGEMAKER_MODEL_SERVER_WORKERS`` worker processes                                           vCPUs
 ``SAGEMAKER_MODEL_SERVER_TIMEOUT`` seconds a request may take before its worker is restarted  60
 ``SAGEMAKER_MAX_PAYLOAD_IN_MB``    largest request body (413 above it)                        6
 ``SAGEMAKER_BATCH_STRATEGY``       reported by /execution-parameters                          SINGLE_RECORD
@@ -67,14 +67,14 @@ def available_cpus() -> int:
 
 
 def default_workers(cpus: int) -> int:
-    """One worker per two vCPUs (a physical core's hyperthreads), each using its share of the cores.
+    """One single-threaded worker per vCPU.
 
-    Measured with benchmarks/bench_serve.py on 2 vCPUs (shared, noisy): with DeepLabV3-ResNet50, one worker
-    with 2 math threads served 512 x 512 requests 1.55x faster than two single-threaded workers, with a
-    p99 latency of 35 s instead of 85 s (4 clients) and half the memory (each worker holds ~1 GB); with the
-    tiny test network the two layouts were within noise (0.92x-1.4x).
+    benchmarks/bench_serve.py on 2 shared vCPUs (DeepLabV3-ResNet50, 512 x 512 requests, 4 clients): with
+    the balanced workers, 2 workers x 1 thread served 1.6x the requests of 1 worker x 2 threads. (Before the
+    workers were balanced, greedy accepting made the 2-worker layout the slower one.) Each worker holds its
+    own model (~1 GB for ResNet-50): lower SAGEMAKER_MODEL_SERVER_WORKERS on small-memory instances.
     """
-    return max(1, cpus // 2)
+    return max(1, cpus)
 
 
 @dataclass(frozen=True)
@@ -492,9 +492,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--port", type=int, default=None, help="port (default $SAGEMAKER_BIND_TO_PORT or 8080)"
     )
-    parser.add_argument(
-        "--workers", type=int, default=None, help="worker processes (default: one per two vCPUs)"
-    )
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: one per vCPU)")
     parser.add_argument(
         "--threads-per-worker",
         type=int,

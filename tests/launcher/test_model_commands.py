@@ -281,3 +281,30 @@ def test_npy_tiles_round_trip():
 
     tile = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     np.testing.assert_array_equal(np.load(io.BytesIO(encode_tile(tile, "application/x-npy"))), tile)
+
+
+def test_deploy_local_dry_run_builds_model_arguments(aws):
+    result = run(
+        "deploy", "--name", "local-ep", "--image", IMAGE, "--role", ROLE, "--model-data", "file:///tmp/model.tar.gz",
+        "--env", "SAGEMAKER_MODEL_SERVER_WORKERS=1", "--local", "--dry-run",
+    )  # fmt: skip
+    args = json.loads(result.output)
+    assert args["model"] == {
+        "image_uri": IMAGE,
+        "model_data": "file:///tmp/model.tar.gz",
+        "role": ROLE,
+        "env": {"SAGEMAKER_MODEL_SERVER_WORKERS": "1"},
+    }
+    assert args["deploy"] == {"initial_instance_count": 1, "instance_type": "local"}
+    assert aws.calls == []
+
+
+def test_local_mode_is_importable():
+    from sagemaker.estimator import Estimator  # noqa: F401 - what train --local uses
+    from sagemaker.local import LocalSagemakerRuntimeClient, LocalSession  # noqa: F401
+    from sagemaker.model import Model  # noqa: F401
+
+    from launcher import model_local, model_predict
+
+    assert callable(model_local.train_local) and callable(model_local.deploy_local)
+    assert callable(model_predict.local_invoker)

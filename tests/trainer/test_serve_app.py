@@ -101,10 +101,21 @@ def decode_png(body):
     return np.asarray(img)
 
 
+def _codec_tests():
+    """test_serve_codecs.py loaded by path (works whether or not tests/trainer is a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).with_name("test_serve_codecs.py")
+    spec = importlib.util.spec_from_file_location("earthmon_serve_codec_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def decode_probabilities(body):
     """The built-in's response layout, read with the protobuf runtime (see test_serve_codecs)."""
-    from .test_serve_codecs import reference_record_class
-
+    reference_record_class = _codec_tests().reference_record_class
     (payload,) = codecs.read_recordio(body)
     rec = reference_record_class()()
     rec.ParseFromString(payload)

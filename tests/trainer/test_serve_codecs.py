@@ -298,3 +298,17 @@ def test_recordio_reads_with_mxnet(tmp_path):
 def test_read_recordio_rejects_bad_magic():
     with pytest.raises(ValueError, match="magic"):
         codecs.read_recordio(b"\x00" * 12)
+
+
+def test_nodata_mask():
+    array = np.array([[[0, 5], [0, 0]], [[0, 5], [7, 0]]], dtype=np.uint16)
+    np.testing.assert_array_equal(
+        codecs.DecodedImage(array, codecs.TIFF, nodata=0).nodata_mask(), [[True, False], [False, True]]
+    )
+    assert codecs.DecodedImage(array, codecs.TIFF, nodata=-9999).nodata_mask() is None
+    assert codecs.DecodedImage(array, codecs.TIFF).nodata_mask() is None
+    floats = np.full((2, 1, 2), np.nan, dtype=np.float32)
+    floats[0, 0, 1] = 1
+    np.testing.assert_array_equal(
+        codecs.DecodedImage(floats, codecs.TIFF, nodata=float("nan")).nodata_mask(), [[True, False]]
+    )
