@@ -67,8 +67,10 @@ def _aws_hint(exc: Exception) -> str | None:
     if isinstance(exc, ClientError):
         from launcher.aws import error_code, error_message
 
+        from launcher.submit import short
+
         code = error_code(exc)
-        msg = error_message(exc)
+        msg = short(error_message(exc), 400)
         if code == "ResourceLimitExceeded":
             return (
                 f"AWS error {code}: {msg}. An account quota is reached: request an increase in Service Quotas or "

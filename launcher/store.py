@@ -42,6 +42,7 @@ def save_plan(plan: Plan, path: str | os.PathLike[str]) -> Path:
         p = p / PLAN_FILE
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".plan-", suffix=".json")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; a plan is an ordinary file
     with os.fdopen(fd, "w") as f:
         json.dump(plan.to_dict(), f, indent=1)
         f.write("\n")

@@ -18,6 +18,12 @@ class SubmitError(RuntimeError):
     pass
 
 
+def short(message: str, limit: int = 200) -> str:
+    """One line of an error message (HTML error pages from proxies or local servers reduced to their text)."""
+    text = " ".join(re.sub(r"<[^>]+>", " ", message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @dataclass(frozen=True)
 class SubmitResult:
     name: str
@@ -142,7 +148,7 @@ def preflight(
     except Exception as exc:
         return (
             [],
-            f"could not read the Service Quotas ({error_code(exc) or type(exc).__name__}: {error_message(exc)})",
+            f"could not read the Service Quotas ({error_code(exc) or type(exc).__name__}: {short(error_message(exc))})",
         )
     checks = quota_checks(quotas, instance_type, needed)
     if not checks:

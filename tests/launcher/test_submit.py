@@ -336,3 +336,11 @@ def test_an_interrupted_submission_resumes_with_the_recorded_settings(aws, tmp_p
     assert again.exit_code == 0, again.output
     assert "submitted 1 job(s); 2 already existed" in again.output
     assert [c.body["ProcessingJobName"] for c in aws.sent("sagemaker", "CreateProcessingJob")] == [third]
+
+
+def test_error_pages_shrink_to_one_line() -> None:
+    from launcher.submit import short
+
+    page = "<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>\n<h1>Internal Server Error</h1>"
+    assert short(page) == "500 Internal Server Error Internal Server Error"
+    assert len(short("x" * 500)) == 200
