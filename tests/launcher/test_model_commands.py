@@ -308,3 +308,16 @@ def test_local_mode_is_importable():
 
     assert callable(model_local.train_local) and callable(model_local.deploy_local)
     assert callable(model_predict.local_invoker)
+
+
+def test_model_commands_import_no_heavy_modules():
+    """`launcher --help` stays instant: the model commands import boto3, sagemaker, rasterio only when run."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, launcher.model_commands; "
+        "print(sorted(m for m in ('boto3', 'sagemaker', 'rasterio', 'numpy', 'requests') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -212,3 +212,14 @@ def test_missing_model_dir_fails_fast(tmp_path):
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "SAGEMAKER_BASE_DIR" in proc.stderr
+
+
+def test_the_master_process_never_imports_mxnet():
+    """Workers import MXNet after the fork: the module the master runs must not pull it in."""
+    code = (
+        "import sys; from segmentation_trainer import serve; "
+        "serve.ServeConfig.from_env({}); serve.gunicorn_options(serve.ServeConfig.from_env({})); "
+        "print('mxnet' in sys.modules, 'gluoncv' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False False"
