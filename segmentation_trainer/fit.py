@@ -250,6 +250,8 @@ class FitConfig:
     workers: int = 2
     progress_every_s: float = PROGRESS_EVERY_S
     max_batches_per_epoch: int | None = None  # for tests and benchmarks
+    on_batch: Callable[[int, int, int], None] | None = None  # (epoch, batch, samples) after each step
+    on_epoch: Callable[[dict], None] | None = None  # the epoch's record, after validation
 
 
 def fit(
@@ -344,6 +346,8 @@ def fit(
             loss_sum += batch_loss
             loss_n += 1
             seen += data.shape[0]
+            if config.on_batch is not None:
+                config.on_batch(epoch, i, data.shape[0])
             now = time.monotonic()
             if now - last_report >= config.progress_every_s:
                 rate = seen / (now - t0)
@@ -401,9 +405,12 @@ def fit(
             f", validation mIoU {record['validation_mIOU']:.4f}" if "validation_mIOU" in record else "",
             throughput,
         )
+        record["elapsed_s"] = time.monotonic() - started
         state.epoch = epoch
         state.bad_epochs = stopper.bad_epochs
         state.history.append(record)
+        if config.on_epoch is not None:
+            config.on_epoch(record)
         state.stopped_early = stop_now
         if ckpt is not None:
             _atomic_save(net.save_parameters, ckpt / LAST_PARAMS)

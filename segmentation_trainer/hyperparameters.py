@@ -243,8 +243,6 @@ def parse_hyperparameters(raw: Mapping[str, Any]) -> Hyperparameters:
         names = values.get("class_names")
         if names is not None and len(names) != values["num_classes"]:
             problems.append(f"class_names has {len(names)} names for num_classes={values['num_classes']}")
-        if values.get("crop_size", 240) > values.get("base_size", 520) * 2:
-            problems.append("crop_size must be at most 2 x base_size (the largest random rescale)")
     if problems:
         raise HyperparameterError(problems)
     return Hyperparameters(**values)

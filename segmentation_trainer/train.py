@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -60,6 +61,7 @@ class RunOptions:
     onnx: bool = True
     ctxs: list | None = None
     install_signal_handler: bool = True
+    stop: threading.Event | None = None  # set it to stop as SIGTERM does (benchmarks: a time budget)
 
 
 def find_pretrained(paths: TrainingPaths, hp: Hyperparameters) -> Path | None:
@@ -105,7 +107,7 @@ def run_training(paths: TrainingPaths | None = None, options: RunOptions | None 
     """Run a training job; returns the process exit status (0 = success)."""
     paths = paths or TrainingPaths.resolve()
     options = options or RunOptions()
-    stop = threading.Event()
+    stop = options.stop or threading.Event()
     previous = None
     if options.install_signal_handler and threading.current_thread() is threading.main_thread():
 
@@ -176,7 +178,9 @@ def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event) -> 
     # incremental training: the model channel's network and normalisation
     base_model = None
     if "model" in channels:
-        model_dir = extract_model_channel(paths.channel("model"), paths.base / "work" / "model-channel")
+        model_dir = extract_model_channel(
+            paths.channel("model"), Path(tempfile.mkdtemp(prefix="model-channel-"))
+        )
         try:
             base_model = read_metadata(model_dir)
         except FileNotFoundError as exc:
@@ -208,6 +212,8 @@ def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event) -> 
 
     pretrained = None
     if base_model is None and hp.use_pretrained_model:
+        if hp.backbone == "tiny":
+            raise ClientError("backbone=tiny has no pretrained weights: set use_pretrained_model=False")
         pretrained = find_pretrained(paths, hp)
         if pretrained is None:
             raise ClientError(

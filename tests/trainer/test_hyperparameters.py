@@ -125,8 +125,8 @@ def test_sagemaker_injected_keys_are_ignored():
 def test_cross_field_checks():
     with pytest.raises(HyperparameterError, match="class_names has 3 names for num_classes=2"):
         parse_hyperparameters({**REQUIRED, "class_names": "a,b,c"})
-    with pytest.raises(HyperparameterError, match="crop_size must be at most 2 x base_size"):
-        parse_hyperparameters({**REQUIRED, "crop_size": "300", "base_size": "100"})
+    # a crop larger than the rescaled image is padded (ignore), as in the built-in: valid
+    assert parse_hyperparameters({**REQUIRED, "crop_size": "300", "base_size": "100"}).crop_size == 300
 
 
 def test_crop_size_rounds_up_to_a_multiple_of_8_and_strings_round_trip():

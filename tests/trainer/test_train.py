@@ -242,7 +242,11 @@ def _failure(base: Path) -> str:
             "ClientError: invalid hyperparameters: unknown hyperparameter 'learning_rat'",
         ),
         ({"num_classes": "1"}, "num_classes='1': must be >= 2"),
-        ({"use_pretrained_model": "True"}, "use_pretrained_model=True but no backbone weights"),
+        (
+            {"use_pretrained_model": "True", "backbone": "resnet-101"},
+            "use_pretrained_model=True but no backbone weights",
+        ),
+        ({"use_pretrained_model": "True"}, "backbone=tiny has no pretrained weights"),
         ({"precision_dtype": "float16"}, "precision_dtype=float16 needs a GPU"),
     ],
 )
