@@ -66,7 +66,6 @@ def _aws_hint(exc: Exception) -> str | None:
 
     if isinstance(exc, ClientError):
         from launcher.aws import error_code, error_message
-
         from launcher.submit import short
 
         code = error_code(exc)
