@@ -76,9 +76,11 @@ TRAINING_DEV_TAG := $(if $(filter gpu,$(TRAINER_FLAVOUR)),dev-gpu,dev)
 TRAINING_VERSION_TAG := $(IMAGE_TAG)$(if $(filter gpu,$(TRAINER_FLAVOUR)),-gpu,)
 REGISTRY ?=
 SOURCE_URL ?= https://github.com/earthmon/earthmon
-DOCKER_BUILD := DOCKER_BUILDKIT=0 docker build --network host \
-	--build-arg BASE_IMAGE=$(BASE_IMAGE) --build-arg VERSION=$(VERSION) \
-	--build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) --build-arg SOURCE=$(SOURCE_URL)
+DOCKER_BUILD := DOCKER_BUILDKIT=0 docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+	--build-arg VERSION=$(VERSION) --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
+	--build-arg SOURCE=$(SOURCE_URL)
+# Shared libraries MXNet's wheels need and do not bundle (Debian bookworm packages, unpacked into the venv).
+TRAINER_DEBS := libgomp1 libquadmath0
 TRAINER_LOCK := requirements/trainer$(if $(filter gpu,$(TRAINER_FLAVOUR)),-gpu,).txt
 
 .PHONY: wheelhouse wheelhouse-worker wheelhouse-trainer wheelhouse-build clean-wheelhouse
@@ -88,12 +90,12 @@ wheelhouse-build:
 wheelhouse-worker: wheelhouse-build
 	PYTHON=$(PYTHON) containers/wheelhouse.sh requirements/worker.txt wheelhouse/worker
 wheelhouse-trainer: wheelhouse-build
-	PYTHON=$(PYTHON) containers/wheelhouse.sh $(TRAINER_LOCK) wheelhouse/trainer-$(TRAINER_FLAVOUR)
+	PYTHON=$(PYTHON) containers/wheelhouse.sh $(TRAINER_LOCK) wheelhouse/trainer-$(TRAINER_FLAVOUR) $(TRAINER_DEBS)
 clean-wheelhouse: ## remove the wheelhouse
 	rm -rf wheelhouse
 
 .PHONY: base-image build build-processing build-training
-base-image: ## build the local debootstrap bookworm base (for machines that cannot pull; then BASE_IMAGE=$(LOCAL_BASE_IMAGE))
+base-image: ## build the local debootstrap bookworm base (for machines that cannot pull; then BASE_IMAGE=earthmon-base:bookworm)
 	containers/base/build-debootstrap-base.sh $(LOCAL_BASE_IMAGE)
 
 build: build-processing build-training ## build both images (BASE_IMAGE=..., TRAINER_FLAVOUR=cpu|gpu)
@@ -104,6 +106,7 @@ build-processing: wheelhouse-worker ## build earthmon-processing:dev and :<versi
 
 build-training: wheelhouse-trainer ## build earthmon-training:dev (or :dev-gpu) and :<version>-<sha>[-gpu]
 	$(DOCKER_BUILD) -f containers/training/Dockerfile --build-arg FLAVOUR=$(TRAINER_FLAVOUR) \
+		$(if $(PRETRAINED_DIR),--build-arg PRETRAINED_DIR=$(PRETRAINED_DIR),) \
 		-t $(TRAINING_IMAGE):$(TRAINING_DEV_TAG) -t $(TRAINING_IMAGE):$(TRAINING_VERSION_TAG) .
 
 .PHONY: push
