@@ -142,25 +142,52 @@ def output_item(
     }
     if quicklook_name:
         assets["quicklook"] = {"href": f"./{quicklook_name}", "type": "image/png", "roles": ["overview"]}
-    links = []
-    if source_href:
-        links.append({"rel": "derived_from", "href": source_href, "type": "application/geo+json"})
-    for link in scene_item.get("links") or []:
-        if link.get("rel") in ("self", "canonical") and link.get("href") and link["href"] != source_href:
-            links.append({"rel": "derived_from", "href": link["href"], "type": "application/geo+json"})
-    return {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "stac_extensions": [
+    return _stac_item(f"{item_id}_ndvi", scene_item, properties, assets, source_href)
+
+
+def _stac_item(
+    out_id: str, scene_item: dict, properties: dict, assets: dict, source_href: str | None
+) -> dict:
+    """Assemble the item with pystac (the field's STAC library) and return it as a plain dict."""
+    import datetime as _dt
+
+    import pystac
+
+    def parse(value):
+        return _dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else None
+
+    src = scene_item.get("properties") or {}
+    item = pystac.Item(
+        id=out_id,
+        geometry=scene_item.get("geometry"),
+        bbox=scene_item.get("bbox"),
+        datetime=parse(properties.get("datetime")),
+        properties={k: v for k, v in properties.items() if k != "datetime"},
+        start_datetime=parse(src.get("start_datetime")),
+        end_datetime=parse(src.get("end_datetime")),
+        stac_extensions=[
             "https://stac-extensions.github.io/projection/v1.1.0/schema.json",
             "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
             "https://stac-extensions.github.io/file/v2.1.0/schema.json",
             "https://stac-extensions.github.io/processing/v1.1.0/schema.json",
         ],
-        "id": f"{item_id}_ndvi",
-        "geometry": scene_item.get("geometry"),
-        "bbox": scene_item.get("bbox"),
-        "properties": properties,
-        "assets": assets,
-        "links": links,
-    }
+    )
+    for key, asset in assets.items():
+        extra = {k: v for k, v in asset.items() if k not in ("href", "type", "title", "roles")}
+        item.add_asset(
+            key,
+            pystac.Asset(
+                asset["href"],
+                asset.get("title"),
+                media_type=asset["type"],
+                roles=asset["roles"],
+                extra_fields=extra,
+            ),
+        )
+    hrefs = [source_href] if source_href else []
+    for link in scene_item.get("links") or []:
+        if link.get("rel") in ("self", "canonical") and link.get("href") and link["href"] not in hrefs:
+            hrefs.append(link["href"])
+    for href in hrefs:
+        item.add_link(pystac.Link("derived_from", href, media_type="application/geo+json"))
+    return item.to_dict(include_self_link=False, transform_hrefs=False)
