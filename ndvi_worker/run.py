@@ -86,13 +86,114 @@ class SceneResult:
     scl_resampling: str
 
 
+@dataclass
+class OpenBands:
+    """The scene's three bands, opened and checked, with an SCL reader on the 10 m grid."""
+
+    red: wio.BandReader
+    nir: wio.BandReader
+    read_scl: object  # window -> uint8 array on the red grid
+    scl_resampling: str
+    closers: list
+
+    def close(self) -> None:
+        for reader in self.closers:
+            reader.close()
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(r.bytes_read for r in self.closers if isinstance(r, wio.BandReader))
+
+
+def open_bands(scene: Scene, retries: int) -> OpenBands:
+    """Open red, NIR and SCL (retrying transient errors), check the grids, pick the SCL resampling."""
+    from rasterio.windows import Window
+
+    closers: list = []
+    try:
+        red = wio.BandReader(scene.red, retries)
+        closers.append(red)
+        nir = wio.BandReader(scene.nir, retries)
+        closers.append(nir)
+        scl = wio.BandReader(scene.scl, retries)
+        closers.append(scl)
+        factor = check_grids(red.info, nir.info, scl.info)
+    except BaseException:
+        for reader in closers:
+            reader.close()
+        raise
+    if factor is None:
+        log.info(
+            "%s: SCL grid is not nested in the 10 m grid; resampling it by nearest neighbour", scene.item_id
+        )
+        resampled = wio.ResampledReader(scl, red.info)
+        return OpenBands(red, nir, resampled.read, "nearest", [*closers, resampled])
+
+    def read_scl(window):
+        """The SCL window under a 10 m window: read the 20 m block, repeat each pixel factor x factor, crop."""
+        r0, c0 = int(window.row_off), int(window.col_off)
+        r1, c1 = r0 + int(window.height), c0 + int(window.width)
+        sr0, sc0 = r0 // factor, c0 // factor
+        sr1 = min(math.ceil(r1 / factor), scl.info.shape[0])
+        sc1 = min(math.ceil(c1 / factor), scl.info.shape[1])
+        block = scl.read(Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
+        up = upsample_scl(block, ((sr1 - sr0) * factor, (sc1 - sc0) * factor), factor)
+        return up[r0 - sr0 * factor : r1 - sr0 * factor, c0 - sc0 * factor : c1 - sc0 * factor]
+
+    return OpenBands(red, nir, read_scl, "block-repeat" if factor > 1 else "identity", closers)
+
+
+def compute_to_staging(
+    scene: Scene, bands: OpenBands, cfg: WorkerConfig, fmt: wio.OutputFormat, work: Path
+) -> tuple[wio.StagingRaster, dict]:
+    """Run the chunk graph (read -> NDVI -> overviews -> staging files) with dask; return the staging raster
+    and the scene's NDVI statistics."""
+    import dask
+    from rasterio.windows import Window
+
+    shape = bands.red.info.shape
+    levels = overview_count(shape, cfg.blocksize)
+    if cfg.chunk_size % (2**levels):  # chunks must tile every overview level exactly
+        raise wio.SceneError(f"--chunk-size must be a multiple of {2**levels} for {levels} overview levels")
+    tags = {
+        "NDVI_SOURCE_ITEM": scene.item_id,
+        "NDVI_MASK_CLASSES": ",".join(map(str, cfg.mask_classes)),
+        "NDVI_BOA_ADD_OFFSET_DN": str(scene.offset.add_dn),
+        "NDVI_SCALE": "0.0001" if cfg.dtype == "int16" else "1",
+    }
+    encode = encode_int16 if cfg.dtype == "int16" else encode_float32
+    staging = wio.StagingRaster(work, bands.red.info, fmt, tags, levels)
+
+    def chunk_task(window) -> BlockStats:
+        red = bands.red.read(window)
+        nir = bands.nir.read(window)
+        scl = bands.read_scl(window)
+        ndvi, invalid, stats = ndvi_core(red, nir, scl, scene.offset.add_dn, cfg.mask_classes)
+        staging.write(encode(ndvi, invalid), window)
+        for level, (mean, empty) in enumerate(chunk_overviews(ndvi, invalid, levels), start=1):
+            f = 2**level
+            staging.write(
+                encode(mean, empty),
+                Window(window.col_off // f, window.row_off // f, *mean.shape[::-1]),
+                level,
+            )
+        return stats
+
+    try:
+        tasks = [dask.delayed(chunk_task, pure=False)(w) for w in chunk_windows(shape, cfg.chunk_size)]
+        parts = dask.compute(*tasks, scheduler="threads", num_workers=cfg.workers)
+    finally:
+        staging.close()
+    total = BlockStats()
+    for part in parts:
+        total = total + part
+    return staging, total.summary()
+
+
 def process_scene(
     scene: Scene, cfg: WorkerConfig, staging_root: Path, source_href: str | None
 ) -> SceneResult:
     """Compute and publish one scene's NDVI. Raises on failure; never leaves a partial file in the output."""
-    import dask
-    from rasterio.windows import Window
-
     fmt = wio.OutputFormat(
         dtype=cfg.dtype,
         compress=cfg.compress,
@@ -102,82 +203,15 @@ def process_scene(
         overview_resampling="AVERAGE",
         max_z_error=cfg.max_z_error,
     )
-    readers: list = []
+    bands = open_bands(scene, cfg.retries)
     try:
-        red = wio.BandReader(scene.red, cfg.retries)
-        readers.append(red)
-        nir = wio.BandReader(scene.nir, cfg.retries)
-        readers.append(nir)
-        scl = wio.BandReader(scene.scl, cfg.retries)
-        readers.append(scl)
-        factor = check_grids(red.info, nir.info, scl.info)
-        shape = red.info.shape
-        if factor is not None:
-            scl_resampling = "block-repeat" if factor > 1 else "identity"
-
-            def read_scl(window):
-                r0, c0 = int(window.row_off), int(window.col_off)
-                r1, c1 = r0 + int(window.height), c0 + int(window.width)
-                sr0, sc0 = r0 // factor, c0 // factor
-                sr1 = min(math.ceil(r1 / factor), scl.info.shape[0])
-                sc1 = min(math.ceil(c1 / factor), scl.info.shape[1])
-                block = scl.read(Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
-                up = upsample_scl(block, ((sr1 - sr0) * factor, (sc1 - sc0) * factor), factor)
-                return up[r0 - sr0 * factor : r1 - sr0 * factor, c0 - sc0 * factor : c1 - sc0 * factor]
-        else:
-            scl_resampling = "nearest"
-            resampled = wio.ResampledReader(scl, red.info)
-            readers.append(resampled)
-            read_scl = resampled.read
-            log.info(
-                "%s: SCL grid is not nested in the 10 m grid; resampling it by nearest neighbour",
-                scene.item_id,
-            )
-
         with wio.scratch_dir(staging_root, scene.output_stem) as work:
-            tags = {
-                "NDVI_SOURCE_ITEM": scene.item_id,
-                "NDVI_MASK_CLASSES": ",".join(map(str, cfg.mask_classes)),
-                "NDVI_BOA_ADD_OFFSET_DN": str(scene.offset.add_dn),
-                "NDVI_SCALE": "0.0001" if cfg.dtype == "int16" else "1",
-            }
-            levels = overview_count(shape, cfg.blocksize)
-            if cfg.chunk_size % (2**levels):  # chunks must tile every overview level exactly
-                raise wio.SceneError(
-                    f"--chunk-size must be a multiple of {2**levels} for {levels} overview levels"
-                )
-            staging = wio.StagingRaster(work, red.info, fmt, tags, levels)
-            try:
-
-                def chunk_task(window) -> BlockStats:
-                    r = red.read(window)
-                    n = nir.read(window)
-                    s = read_scl(window)
-                    ndvi, invalid, stats = ndvi_core(r, n, s, scene.offset.add_dn, cfg.mask_classes)
-                    encode = encode_int16 if cfg.dtype == "int16" else encode_float32
-                    staging.write(encode(ndvi, invalid), window)
-                    for level, (mean, empty) in enumerate(chunk_overviews(ndvi, invalid, levels), start=1):
-                        f = 2**level
-                        ow = Window(window.col_off // f, window.row_off // f, mean.shape[1], mean.shape[0])
-                        staging.write(encode(mean, empty), ow, level)
-                    return stats
-
-                t_chunks = time.monotonic()
-                tasks = [
-                    dask.delayed(chunk_task, pure=False)(w) for w in chunk_windows(shape, cfg.chunk_size)
-                ]
-                parts = dask.compute(*tasks, scheduler="threads", num_workers=cfg.workers)
-            finally:
-                staging.close()
-            total = BlockStats()
-            for p in parts:
-                total = total + p
-            stats = total.summary()
-
+            t_chunks = time.monotonic()
+            staging, stats = compute_to_staging(scene, bands, cfg, fmt, work)
             t_cog = time.monotonic()
             cog_name = f"{scene.output_stem}.tif"
             wio.write_cog(staging.vrt(), work / cog_name, fmt, threads=cfg.workers)
-            for level in range(levels + 1):
+            for level in range(staging.levels + 1):
                 staging.path(level).unlink()
             t_png = time.monotonic()
             png_name = None
@@ -191,7 +225,7 @@ def process_scene(
                 t_png - t_cog,
                 time.monotonic() - t_png,
             )
-            epsg = red.info.crs.to_epsg() if red.info.crs else None
+            info = bands.red.info
             item = output_item(
                 scene.item,
                 scene.item_id,
@@ -203,10 +237,10 @@ def process_scene(
                 list(cfg.mask_classes),
                 scene.offset.to_dict(),
                 cfg.dtype,
-                scl_resampling,
-                shape,
-                red.info.transform,
-                epsg,
+                bands.scl_resampling,
+                info.shape,
+                info.transform,
+                info.crs.to_epsg() if info.crs else None,
             )
             (work / f"{scene.output_stem}.json").write_text(json.dumps(item, indent=2))
             out = cfg.output_dir
@@ -214,10 +248,9 @@ def process_scene(
             if png_name:
                 wio.publish(work / png_name, out / png_name)
             wio.publish(work / f"{scene.output_stem}.json", out / f"{scene.output_stem}.json")
-        return SceneResult(stats, sum(r.bytes_read for r in readers[:3]), scl_resampling)
+        return SceneResult(stats, bands.bytes_read, bands.scl_resampling)
     finally:
-        for r in readers:
-            r.close()
+        bands.close()
 
 
 def scene_record(

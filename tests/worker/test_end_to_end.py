@@ -6,6 +6,7 @@ science is wrong (offset, SCL resampling, masks)."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -218,3 +219,39 @@ def test_scenes_as_tasks_on_an_existing_dask_cluster(synthetic_input, run_worker
     assert report["summary"]["done"] == 3
     for folder in sorted(p for p in synthetic_input.iterdir() if p.is_dir()):
         assert cog_validate(str(out / f"{folder.name}_ndvi.tif"))[0]
+
+
+def test_scl_grid_that_does_not_nest_is_resampled_by_nearest_neighbour(synthetic_input, run_worker, tmp_path):
+    """An SCL shifted by half a 20 m pixel: nearest-neighbour resampling, never interpolation of the codes."""
+    from affine import Affine
+    from rasterio.warp import Resampling, reproject
+
+    folder = sorted(p for p in synthetic_input.iterdir() if p.is_dir())[0]
+    with rasterio.open(folder / "SCL.tif") as ds:
+        scl, prof = ds.read(1), ds.profile
+    t = prof["transform"]
+    prof.update(transform=Affine(t.a, t.b, t.c + 10, t.d, t.e, t.f - 10), driver="GTiff")
+    with rasterio.open(folder / "SCL.tif", "w", **prof) as ds:
+        ds.write(scl, 1)
+    for other in sorted(p for p in synthetic_input.iterdir() if p.is_dir())[1:]:
+        shutil.rmtree(other)
+    out = tmp_path / "out"
+    run_worker("--input", str(synthetic_input), "--output", str(out), "--dtype", "float32", check_code=0)
+    item = json.loads((out / f"{folder.name}_ndvi.json").read_text())
+    assert item["properties"]["earthmon:scl_resampling"] == "nearest"
+    with rasterio.open(folder / "B04.tif") as r, rasterio.open(folder / "B08.tif") as n:
+        red, nir, red_prof = r.read(1).astype(np.float64), n.read(1).astype(np.float64), r.profile
+    scl10 = np.zeros(red.shape, dtype=np.uint8)
+    reproject(scl, scl10, src_transform=prof["transform"], src_crs=prof["crs"], dst_transform=red_prof["transform"],
+              dst_crs=red_prof["crs"], resampling=Resampling.nearest, src_nodata=0, dst_nodata=0)  # fmt: skip
+    assert set(np.unique(scl10)) <= set(range(12))
+    applied = item["properties"]["earthmon:boa_offset"]["add_dn"]
+    red += applied
+    nir += applied
+    bad = (red <= 1) | (nir <= 1) | np.isin(scl10, [0, *MASK]) | (red - applied == 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        expected = np.where(bad, np.nan, (nir - red) / (nir + red))
+    ndvi, _ = read_output(out / f"{folder.name}_ndvi.tif")
+    assert np.array_equal(np.isnan(ndvi), np.isnan(expected))
+    v = ~np.isnan(expected)
+    np.testing.assert_allclose(ndvi[v], expected[v], atol=1e-6)
