@@ -9,53 +9,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-_GRID_CODE = re.compile(r"^MGRS-(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
-_ITEM_ID_TILE = re.compile(r"^S2[A-D]_(?:T)?(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})_")
-_PC_TILE = re.compile(r"^(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
+from ndvi_worker.stac import mgrs_tile  # noqa: F401 - re-exported: one MGRS rule for search and worker
+
 # https://BUCKET.s3.REGION.amazonaws.com/KEY, https://BUCKET.s3.amazonaws.com/KEY, https://s3.REGION.amazonaws.com/BUCKET/KEY
 _VHOST = re.compile(r"^https?://([a-z0-9][a-z0-9.\-]*?)\.s3(?:[.\-][a-z0-9\-]+)?\.amazonaws\.com/(.+)$")
 _PATH = re.compile(r"^https?://s3(?:[.\-][a-z0-9\-]+)?\.amazonaws\.com/([a-z0-9][a-z0-9.\-]*)/(.+)$")
-
-
-def _tile(zone: Any, band: Any, square: Any) -> str | None:
-    try:
-        z = int(zone)
-    except (TypeError, ValueError):
-        return None
-    if not (1 <= z <= 60) or not isinstance(band, str) or not isinstance(square, str):
-        return None
-    return f"{z:02d}{band.upper()}{square.upper()}"
-
-
-def mgrs_tile(item: dict[str, Any]) -> str | None:
-    """The item's MGRS tile, normalised to a zero-padded zone (`09UXA`, `31UFU`), or None if unknown.
-
-    Sources, in order: `grid:code` (v1), `mgrs:*` (v1), `sentinel:*` (v0), `s2:mgrs_tile` (Planetary Computer),
-    then the item id.
-    """
-    props = item.get("properties") or {}
-    code = props.get("grid:code")
-    if isinstance(code, str):
-        m = _GRID_CODE.match(code.strip().upper())
-        if m:
-            return _tile(*m.groups())
-    for prefix in ("mgrs", "sentinel"):
-        tile = _tile(
-            props.get(f"{prefix}:utm_zone"),
-            props.get(f"{prefix}:latitude_band"),
-            props.get(f"{prefix}:grid_square"),
-        )
-        if tile:
-            return tile
-    pc = props.get("s2:mgrs_tile")
-    if isinstance(pc, str):
-        m = _PC_TILE.match(pc.strip().upper())
-        if m:
-            return _tile(*m.groups())
-    m = _ITEM_ID_TILE.match(str(item.get("id", "")))
-    if m:
-        return _tile(*m.groups())
-    return None
 
 
 def cloud_cover(item: dict[str, Any]) -> float | None:

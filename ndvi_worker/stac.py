@@ -198,20 +198,50 @@ def _item_date(properties: dict) -> dt.date | None:
         return None
 
 
-def mgrs_tile(item: dict) -> str | None:
-    """The MGRS tile (``31UFU``) of an item in either schema, or ``None``."""
+_GRID_CODE = re.compile(r"^MGRS-(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
+_ITEM_ID_TILE = re.compile(r"^S2[A-D]_(?:T)?(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})_")
+_PC_TILE = re.compile(r"^(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
+
+
+def _tile(zone: object, band: object, square: object) -> str | None:
+    try:
+        z = int(zone)
+    except (TypeError, ValueError):
+        return None
+    if not (1 <= z <= 60) or not isinstance(band, str) or not isinstance(square, str):
+        return None
+    return f"{z:02d}{band.upper()}{square.upper()}"
+
+
+def mgrs_tile(item: dict[str, object]) -> str | None:
+    """The item's MGRS tile, normalised to a zero-padded zone (`09UXA`, `31UFU`), or None if unknown.
+
+    Sources, in order: `grid:code` (v1), `mgrs:*` (v1), `sentinel:*` (v0), `s2:mgrs_tile` (Planetary Computer),
+    then the item id.
+    """
     props = item.get("properties") or {}
     code = props.get("grid:code")
-    if isinstance(code, str) and code.startswith("MGRS-"):
-        return code[5:]
+    if isinstance(code, str):
+        m = _GRID_CODE.match(code.strip().upper())
+        if m:
+            return _tile(*m.groups())
     for prefix in ("mgrs", "sentinel"):
-        zone = props.get(f"{prefix}:utm_zone")
-        band = props.get(f"{prefix}:latitude_band")
-        square = props.get(f"{prefix}:grid_square")
-        if zone is not None and band and square:
-            return f"{int(zone):02d}{band}{square}"
-    m = re.match(r"^S2[ABC]_(\d{1,2}[A-Z]{3})_", str(item.get("id", "")))
-    return m.group(1) if m else None
+        tile = _tile(
+            props.get(f"{prefix}:utm_zone"),
+            props.get(f"{prefix}:latitude_band"),
+            props.get(f"{prefix}:grid_square"),
+        )
+        if tile:
+            return tile
+    pc = props.get("s2:mgrs_tile")
+    if isinstance(pc, str):
+        m = _PC_TILE.match(pc.strip().upper())
+        if m:
+            return _tile(*m.groups())
+    m = _ITEM_ID_TILE.match(str(item.get("id", "")))
+    if m:
+        return _tile(*m.groups())
+    return None
 
 
 def resolve_href(href: str, base: str | None) -> str:
