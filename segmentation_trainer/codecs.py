@@ -186,8 +186,11 @@ def _check_pixels(height: int, width: int, max_pixels: int | None) -> None:
 
 
 def _decode_pil(body: bytes, media_type: str, bands: int | None, max_pixels: int | None) -> DecodedImage:
-    from PIL import Image
+    from PIL import Image, ImageFile
 
+    # gluoncv.data (imported with the model zoo) sets this process-wide to True, which makes PIL pad a truncated
+    # image with black instead of failing: a corrupt request must be a 400, never a silent prediction.
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
         img = Image.open(io.BytesIO(body))
         fmt = (img.format or "").upper()
