@@ -124,6 +124,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=10980, help="scene size in 10 m pixels (10980 = full tile)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-http", action="store_true", help="skip the nginx (HTTP range request) case")
+    ap.add_argument(
+        "--memory-sizes", default="2196,5490", help="extra scene sizes for the worker's peak RSS vs size"
+    )
     args = ap.parse_args()
 
     item = ensure_scene(args.size)
@@ -158,6 +161,29 @@ def main() -> None:
             f"{w[0] / f[0]:.2f}x | {n[1]:.0f} MB | {f[1]:.0f} MB | {w[1]:.0f} MB |"
         )
     print("\ntargets: worker vs naive >= 3x faster, worker / floor <= 1.3x, worker RSS < 1200 MB")
+
+    sizes = [int(x) for x in args.memory_sizes.split(",") if x.strip()]
+    if sizes:
+        print("\nworker peak RSS against scene size (local files, one run each):\n")
+        print("| scene | worker | RSS worker |")
+        print("|---|---|---|")
+        with tempfile.TemporaryDirectory(prefix="bench-worker-mem-") as tmp:
+            for size in [*sizes, args.size]:
+                item = ensure_scene(size)
+                out = Path(tmp) / str(size)
+                cmd = [
+                    PY,
+                    "-m",
+                    "ndvi_worker",
+                    "--input",
+                    str(item.parent),
+                    "--output",
+                    str(out),
+                    "--log-level",
+                    "WARNING",
+                ]
+                wall, rss = measure(cmd, {**os.environ, "PYTHONPATH": str(HERE.parent)})
+                print(f"| {size} x {size} | {wall:.2f} s | {rss:.0f} MB |", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ GDAL_DEFAULTS = {
     "GDAL_HTTP_MAX_RETRY": "4",
     "GDAL_HTTP_RETRY_DELAY": "1",
     "GDAL_HTTP_TIMEOUT": "60",
-    "GDAL_CACHEMAX": "256",
+    "GDAL_CACHEMAX": "64",  # MB; chunks are read once, so a big block cache only grows RSS
     "GDAL_TIFF_INTERNAL_MASK": "YES",
 }
 
