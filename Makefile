@@ -111,7 +111,8 @@ build-training: wheelhouse-trainer ## build earthmon-training:dev (or :dev-gpu) 
 
 .PHONY: push
 push: venv-worker ## push both images to ECR (account/region from the AWS session) or to REGISTRY=host:port
-	$(PY) containers/push.py --tag $(IMAGE_TAG) $(if $(REGISTRY),--registry $(REGISTRY),) \
+	@mkdir -p build
+	$(PY) containers/push.py --json build/pushed-images.json $(if $(REGISTRY),--registry $(REGISTRY),) \
 		$(PROCESSING_IMAGE):$(IMAGE_TAG) $(TRAINING_IMAGE):$(TRAINING_VERSION_TAG)
 
 .PHONY: test-containers

@@ -1,0 +1,84 @@
+"""Container tests: the built images on a real Docker engine, run the way SageMaker, SDK local mode, `launcher
+local`, a registry and users run them.
+
+Build first (`make build`, or `.ci/containers`, which also installs and starts Docker). The image names come
+from EARTHMON_PROCESSING_IMAGE / EARTHMON_TRAINING_IMAGE (default `earthmon-processing:dev` and
+`earthmon-training:dev`). Without a Docker engine, an image or a server binary, the tests skip with the reason,
+unless EARTHMON_REQUIRE_ALL=1 (CI), where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+from containers_helpers import docker, free_port, require
+
+REGION = "us-east-1"
+BUCKET = "earthmon-test"
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> None:
+    require(
+        shutil.which("docker") is not None, "the docker client is not installed (apt-get install docker.io)"
+    )
+    info = subprocess.run(
+        ["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True
+    )
+    require(
+        info.returncode == 0, f"no Docker engine answers ({info.stderr.strip()[:200]}); see .ci/containers"
+    )
+
+
+def _image(env: str, default: str) -> str:
+    name = os.environ.get(env, default)
+    found = docker("image", "inspect", "--format", "{{.Id}}", name, check=False)
+    require(found.returncode == 0, f"image {name} is not built: make build (or set {env})")
+    return name
+
+
+@pytest.fixture(scope="session")
+def processing_image(docker_engine) -> str:
+    return _image("EARTHMON_PROCESSING_IMAGE", "earthmon-processing:dev")
+
+
+@pytest.fixture(scope="session")
+def training_image(docker_engine) -> str:
+    return _image("EARTHMON_TRAINING_IMAGE", "earthmon-training:dev")
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError:  # pragma: no cover
+        require(False, "moto[server] is not installed (make venv)")
+        raise
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """AWS pointed at the moto server (fresh state), with a bucket; returns the endpoint."""
+    import urllib.request
+
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_server)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    urllib.request.urlopen(urllib.request.Request(f"{moto_server}/moto-api/reset", method="POST")).read()
+    import boto3
+
+    boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
+    return moto_server

@@ -1,0 +1,131 @@
+"""SageMaker SDK 2.x local mode (Debian's docker-compose 1.29) against a moto S3: a training job of the training
+image through `launcher train --local` (model.tar.gz lands in S3), and the processing profile local mode
+supports (one instance, S3Prefix, FullyReplicated, EndOfJob) with the processing image."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+from containers_helpers import docker, require
+
+pytestmark = pytest.mark.docker
+
+BUCKET = "earthmon-test"
+
+
+@pytest.fixture
+def compose() -> None:
+    require(
+        shutil.which("docker-compose") is not None,
+        "docker-compose is not installed (apt-get install docker-compose)",
+    )
+
+
+def _upload_dir(s3, root: Path, prefix: str) -> int:
+    n = 0
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        s3.upload_file(str(path), BUCKET, f"{prefix}{path.relative_to(root).as_posix()}")
+        n += 1
+    return n
+
+
+def test_training_job_in_sdk_local_mode(training_image: str, compose, aws: str, tmp_path: Path) -> None:
+    import boto3
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+
+    data = tmp_path / "data"
+    data.mkdir()
+    docker(
+        "run", "--rm", "-v", f"{data}:/data", training_image, "sh", "-c",
+        "segmentation-trainer generate-sn6 --dst /data/sn6 --locations 2 --strips 2 --tiles-per-side 2 "
+        "--tile-size 64 --buildings 10 && segmentation-trainer prepare-sn6 --src /data/sn6 --dst /data/prepared --format jpg",
+    )  # fmt: skip
+    s3 = boto3.client("s3")
+    channels = ("train", "train_annotation", "validation", "validation_annotation", "label_map")
+    for c in channels:
+        _upload_dir(s3, data / "prepared" / c, f"sn6/{c}/")
+    n_train = len(list((data / "prepared" / "train").glob("*.jpg")))
+    hps = {"num_classes": 2, "num_training_samples": n_train, "backbone": "tiny", "use_pretrained_model": "False",
+           "crop_size": 48, "base_size": 64, "epochs": 1, "mini_batch_size": 4, "validation_mini_batch_size": 4}  # fmt: skip
+    args = ["train", "--local", "--image", training_image, "--role", "arn:aws:iam::000000000000:role/local",
+            "--channels", f"s3://{BUCKET}/sn6/", "--output", f"s3://{BUCKET}/sn6-output/", "--name", "ctr-local"]  # fmt: skip
+    for k, v in hps.items():
+        args += ["--hp", f"{k}={v}"]
+    r = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert r.exit_code == 0, r.output[-4000:]
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="sn6-output/").get("Contents", [])]
+    model_keys = [k for k in keys if k.endswith("model.tar.gz")]
+    assert model_keys, keys
+    body = s3.get_object(Bucket=BUCKET, Key=model_keys[0])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"hyperparams.json", "model_algo-1"} <= names, names
+
+
+def test_processing_job_in_sdk_local_mode(processing_image: str, compose, aws: str, tmp_path: Path) -> None:
+    """The supported profile, with the SDK's own Processor: scenes (items with relative hrefs beside their
+    COGs) under an S3 prefix, downloaded by local mode, NDVI uploaded at the end of the job."""
+    import boto3
+    from sagemaker.local import LocalSession
+    from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
+
+    from ndvi_worker import synthetic
+
+    scenes = tmp_path / "scenes"
+    ids = ["S2B_31UFU_20231204_0_L2A", "S2A_32ULC_20231205_0_L2A"]
+    for seed, item_id in enumerate(ids):
+        synthetic.write_scene(scenes / item_id, item_id=item_id, size=256, seed=seed)
+    s3 = boto3.client("s3")
+    _upload_dir(s3, scenes, "sdk/input/")
+    session = LocalSession(
+        boto_session=boto3.Session(),
+        s3_endpoint_url=aws,
+        sagemaker_config={
+            "SchemaVersion": "1.0",
+            "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
+        },
+    )
+    session.config = {"local": {"local_code": True}}
+    processor = Processor(
+        role="arn:aws:iam::000000000000:role/local",
+        image_uri=processing_image,
+        instance_count=1,
+        instance_type="local",
+        sagemaker_session=session,
+        env={"GDAL_NUM_THREADS": "1"},
+    )
+    processor.run(
+        inputs=[
+            ProcessingInput(
+                source=f"s3://{BUCKET}/sdk/input/",
+                destination="/opt/ml/processing/input",
+                s3_data_type="S3Prefix",
+                s3_data_distribution_type="FullyReplicated",
+            )
+        ],
+        outputs=[
+            ProcessingOutput(
+                source="/opt/ml/processing/output",
+                destination=f"s3://{BUCKET}/sdk/output/",
+                s3_upload_mode="EndOfJob",
+            )
+        ],
+        wait=True,
+        logs=False,
+    )
+    desc = processor.jobs[-1].describe()
+    assert desc["ProcessingJobStatus"] == "Completed", desc
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="sdk/output/").get("Contents", [])}
+    for item_id in ids:
+        assert {f"sdk/output/{item_id}_ndvi.tif", f"sdk/output/{item_id}_ndvi.json"} <= keys, keys
+    reports = [k for k in keys if "/_reports/" in k]
+    assert len(reports) == 1
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key=reports[0])["Body"].read())
+    assert report["summary"]["total"] == 2 and {s["status"] for s in report["scenes"]} == {"done"}

@@ -1,0 +1,247 @@
+"""The training image as SageMaker runs it: `docker run IMAGE` (= train) on a /opt/ml tree with tiny generated
+SN6-like data in the built-in JPG/PNG channel layout, a failure file on a bad hyperparameter, then
+`docker run IMAGE serve` with /ping and /invocations for every content type, and a SIGTERM stop."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import struct
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from containers_helpers import REPO, docker, free_port, http, inspect, wait_http
+
+pytestmark = pytest.mark.docker
+
+TINY_HP = {
+    "num_classes": "2",
+    "backbone": "tiny",
+    "use_pretrained_model": "False",
+    "crop_size": "48",
+    "base_size": "64",
+    "epochs": "2",
+    "mini_batch_size": "4",
+    "validation_mini_batch_size": "4",
+    "learning_rate": "0.01",
+}
+CHANNELS = ("train", "train_annotation", "validation", "validation_annotation", "label_map")
+
+
+def _job_tree(base: Path, data: Path | None, hyperparameters: dict) -> Path:
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps(hyperparameters))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    (config / "inputdataconfig.json").write_text(
+        json.dumps(
+            {c: {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated"} for c in CHANNELS}
+        )
+    )
+    for c in CHANNELS:
+        if data is not None and (data / c).is_dir():
+            shutil.copytree(data / c, base / "input" / "data" / c)
+    for sub in ("model", "output", "checkpoints"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@pytest.fixture(scope="module")
+def sn6_jpg(training_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SN6-like data generated and prepared (built-in JPG/PNG layout) by the image's own commands."""
+    data = tmp_path_factory.mktemp("sn6")
+    docker(
+        "run", "--rm", "-v", f"{data}:/data", training_image, "sh", "-c",
+        "segmentation-trainer generate-sn6 --dst /data/sn6 --locations 3 --strips 2 --tiles-per-side 2 "
+        "--tile-size 64 --buildings 12 && "
+        "segmentation-trainer prepare-sn6 --src /data/sn6 --dst /data/prepared --format jpg",
+    )  # fmt: skip
+    return data / "prepared"
+
+
+@pytest.fixture(scope="module")
+def trained(training_image: str, sn6_jpg: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`docker run IMAGE` with no argument on a SageMaker training tree: that is `train`."""
+    base = tmp_path_factory.mktemp("job")
+    n_train = len(list((sn6_jpg / "train").glob("*.jpg")))
+    _job_tree(base, sn6_jpg, {**TINY_HP, "num_training_samples": str(n_train)})
+    t0 = time.monotonic()
+    proc = docker("run", "--rm", "--network", "host", "-v", f"{base}:/opt/ml", training_image, check=False)
+    return {"base": base, "proc": proc, "seconds": time.monotonic() - t0}
+
+
+def test_image_metadata_and_contents(training_image: str) -> None:
+    cfg = inspect(training_image)["Config"]
+    labels = cfg["Labels"]
+    assert labels["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    for key in ("source", "revision", "version", "title"):
+        assert labels.get(f"org.opencontainers.image.{key}"), key
+    assert "8080/tcp" in cfg["ExposedPorts"]
+    assert cfg["Entrypoint"] == ["entrypoint"]
+    env = dict(e.split("=", 1) for e in cfg["Env"])
+    assert not [k for k in env if k.startswith("AWS_") or "PROXY" in k.upper() or k.startswith("PIP_")]
+    out = docker(
+        "run", "--rm", training_image, "sh", "-c",
+        ". /etc/os-release; echo $VERSION_CODENAME; command -v train; command -v serve; python3 --version; "
+        "for c in gcc cc pip; do command -v $c || true; done",
+    ).stdout.split()  # fmt: skip
+    assert out[:3] == ["bookworm", "/opt/earthmon/bin/train", "/opt/earthmon/bin/serve"]
+    assert out[3] == "Python" and out[4].startswith("3.11.") and len(out) == 5  # no compiler, no pip
+    pins = ("mxnet", "gluoncv", "numpy", "sagemaker_training", "opencv-python-headless")
+    versions = docker(
+        "run", "--rm", training_image, "python", "-c",
+        f"import importlib.metadata as m, mxnet, gluoncv, cv2, sagemaker_training; print(*(m.version(p) for p in {pins!r}))",
+    ).stdout.split()  # fmt: skip
+    lock = dict(
+        line.split("==") for line in (REPO / "requirements/trainer.txt").read_text().split() if "==" in line
+    )
+    assert versions == [lock[p] for p in pins]
+
+
+def test_train_writes_the_model_and_builtin_metric_lines(trained: dict) -> None:
+    proc, base = trained["proc"], trained["base"]
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == 0, logs[-4000:]
+    model = base / "model"
+    names = {p.name for p in model.iterdir()}
+    assert {"hyperparams.json", "model_algo-1"} <= names, names  # the built-in's artifact
+    assert any(n.endswith(".onnx") for n in names), names
+    assert not (base / "output" / "failure").exists()
+    for line in ("train loss", "validation mIOU", "validation pixel_accuracy"):
+        assert f"#quality_metric. host: algo-1, epoch: 1, {line}: " in logs, line
+    assert list((base / "checkpoints").iterdir())  # checkpoints every epoch (spot restarts resume)
+
+
+@pytest.mark.parametrize(
+    ("hp_update", "expected"),
+    [({"learning_rat": "0.1"}, "learning_rat"), ({"num_classes": "1"}, "num_classes")],
+)
+def test_a_bad_hyperparameter_writes_the_failure_file(
+    training_image: str, sn6_jpg: Path, tmp_path: Path, hp_update: dict, expected: str
+) -> None:
+    base = _job_tree(tmp_path / "job", sn6_jpg, {**TINY_HP, "num_training_samples": "8", **hp_update})
+    proc = docker(
+        "run", "--rm", "--network", "host", "-v", f"{base}:/opt/ml", training_image, "train", check=False
+    )
+    assert proc.returncode != 0
+    failure = (base / "output" / "failure").read_text()
+    assert expected in failure and len(failure.encode()) <= 1024
+
+
+# ----------------------------------------------------------------------------------------------- serve
+
+
+def _png_size(data: bytes) -> tuple[int, int]:
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
+@pytest.fixture(scope="module")
+def server(training_image: str, trained: dict):
+    assert trained["proc"].returncode == 0, "training failed: see test_train_writes_the_model..."
+    port = free_port()
+    name = f"earthmon-serve-test-{port}"
+    docker(
+        "run", "-d", "--name", name, "--network", "host", "-e", f"SAGEMAKER_BIND_TO_PORT={port}",
+        "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=1", "-v", f"{trained['base'] / 'model'}:/opt/ml/model:ro",
+        training_image, "serve",
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/ping", timeout=240)
+        yield {"url": url, "name": name}
+    finally:
+        logs = docker("logs", name, check=False)
+        print(logs.stdout[-3000:], logs.stderr[-3000:])
+        docker("rm", "-f", name, check=False)
+
+
+@pytest.fixture(scope="module")
+def inputs(sn6_jpg: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One validation image in every request format (PNG, GeoTIFF and npy written by GDAL/numpy here)."""
+    import rasterio
+    from rasterio.transform import from_origin
+
+    jpg = sorted((sn6_jpg / "validation").glob("*.jpg"))[0]
+    with rasterio.open(jpg) as src:
+        arr = src.read()
+    out = tmp_path_factory.mktemp("requests")
+    png = out / "x.png"
+    with rasterio.open(
+        png, "w", driver="PNG", width=arr.shape[2], height=arr.shape[1], count=3, dtype="uint8"
+    ) as d:
+        d.write(arr)
+    tif = out / "x.tif"
+    profile = dict(driver="GTiff", width=arr.shape[2], height=arr.shape[1], count=3, dtype="uint8")
+    with rasterio.open(
+        tif, "w", crs="EPSG:32631", transform=from_origin(594000, 5755000, 0.5, 0.5), **profile
+    ) as d:
+        d.write(arr)
+    npy = io.BytesIO()
+    np.save(npy, arr)
+    return {
+        "shape": arr.shape[1:],
+        "image/jpeg": jpg.read_bytes(),
+        "image/png": png.read_bytes(),
+        "image/tiff": tif.read_bytes(),
+        "application/x-npy": npy.getvalue(),
+    }
+
+
+@pytest.mark.parametrize("content_type", ["image/jpeg", "image/png", "image/tiff", "application/x-npy"])
+def test_invocations_png_mask_for_each_request_type(server: dict, inputs: dict, content_type: str) -> None:
+    status, headers, body = http(
+        f"{server['url']}/invocations",
+        inputs[content_type],
+        {"Content-Type": content_type, "Accept": "image/png"},
+    )
+    assert status == 200, body[:500]
+    assert headers["Content-Type"].startswith("image/png")
+    assert _png_size(body) == tuple(inputs["shape"])
+
+
+def test_invocations_response_types(server: dict, inputs: dict, tmp_path: Path) -> None:
+    url, jpg = f"{server['url']}/invocations", inputs["image/jpeg"]
+    h, w = inputs["shape"]
+    for accept in ("application/x-recordio-protobuf", "application/x-protobuf"):
+        status, headers, body = http(url, jpg, {"Content-Type": "image/jpeg", "Accept": accept})
+        assert status == 200 and headers["Content-Type"].startswith(accept)
+        assert struct.unpack("<I", body[:4])[0] == 0xCED7230A  # RecordIO magic, as the built-in
+        assert len(body) > 2 * h * w * 4  # float32 probabilities of 2 classes for every pixel
+    status, headers, body = http(url, jpg, {"Content-Type": "image/jpeg", "Accept": "application/json"})
+    summary = json.loads(body)
+    assert status == 200 and isinstance(summary, dict) and summary
+    status, headers, body = http(
+        url, inputs["image/tiff"], {"Content-Type": "image/tiff", "Accept": "image/tiff"}
+    )
+    assert status == 200
+    import rasterio
+
+    (tmp_path / "mask.tif").write_bytes(body)
+    with rasterio.open(tmp_path / "mask.tif") as mask, rasterio.io.MemoryFile(inputs["image/tiff"]) as mf:
+        with mf.open() as src:
+            assert (mask.crs, mask.transform, mask.shape) == (src.crs, src.transform, src.shape)
+        assert set(np.unique(mask.read(1))) <= {0, 1}
+
+
+def test_invocations_errors_and_execution_parameters(server: dict, inputs: dict) -> None:
+    url = f"{server['url']}/invocations"
+    assert http(url, b"hello", {"Content-Type": "text/plain"})[0] == 415
+    assert http(url, b"\xff\xd8\xff\xe0 not a jpeg", {"Content-Type": "image/jpeg"})[0] == 400
+    assert http(url, inputs["image/jpeg"], {"Content-Type": "image/jpeg", "Accept": "text/csv"})[0] == 406
+    status, _, body = http(f"{server['url']}/execution-parameters")
+    params = json.loads(body)
+    assert status == 200 and params["MaxPayloadInMB"] == 6 and params["BatchStrategy"]
+
+
+def test_serve_stops_gracefully_on_sigterm(server: dict) -> None:
+    """`docker stop` sends SIGTERM (SageMaker too, SIGKILL 30 s later): the server must exit by itself."""
+    t0 = time.monotonic()
+    docker("stop", "--time", "30", server["name"])
+    assert time.monotonic() - t0 < 28
+    state = json.loads(docker("inspect", server["name"]).stdout)[0]["State"]
+    assert state["ExitCode"] == 0 and not state["OOMKilled"]
