@@ -132,6 +132,13 @@ bench-plan: venv-worker ## launcher: plan 8,581 scenes into 25 jobs x 20 instanc
 bench-serve: venv-trainer ## serve: req/s and p50/p99 of 512x512 requests on the real server (layouts vs 1 worker)
 	$(PY_TRAINER) benchmarks/bench_serve.py
 
+.PHONY: bench-train bench-train-convergence
+bench-train: venv-trainer ## trainer: DeepLabV3-ResNet50 training images/s at crop 240 and 480 vs GluonCV's reference loop
+	$(PY_TRAINER) benchmarks/bench_train_throughput.py
+
+bench-train-convergence: venv-trainer ## trainer: from scratch on SN6-like data for 15 min, mIoU curve (target >= 0.75)
+	$(PY_TRAINER) benchmarks/bench_train_convergence.py
+
 .PHONY: clean
 clean: ## remove environments, caches and demo output
 	rm -rf $(VENV) $(VENV_TRAINER) $(DEMO_DIR) .pytest_cache .ruff_cache .hypothesis build *.egg-info
