@@ -83,7 +83,7 @@ DOCKER_BUILD := DOCKER_BUILDKIT=0 docker build --network host --build-arg BASE_I
 TRAINER_DEBS := libgomp1 libquadmath0
 TRAINER_LOCK := requirements/trainer$(if $(filter gpu,$(TRAINER_FLAVOUR)),-gpu,).txt
 
-.PHONY: wheelhouse wheelhouse-worker wheelhouse-trainer wheelhouse-build clean-wheelhouse
+.PHONY: wheelhouse wheelhouse-worker wheelhouse-trainer wheelhouse-build wheelhouse-moto clean-wheelhouse
 wheelhouse: wheelhouse-worker wheelhouse-trainer ## download/build every pinned wheel on the host (offline image builds)
 wheelhouse-build:
 	PYTHON=$(PYTHON) containers/wheelhouse.sh containers/build-requirements.txt wheelhouse/build
@@ -91,6 +91,13 @@ wheelhouse-worker: wheelhouse-build
 	PYTHON=$(PYTHON) containers/wheelhouse.sh requirements/worker.txt wheelhouse/worker
 wheelhouse-trainer: wheelhouse-build
 	PYTHON=$(PYTHON) containers/wheelhouse.sh $(TRAINER_LOCK) wheelhouse/trainer-$(TRAINER_FLAVOUR) $(TRAINER_DEBS)
+wheelhouse-moto: wheelhouse-build
+	@mkdir -p wheelhouse/moto
+	grep -E '^moto==' requirements/dev.txt | sed 's/^moto==/moto[server]==/' > wheelhouse/moto/requirements.in
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --dest wheelhouse/moto \
+		-r wheelhouse/moto/requirements.in -c requirements/dev.txt 2>&1 | { grep -v 'is ignored' || true; }
+	cp wheelhouse/moto/requirements.in wheelhouse/moto/requirements.txt
+	cp requirements/dev.txt wheelhouse/moto/constraints.txt
 clean-wheelhouse: ## remove the wheelhouse
 	rm -rf wheelhouse
 
@@ -100,16 +107,33 @@ base-image: ## build the local debootstrap bookworm base (for machines that cann
 
 build: build-processing build-training ## build both images (BASE_IMAGE=..., TRAINER_FLAVOUR=cpu|gpu)
 
+# Each image gets its own build context with only what it needs (hard links, so staging is instant): the
+# classic builder sends the whole context to the engine, and the wheelhouses of all images are several GB.
+# stage_context(NAME, PATHS, WHEELHOUSE SETS)
+define stage_context
+	rm -rf build/context/$(1) && mkdir -p build/context/$(1)/wheelhouse
+	cp -al pyproject.toml README.md .dockerignore requirements containers $(2) build/context/$(1)/
+	cp -al $(addprefix wheelhouse/,$(3) build) build/context/$(1)/wheelhouse/
+endef
+
 build-processing: wheelhouse-worker ## build earthmon-processing:dev and :<version>-<sha>
-	$(DOCKER_BUILD) -f containers/processing/Dockerfile \
-		-t $(PROCESSING_IMAGE):dev -t $(PROCESSING_IMAGE):$(IMAGE_TAG) .
+	$(call stage_context,processing,ndvi_worker,worker)
+	$(DOCKER_BUILD) -f build/context/processing/containers/processing/Dockerfile \
+		-t $(PROCESSING_IMAGE):dev -t $(PROCESSING_IMAGE):$(IMAGE_TAG) build/context/processing
 
 build-training: wheelhouse-trainer ## build earthmon-training:dev (or :dev-gpu) and :<version>-<sha>[-gpu]
-	$(DOCKER_BUILD) -f containers/training/Dockerfile --build-arg FLAVOUR=$(TRAINER_FLAVOUR) \
+	$(call stage_context,training,segmentation_trainer,trainer-$(TRAINER_FLAVOUR))
+	$(if $(PRETRAINED_DIR),mkdir -p build/context/training/$(dir $(PRETRAINED_DIR:/=)) && \
+		cp -al $(PRETRAINED_DIR:/=) build/context/training/$(dir $(PRETRAINED_DIR:/=)),)
+	$(DOCKER_BUILD) -f build/context/training/containers/training/Dockerfile --build-arg FLAVOUR=$(TRAINER_FLAVOUR) \
 		$(if $(PRETRAINED_DIR),--build-arg PRETRAINED_DIR=$(PRETRAINED_DIR),) \
-		-t $(TRAINING_IMAGE):$(TRAINING_DEV_TAG) -t $(TRAINING_IMAGE):$(TRAINING_VERSION_TAG) .
+		-t $(TRAINING_IMAGE):$(TRAINING_DEV_TAG) -t $(TRAINING_IMAGE):$(TRAINING_VERSION_TAG) build/context/training
 
-.PHONY: push
+build-moto: wheelhouse-moto ## build earthmon-moto:dev, the local S3 of docker-compose.yml
+	$(call stage_context,moto,,moto)
+	$(DOCKER_BUILD) -f build/context/moto/containers/moto/Dockerfile -t earthmon-moto:dev build/context/moto
+
+.PHONY: build-moto push
 push: venv-worker ## push both images to ECR (account/region from the AWS session) or to REGISTRY=host:port
 	@mkdir -p build
 	$(PY) containers/push.py --json build/pushed-images.json $(if $(REGISTRY),--registry $(REGISTRY),) \

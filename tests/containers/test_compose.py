@@ -1,0 +1,84 @@
+"""docker-compose.yml as the README says to use it: `docker-compose up` runs the worker on sample scenes, trains on
+sample SN6-like data, serves the model (healthcheck on /ping) and offers a local S3 for launcher runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from containers_helpers import REPO, docker, free_port, http, require
+
+pytestmark = pytest.mark.docker
+
+
+def _state(container: str) -> dict:
+    return json.loads(docker("inspect", container).stdout)[0]["State"]
+
+
+def test_compose_up_runs_worker_trainer_serve_and_s3(
+    processing_image, training_image, tmp_path: Path
+) -> None:
+    binary = shutil.which("docker-compose")
+    require(binary is not None, "docker-compose is not installed (apt-get install docker-compose)")
+    moto_image = os.environ.get("EARTHMON_MOTO_IMAGE", "earthmon-moto:dev")
+    require(docker("image", "inspect", moto_image, check=False).returncode == 0, "make build-moto first")
+    shutil.copy(REPO / "docker-compose.yml", tmp_path / "docker-compose.yml")  # outputs land beside it
+    project = f"earthmon-compose-test-{os.getpid()}"
+    serve_port, s3_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "EARTHMON_PROCESSING_IMAGE": processing_image,
+        "EARTHMON_TRAINING_IMAGE": training_image,
+        "EARTHMON_MOTO_IMAGE": moto_image,
+        "EARTHMON_SERVE_PORT": str(serve_port),
+        "EARTHMON_S3_PORT": str(s3_port),
+    }
+    compose = [binary, "-p", project, "-f", str(tmp_path / "docker-compose.yml")]
+    up = subprocess.run(
+        [*compose, "up", "-d", "--no-build"], env=env, capture_output=True, text=True, timeout=900
+    )
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        out = tmp_path / "demo-output/compose"
+        # worker: NDVI for the 3 sample scenes, the broken one reported, exit 1 as a processing job would
+        deadline = time.monotonic() + 600
+        while _state(f"{project}_worker_1")["Status"] != "exited" and time.monotonic() < deadline:
+            time.sleep(2)
+        assert _state(f"{project}_worker_1")["ExitCode"] == 1
+        tifs = sorted(p.name for p in (out / "processing/output").glob("*_ndvi.tif"))
+        assert len(tifs) == 3, tifs
+        report = json.loads((out / "processing/output/_reports/algo-1.json").read_text())
+        assert [s["status"] for s in report["scenes"] if s["item_id"] == "S2B_00XXX_20231204_0_L2A"] == [
+            "failed"
+        ]
+        # trainer -> serve: healthy once the model from the training job is loaded
+        while time.monotonic() < deadline:
+            health = _state(f"{project}_serve_1").get("Health", {}).get("Status")
+            if health == "healthy" or _state(f"{project}_serve_1")["Status"] == "exited":
+                break
+            time.sleep(3)
+        assert _state(f"{project}_trainer_1")["ExitCode"] == 0
+        assert (out / "opt-ml/model/model_algo-1").exists()
+        assert health == "healthy", docker("logs", f"{project}_serve_1", check=False).stderr[-3000:]
+        assert http(f"http://127.0.0.1:{serve_port}/ping")[0] == 200  # the published port
+        # s3: a local S3 for the launcher
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{s3_port}",
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        s3.create_bucket(Bucket="earthmon-compose")
+        assert [b["Name"] for b in s3.list_buckets()["Buckets"]] == ["earthmon-compose"]
+    finally:
+        subprocess.run(
+            [*compose, "down", "-v", "--remove-orphans"], env=env, capture_output=True, timeout=300
+        )
