@@ -19,11 +19,17 @@ BUCKET = "earthmon-test"
 
 
 @pytest.fixture
-def compose() -> None:
+def compose():
+    """docker-compose present; the stopped containers local mode leaves behind are removed afterwards."""
     require(
         shutil.which("docker-compose") is not None,
         "docker-compose is not installed (apt-get install docker-compose)",
     )
+    before = set(docker("ps", "-aq").stdout.split())
+    yield
+    left = set(docker("ps", "-aq", "--filter", "status=exited").stdout.split()) - before
+    if left:
+        docker("rm", *sorted(left), check=False)
 
 
 def _upload_dir(s3, root: Path, prefix: str) -> int:
