@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import struct
 import time
@@ -245,3 +246,23 @@ def test_serve_stops_gracefully_on_sigterm(server: dict) -> None:
     assert time.monotonic() - t0 < 28
     state = json.loads(docker("inspect", server["name"]).stdout)[0]["State"]
     assert state["ExitCode"] == 0 and not state["OOMKilled"]
+
+
+def test_gpu_flavour_links_everything_but_the_driver() -> None:
+    """The GPU flavour (built on request: make build-training TRAINER_FLAVOUR=gpu) cannot run without a GPU
+    here, but every library libmxnet.so needs must resolve inside the image except the driver's libcuda.so.1,
+    which the NVIDIA container runtime mounts from the host."""
+    image = os.environ.get("EARTHMON_TRAINING_GPU_IMAGE", "earthmon-training:dev-gpu")
+    if docker("image", "inspect", image, check=False).returncode != 0:
+        pytest.skip(f"{image} is not built (optional: make build-training TRAINER_FLAVOUR=gpu)")
+    assert inspect(image)["Config"]["Labels"]["io.earthmon.flavour"] == "gpu"
+    out = docker(
+        "run", "--rm", image, "sh", "-c",
+        "ldd /opt/earthmon/lib/python3.11/site-packages/mxnet/libmxnet.so; "
+        "python -c 'import importlib.metadata as m; print(m.version(\"mxnet-cu112\"))'",
+    ).stdout  # fmt: skip
+    missing = sorted({line.split()[0] for line in out.splitlines() if "not found" in line})
+    assert missing == ["libcuda.so.1"], out
+    for lib in ("libcudnn.so.8", "libcublas.so.11", "libnccl.so.2", "libcudart.so.11.0", "libnvrtc.so.11.2"):
+        assert f"{lib} => /opt/earthmon/lib/python3.11/site-packages/nvidia/" in out, lib
+    assert out.strip().splitlines()[-1] == "1.9.1"
