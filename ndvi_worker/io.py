@@ -43,12 +43,12 @@ class SceneError(RuntimeError):
     """A scene failed for a reason worth reporting as is (grid mismatch, unreadable band...)."""
 
 
-def configure_gdal(environ: dict[str, str] | None = None) -> dict[str, str]:
+def configure_gdal(environ: dict[str, str] | None = None, s3: bool = True) -> dict[str, str]:
     """Set GDAL/AWS defaults in the process environment (GDAL reads them in every thread).
 
     S3: anonymous requests when no AWS credentials are available (public ``sentinel-cogs``), signed otherwise;
     ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` (the standard SDK variables) point GDAL at another S3 server.
-    Returns what was set.
+    ``s3=False`` skips the credential lookup (a shard without ``s3://`` hrefs). Returns what was set.
     """
     env = os.environ if environ is None else environ
     applied: dict[str, str] = {}
@@ -62,7 +62,8 @@ def configure_gdal(environ: dict[str, str] | None = None) -> dict[str, str]:
         applied["AWS_S3_ENDPOINT"] = env["AWS_S3_ENDPOINT"] = parsed.netloc or parsed.path
         applied["AWS_HTTPS"] = env["AWS_HTTPS"] = "NO" if parsed.scheme == "http" else "YES"
         applied["AWS_VIRTUAL_HOSTING"] = env["AWS_VIRTUAL_HOSTING"] = "FALSE"
-    if "AWS_NO_SIGN_REQUEST" not in env and not _have_aws_credentials(env):
+    # the credential lookup imports boto3 (0.2 s): only when the shard reads from S3
+    if s3 and "AWS_NO_SIGN_REQUEST" not in env and not _have_aws_credentials(env):
         applied["AWS_NO_SIGN_REQUEST"] = env["AWS_NO_SIGN_REQUEST"] = "YES"
     return applied
 
