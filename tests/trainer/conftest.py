@@ -65,3 +65,7 @@ def pytest_configure(config):
     config.addinivalue_line("filterwarnings", "ignore:Use `@` matmul:PendingDeprecationWarning:rasterio.*")
     # GluonCV initialises its heads twice when it builds its own models (the built-in artifact test)
     config.addinivalue_line("filterwarnings", "ignore:Parameter .* is already initialized:UserWarning")
+    # MXNet 1.9 / GluonCV 0.10 are retired: their deprecation warnings (distutils, scipy.sparse, onnx.mapping)
+    # are not ours to fix
+    for module in ("mxnet", "gluoncv"):
+        config.addinivalue_line("filterwarnings", f"ignore::DeprecationWarning:{module}.*")
