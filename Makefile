@@ -123,10 +123,11 @@ build-processing: wheelhouse-worker ## build earthmon-processing:dev and :<versi
 
 build-training: wheelhouse-trainer ## build earthmon-training:dev (or :dev-gpu) and :<version>-<sha>[-gpu]
 	$(call stage_context,training,segmentation_trainer,trainer-$(TRAINER_FLAVOUR))
-	$(if $(PRETRAINED_DIR),mkdir -p build/context/training/$(dir $(PRETRAINED_DIR:/=)) && \
-		cp -al $(PRETRAINED_DIR:/=) build/context/training/$(dir $(PRETRAINED_DIR:/=)),)
+	$(if $(PRETRAINED_DIR),mkdir -p build/context/training/pretrained && \
+		cp -l $(PRETRAINED_DIR)/*.params build/context/training/pretrained/ 2>/dev/null || \
+		cp $(PRETRAINED_DIR)/*.params build/context/training/pretrained/,)
 	$(DOCKER_BUILD) -f build/context/training/containers/training/Dockerfile --build-arg FLAVOUR=$(TRAINER_FLAVOUR) \
-		$(if $(PRETRAINED_DIR),--build-arg PRETRAINED_DIR=$(PRETRAINED_DIR),) \
+		$(if $(PRETRAINED_DIR),--build-arg PRETRAINED_DIR=pretrained,) \
 		-t $(TRAINING_IMAGE):$(TRAINING_DEV_TAG) -t $(TRAINING_IMAGE):$(TRAINING_VERSION_TAG) build/context/training
 
 build-moto: wheelhouse-moto ## build earthmon-moto:dev, the local S3 of docker-compose.yml
