@@ -181,12 +181,12 @@ def main() -> None:
 
 def train_entry() -> None:
     """``train`` inside the image (``docker run IMAGE train``): the contract, no arguments."""
-    cli(["train", *sys.argv[1:]], prog_name="train")
+    train.main(sys.argv[1:], prog_name="train")  # the subcommand itself: `train --help` reads "Usage: train"
 
 
 def serve_entry() -> None:
     """``serve`` inside the image (``docker run IMAGE serve``)."""
-    cli(["serve", *sys.argv[1:]], prog_name="serve")
+    serve.main(sys.argv[1:], prog_name="serve")
 
 
 if __name__ == "__main__":  # pragma: no cover
