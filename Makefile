@@ -76,7 +76,7 @@ TRAINING_DEV_TAG := $(if $(filter gpu,$(TRAINER_FLAVOUR)),dev-gpu,dev)
 TRAINING_VERSION_TAG := $(IMAGE_TAG)$(if $(filter gpu,$(TRAINER_FLAVOUR)),-gpu,)
 REGISTRY ?=
 SOURCE_URL ?= https://github.com/earthmon/earthmon
-DOCKER_BUILD := DOCKER_BUILDKIT=0 docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+DOCKER_BUILD := env DOCKER_BUILDKIT=0 docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	--build-arg VERSION=$(VERSION) --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
 	--build-arg SOURCE=$(SOURCE_URL)
 # Shared libraries MXNet's wheels need and do not bundle (Debian bookworm packages, unpacked into the venv).
@@ -94,7 +94,7 @@ wheelhouse-trainer: wheelhouse-build
 wheelhouse-moto: wheelhouse-build
 	@mkdir -p wheelhouse/moto
 	grep -E '^moto==' requirements/dev.txt | sed 's/^moto==/moto[server]==/' > wheelhouse/moto/requirements.in
-	$(PYTHON) -m pip download --quiet --disable-pip-version-check --dest wheelhouse/moto \
+	$(PYTHON) -m pip download --quiet --no-cache-dir --disable-pip-version-check --dest wheelhouse/moto \
 		-r wheelhouse/moto/requirements.in -c requirements/dev.txt 2>&1 | { grep -v 'is ignored' || true; }
 	cp wheelhouse/moto/requirements.in wheelhouse/moto/requirements.txt
 	cp requirements/dev.txt wheelhouse/moto/constraints.txt
@@ -110,23 +110,29 @@ build: build-processing build-training ## build both images (BASE_IMAGE=..., TRA
 # Each image gets its own build context with only what it needs (hard links, so staging is instant): the
 # classic builder sends the whole context to the engine, and the wheelhouses of all images are several GB.
 # stage_context(NAME, PATHS, WHEELHOUSE SETS)
-define stage_context
-	rm -rf build/context/$(1) && mkdir -p build/context/$(1)/wheelhouse
-	cp -al pyproject.toml README.md .dockerignore requirements containers $(2) build/context/$(1)/
+stage_context = rm -rf build/context/$(1) && mkdir -p build/context/$(1)/wheelhouse && \
+	cp -al pyproject.toml README.md .dockerignore requirements containers $(2) build/context/$(1)/ && \
 	cp -al $(addprefix wheelhouse/,$(3) build) build/context/$(1)/wheelhouse/
-endef
 
 build-processing: wheelhouse-worker ## build earthmon-processing:dev and :<version>-<sha>
 	$(call stage_context,processing,ndvi_worker,worker)
 	$(DOCKER_BUILD) -f build/context/processing/containers/processing/Dockerfile \
 		-t $(PROCESSING_IMAGE):dev -t $(PROCESSING_IMAGE):$(IMAGE_TAG) build/context/processing
 
+# WHEELS_OVER_HTTP=1: the wheels are served to the build from the host (containers/with-wheel-server.sh) instead of
+# being copied into the build context; only the Debian packages go in the context. Saves ~5 GB of disk at the peak of
+# the GPU build (CI uses it there); needs a Linux Docker engine, where --network host reaches the host's loopback.
+WHEELS_OVER_HTTP ?=
 build-training: wheelhouse-trainer ## build earthmon-training:dev (or :dev-gpu) and :<version>-<sha>[-gpu]
-	$(call stage_context,training,segmentation_trainer,trainer-$(TRAINER_FLAVOUR))
+	$(call stage_context,training,segmentation_trainer,$(if $(WHEELS_OVER_HTTP),,trainer-$(TRAINER_FLAVOUR)))
+	$(if $(WHEELS_OVER_HTTP),mkdir -p build/context/training/wheelhouse/trainer-$(TRAINER_FLAVOUR) && \
+		cp -al wheelhouse/trainer-$(TRAINER_FLAVOUR)/debs build/context/training/wheelhouse/trainer-$(TRAINER_FLAVOUR)/,)
 	$(if $(PRETRAINED_DIR),mkdir -p build/context/training/pretrained && \
 		cp -l $(PRETRAINED_DIR)/*.params build/context/training/pretrained/ 2>/dev/null || \
 		cp $(PRETRAINED_DIR)/*.params build/context/training/pretrained/,)
+	$(if $(WHEELS_OVER_HTTP),PYTHON=$(PYTHON) containers/with-wheel-server.sh wheelhouse/trainer-$(TRAINER_FLAVOUR),) \
 	$(DOCKER_BUILD) -f build/context/training/containers/training/Dockerfile --build-arg FLAVOUR=$(TRAINER_FLAVOUR) \
+		$(if $(WHEELS_OVER_HTTP),--build-arg WHEELHOUSE_URL,) \
 		$(if $(PRETRAINED_DIR),--build-arg PRETRAINED_DIR=pretrained,) \
 		-t $(TRAINING_IMAGE):$(TRAINING_DEV_TAG) -t $(TRAINING_IMAGE):$(TRAINING_VERSION_TAG) build/context/training
 

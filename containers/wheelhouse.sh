@@ -33,13 +33,13 @@ fi
 # The lock file is complete (every transitive pin), so --no-deps: exactly what it says, nothing more.
 # --prefer-binary avoids building where a wheel exists.
 # (grep drops the noise of pip.conf index locations that exist on some machines and not others)
-"$py" -m pip download --quiet --disable-pip-version-check --no-deps --prefer-binary --dest "$dest" -r "$lock" \
+"$py" -m pip download --quiet --no-cache-dir --disable-pip-version-check --no-deps --prefer-binary --dest "$dest" -r "$lock" \
     2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 shopt -s nullglob
 sdists=("$dest"/*.tar.gz "$dest"/*.zip)
 for sdist in "${sdists[@]}"; do
     echo "wheelhouse: building $(basename "$sdist") into a wheel"
-    "$py" -m pip wheel --quiet --disable-pip-version-check --no-deps --wheel-dir "$dest" "$sdist"
+    "$py" -m pip wheel --quiet --no-cache-dir --disable-pip-version-check --no-deps --wheel-dir "$dest" "$sdist"
     rm -f "$sdist"
 done
 if [ ${#debs[@]} -gt 0 ]; then

@@ -2,7 +2,7 @@
 
 Local mode runs the same image with the same contract on this machine: ``train --local`` runs the training job
 in a container (channels may be ``s3://`` or ``file://``; model.tar.gz lands in ``--output``), ``deploy --local``
-starts the image's ``serve`` on localhost:8080 until interrupted, and ``predict --local`` calls it.
+starts the image's ``serve`` on localhost:8080 until Ctrl-C / SIGTERM, and ``predict --local`` calls it.
 
 The keyword arguments are built by pure functions (tested); the functions that start containers are thin.
 """
@@ -10,7 +10,9 @@ The keyword arguments are built by pure functions (tested); the functions that s
 from __future__ import annotations
 
 import os
-import time
+import signal
+import socket
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -72,19 +74,48 @@ def train_local(spec: TrainingSpec, name: str) -> Any:  # pragma: no cover - nee
     return estimator.model_data
 
 
-def deploy_local(
-    image: str, model_data: str, role: str, environment: Mapping[str, str]
-) -> None:  # pragma: no cover
-    """Serve the model on localhost:8080 until Ctrl-C, then stop the container."""
-    from sagemaker.model import Model
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on ``host:port``."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
 
-    args = model_arguments(image, model_data, role, environment)
-    model = Model(sagemaker_session=local_session(), **args["model"])
-    predictor = model.deploy(**args["deploy"])
+
+def deploy_local(
+    image: str,
+    model_data: str,
+    role: str,
+    environment: Mapping[str, str],
+    stop: threading.Event | None = None,
+) -> None:  # pragma: no cover - exercised by the container tests
+    """Serve the model on localhost:8080 until Ctrl-C or SIGTERM (or ``stop`` is set), then stop the container.
+
+    Refuses to start when the port is taken: local mode would otherwise report the other server's /ping as
+    this endpoint's health."""
+    from sagemaker.model import Model
+    from sagemaker.predictor import Predictor
+
+    if port_in_use(LOCAL_PORT):
+        raise RuntimeError(
+            f"port {LOCAL_PORT} is already in use (another `launcher deploy --local` or `serve`?): stop it first "
+            "(docker ps; docker rm -f CONTAINER)"
+        )
+    stop = stop or threading.Event()
+    previous = {}
+    for sig in (
+        signal.SIGINT,
+        signal.SIGTERM,
+    ):  # set explicitly: a shell's background job starts with SIGINT ignored
+        previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        while True:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
+        args = model_arguments(image, model_data, role, environment)
+        # predictor_cls: without one, Model.deploy returns None and there is nothing to delete the endpoint with
+        model = Model(sagemaker_session=local_session(), predictor_cls=Predictor, **args["model"])
+        predictor = model.deploy(**args["deploy"])
+        try:
+            stop.wait()
+        finally:
+            predictor.delete_endpoint()
     finally:
-        predictor.delete_endpoint()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

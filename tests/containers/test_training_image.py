@@ -248,6 +248,7 @@ def test_serve_stops_gracefully_on_sigterm(server: dict) -> None:
     assert state["ExitCode"] == 0 and not state["OOMKilled"]
 
 
+@pytest.mark.gpu_image
 def test_gpu_flavour_links_everything_but_the_driver() -> None:
     """The GPU flavour (built on request: make build-training TRAINER_FLAVOUR=gpu) cannot run without a GPU
     here, but every library libmxnet.so needs must resolve inside the image except the driver's libcuda.so.1,

@@ -321,3 +321,20 @@ def test_model_commands_import_no_heavy_modules():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_deploy_local_refuses_a_taken_port(monkeypatch):
+    """Local mode would take another server's /ping for its own: the port is checked first, with what to do."""
+    import socket
+
+    from launcher import model_local
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert model_local.port_in_use(port)
+        monkeypatch.setattr(model_local, "LOCAL_PORT", port)
+        with pytest.raises(RuntimeError, match=rf"port {port} is already in use .*docker rm -f"):
+            model_local.deploy_local("img", "s3://b/model.tar.gz", "arn:aws:iam::0:role/r", {})
+    assert not model_local.port_in_use(port)
