@@ -12,10 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 
 import pytest
-from containers_helpers import docker, free_port, require
+from containers_helpers import docker, require
 
 REGION = "us-east-1"
 BUCKET = "earthmon-test"
@@ -49,20 +48,6 @@ def processing_image(docker_engine) -> str:
 @pytest.fixture(scope="session")
 def training_image(docker_engine) -> str:
     return _image("EARTHMON_TRAINING_IMAGE", "earthmon-training:dev")
-
-
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:  # pragma: no cover
-        require(False, "moto[server] is not installed (make venv)")
-        raise
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 @pytest.fixture

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
 import subprocess
 import time
 import urllib.error
@@ -12,18 +10,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
+from earthmon_testing import free_port, require  # noqa: F401  (re-exported for the tests)
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip with the reason, or fail when EARTHMON_REQUIRE_ALL=1 (CI must run everything)."""
-    if condition:
-        return
-    if os.environ.get("EARTHMON_REQUIRE_ALL") == "1":
-        pytest.fail(f"required for CI (EARTHMON_REQUIRE_ALL=1): {reason}")
-    pytest.skip(reason)
 
 
 def docker(
@@ -40,12 +29,6 @@ def docker(
 
 def inspect(image: str) -> dict[str, Any]:
     return json.loads(docker("image", "inspect", image).stdout)[0]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float, ok=(200,)) -> int:

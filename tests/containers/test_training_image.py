@@ -15,20 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from containers_helpers import REPO, docker, free_port, http, inspect, require, wait_http
+from earthmon_testing import TINY_TRAINING_HP
 
 pytestmark = pytest.mark.docker
 
-TINY_HP = {
-    "num_classes": "2",
-    "backbone": "tiny",
-    "use_pretrained_model": "False",
-    "crop_size": "48",
-    "base_size": "64",
-    "epochs": "2",
-    "mini_batch_size": "4",
-    "validation_mini_batch_size": "4",
-    "learning_rate": "0.01",
-}
+TINY_HP = TINY_TRAINING_HP
 CHANNELS = ("train", "train_annotation", "validation", "validation_annotation", "label_map")
 
 

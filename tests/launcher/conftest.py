@@ -23,27 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launcher_helpers import DATA, extra_page_items, free_port, load_json, require
+from launcher_helpers import DATA, extra_page_items, free_port, load_json
 
 REGION = "us-east-1"
 BUCKET = "earthmon-test"
 
 
 # ------------------------------------------------------------------------------------------------- moto
-
-
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[str]:
-    try:
-        from moto.server import ThreadedMotoServer
-    except ImportError:  # pragma: no cover
-        require(False, "moto[server] is not installed")
-        raise
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
 
 
 class _Raw:

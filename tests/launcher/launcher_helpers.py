@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
-import pytest
+from earthmon_testing import free_port, require  # noqa: F401  (re-exported for the tests)
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "launcher"
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip when a test dependency is missing, or fail when EARTHMON_REQUIRE_ALL=1 (CI)."""
-    if condition:
-        return
-    if os.environ.get("EARTHMON_REQUIRE_ALL") == "1":
-        pytest.fail(f"{reason} (EARTHMON_REQUIRE_ALL=1)")
-    pytest.skip(reason)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def load_json(path: Path) -> Any:

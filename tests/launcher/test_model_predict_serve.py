@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import free_port, require
+from earthmon_testing import free_port, require
 
 from launcher.cli import cli
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,18 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from earthmon_testing import free_port
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("gunicorn")
 pytest.importorskip("mxnet")
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def npy(array) -> bytes:

@@ -6,18 +6,9 @@ import json
 import shutil
 from pathlib import Path
 
-TINY_HP = {
-    "num_classes": "2",
-    "num_training_samples": "12",
-    "backbone": "tiny",
-    "use_pretrained_model": "False",
-    "crop_size": "48",
-    "base_size": "64",
-    "epochs": "2",
-    "mini_batch_size": "4",
-    "validation_mini_batch_size": "4",
-    "learning_rate": "0.01",
-}
+from earthmon_testing import TINY_TRAINING_HP
+
+TINY_HP = {**TINY_TRAINING_HP, "num_training_samples": "12"}
 
 
 CHANNELS = ("train", "train_annotation", "validation", "validation_annotation", "label_map")

@@ -100,15 +100,6 @@ http {{
 
 
 @pytest.fixture(scope="session")
-def moto_s3():
-    """A moto server (real HTTP, S3 API) on a free port; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        wait_port(port)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+def moto_s3(moto_server: str) -> str:
+    """The shared moto server (tests/conftest.py), used here for its S3 API."""
+    return moto_server
