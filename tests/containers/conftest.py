@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 
 import pytest
 from containers_helpers import docker, require
@@ -67,3 +68,19 @@ def aws(moto_server: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
     boto3.client("s3", region_name=REGION).create_bucket(Bucket=BUCKET)
     return moto_server
+
+
+@pytest.fixture
+def compose(docker_engine) -> Iterator[set[str]]:
+    """SDK local mode's needs: docker-compose present. Yields the containers that existed before the test; the
+    ones the test started, running or stopped, are removed afterwards whatever its outcome (a failed endpoint test
+    must not keep holding port 8080)."""
+    require(
+        shutil.which("docker-compose") is not None,
+        "docker-compose is not installed (apt-get install docker-compose)",
+    )
+    before = set(docker("ps", "-aq").stdout.split())
+    yield before
+    left = set(docker("ps", "-aq").stdout.split()) - before
+    if left:
+        docker("rm", "-f", *sorted(left), check=False)

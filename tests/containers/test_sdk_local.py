@@ -6,30 +6,15 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
-from containers_helpers import docker, require
+from containers_helpers import docker
 
 pytestmark = pytest.mark.docker
 
 BUCKET = "earthmon-test"
-
-
-@pytest.fixture
-def compose():
-    """docker-compose present; the stopped containers local mode leaves behind are removed afterwards."""
-    require(
-        shutil.which("docker-compose") is not None,
-        "docker-compose is not installed (apt-get install docker-compose)",
-    )
-    before = set(docker("ps", "-aq").stdout.split())
-    yield
-    left = set(docker("ps", "-aq", "--filter", "status=exited").stdout.split()) - before
-    if left:
-        docker("rm", *sorted(left), check=False)
 
 
 def _upload_dir(s3, root: Path, prefix: str) -> int:

@@ -54,16 +54,6 @@ def _scene(path: Path) -> None:
         dst.write(data)
 
 
-@pytest.fixture
-def no_leftover_containers():
-    """Whatever the test's outcome, containers it started are removed (a failed run must not hold port 8080)."""
-    before = set(docker("ps", "-aq").stdout.split())
-    yield before
-    left = set(docker("ps", "-aq").stdout.split()) - before
-    if left:
-        docker("rm", "-f", *sorted(left), check=False)
-
-
 def _launcher(*args: str) -> list[str]:
     return [sys.executable, "-m", "launcher", *args]
 
@@ -80,15 +70,11 @@ def _port_free(port: int) -> bool:
 
 
 def test_deploy_and_predict_in_sdk_local_mode(
-    training_image: str, model_dir: Path, aws: str, tmp_path: Path, no_leftover_containers: set[str]
+    training_image: str, model_dir: Path, aws: str, tmp_path: Path, compose: set[str]
 ) -> None:
     import boto3
     import rasterio
 
-    require(
-        subprocess.run(["docker-compose", "version"], capture_output=True).returncode == 0,
-        "docker-compose is not installed (apt-get install docker-compose)",
-    )
     require(_port_free(LOCAL_PORT), f"port {LOCAL_PORT} (SDK local mode's endpoint port) is taken")
     tarball = tmp_path / "model.tar.gz"
     with tarfile.open(tarball, "w:gz") as tar:
@@ -97,7 +83,7 @@ def test_deploy_and_predict_in_sdk_local_mode(
     boto3.client("s3").upload_file(str(tarball), BUCKET, "models/tiny/model.tar.gz")
     scene = tmp_path / "scene.tif"
     _scene(scene)
-    before = no_leftover_containers
+    before = compose
 
     # deploy --local blocks until Ctrl-C: run it as the user would, in its own process group.
     deploy_log = tmp_path / "deploy.log"
