@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from containers_helpers import docker, require
@@ -84,3 +85,73 @@ def compose(docker_engine) -> Iterator[set[str]]:
     left = set(docker("ps", "-aq").stdout.split()) - before
     if left:
         docker("rm", "-f", *sorted(left), check=False)
+
+
+class _RangeHandler(SimpleHTTPRequestHandler):
+    """Static files with single byte ranges (what GDAL's /vsicurl/ asks for): 206 with Content-Range, 416 when
+    the range starts past the end."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send_head(self):  # noqa: D102 - SimpleHTTPRequestHandler's hook
+        header = self.headers.get("Range")
+        path = self.translate_path(self.path)
+        if not header or not os.path.isfile(path):
+            return super().send_head()
+        start_s, _, end_s = header.removeprefix("bytes=").partition("-")
+        size = os.path.getsize(path)
+        start = int(start_s) if start_s else max(0, size - int(end_s))
+        end = min(int(end_s), size - 1) if start_s and end_s else size - 1
+        if start >= size:
+            self.send_error(416)
+            return None
+        f = open(path, "rb")  # noqa: SIM115 - closed by copyfile's caller
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Type", "image/tiff")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.end_headers()
+        self._remaining = end - start + 1
+        return f
+
+    def copyfile(self, source, outputfile) -> None:
+        remaining = getattr(self, "_remaining", None)
+        if remaining is None:
+            return super().copyfile(source, outputfile)
+        while remaining > 0:
+            chunk = source.read(min(65536, remaining))
+            if not chunk:
+                break
+            outputfile.write(chunk)
+            remaining -= len(chunk)
+        self._remaining = None
+
+
+@pytest.fixture
+def range_server():
+    """Serve a folder over HTTP with Range support on an address of the host that containers on a user-defined
+    bridge network (SageMaker local mode's `sagemaker-local`) can reach: that network's gateway."""
+    import functools
+    import threading
+
+    started: list[ThreadingHTTPServer] = []
+
+    def serve(root: str, network: str = "sagemaker-local") -> str:
+        if docker("network", "inspect", network, check=False).returncode != 0:
+            docker("network", "create", network)
+        gateway = docker(
+            "network", "inspect", network, "--format", "{{range .IPAM.Config}}{{.Gateway}}{{end}}"
+        ).stdout.strip()
+        require(bool(gateway), f"docker network {network} has no gateway address")
+        server = ThreadingHTTPServer((gateway, 0), functools.partial(_RangeHandler, directory=root))
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        started.append(server)
+        return f"http://{gateway}:{server.server_address[1]}"
+
+    yield serve
+    for server in started:
+        server.shutdown()
+        server.server_close()

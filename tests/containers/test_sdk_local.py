@@ -120,3 +120,63 @@ def test_processing_job_in_sdk_local_mode(processing_image: str, compose, aws: s
     assert len(reports) == 1
     report = json.loads(s3.get_object(Bucket=BUCKET, Key=reports[0])["Body"].read())
     assert report["summary"]["total"] == 2 and {s["status"] for s in report["scenes"]} == {"done"}
+
+
+def test_launcher_local_sdk_local_runs_a_plan(
+    processing_image: str, compose, aws: str, range_server, tmp_path: Path
+) -> None:
+    """`launcher local --sdk-local` end to end: a plan's items (hrefs on an HTTP server the local-mode container
+    reaches, as real items point at the sentinel-cogs bucket) staged under one S3 prefix, the job run by the SDK's
+    local mode, NDVI + report uploaded to the plan's output prefix; the scene whose COG is missing fails alone."""
+    import boto3
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+    from launcher.store import load_plan
+    from ndvi_worker import synthetic
+
+    scenes = tmp_path / "scenes"
+    ids = ["S2B_31UFU_20231204_0_L2A", "S2A_32ULC_20231205_0_L2A", "S2B_31UGU_20231204_0_L2A"]
+    base_url = range_server(str(scenes))
+    items = []
+    for seed, item_id in enumerate(ids):
+        path = Path(synthetic.write_scene(scenes / item_id, item_id=item_id, size=256, seed=seed).item_path)
+        item = json.loads(path.read_text())
+        for asset in item["assets"].values():
+            asset["href"] = f"{base_url}/{item_id}/{asset['href'].removeprefix('./')}"
+        items.append(item)
+    bad = ids[-1]
+    items[-1]["assets"]["nir"]["href"] = f"{base_url}/{bad}/missing-B08.tif"  # a 404: fails alone
+    items_path = tmp_path / "items.jsonl"
+    items_path.write_text("".join(json.dumps(i) + "\n" for i in items))
+    run = tmp_path / "run"
+
+    def launcher(*args: str):
+        return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+    r = launcher("plan", "--items", str(items_path), "--jobs", "1", "--instances-per-job", "1",
+                 "--s3-prefix", f"s3://{BUCKET}/ndvi", "--run-id", "sdk", "--out", str(run))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = launcher("local", "--plan", str(run), "--sdk-local", "--image", processing_image,
+                 "--env", "GDAL_NUM_THREADS=1")  # fmt: skip
+    job = load_plan(run).jobs[0]
+    s3 = boto3.client("s3")
+    staged = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"ndvi/sdk/sdk-local/{job.name}/").get("Contents", [])
+    assert sorted(o["Key"].rsplit("/", 1)[-1] for o in staged) == sorted(f"{i}.json" for i in ids)
+    out_prefix = f"ndvi/sdk/output/{job.name}/"
+    keys = {
+        o["Key"][len(out_prefix) :]
+        for o in s3.list_objects_v2(Bucket=BUCKET, Prefix=out_prefix).get("Contents", [])
+    }
+    for item_id in ids[:-1]:
+        assert {f"{item_id}_ndvi.tif", f"{item_id}_ndvi.json"} <= keys, (keys, r.output[-3000:])
+    assert not [k for k in keys if k.startswith(bad)]
+    reports = [k for k in keys if k.startswith("_reports/")]
+    assert len(reports) == 1, (keys, r.output[-3000:])
+    report = json.loads(s3.get_object(Bucket=BUCKET, Key=out_prefix + reports[0])["Body"].read())
+    status = {s["item_id"]: s["status"] for s in report["scenes"]}
+    assert status == {ids[0]: "done", ids[1]: "done", bad: "failed"}, report
+    assert "404" in json.dumps([s for s in report["scenes"] if s["item_id"] == bad])
+    # the worker exits 1 for a failed scene, so the job fails as on SageMaker, and the launcher says so
+    assert r.exit_code == 1, r.output[-3000:]
+    assert f"{job.name}: Failed" in r.output and "0/1 job(s) completed" in r.output
