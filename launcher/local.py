@@ -13,13 +13,15 @@ runner; `run_sdk_local` offers the profile local mode supports (S3Prefix, FullyR
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,6 +326,18 @@ TELEMETRY_OPT_OUT = {
 }
 
 
+@contextlib.contextmanager
+def local_mode_scratch() -> Iterator[str]:
+    """A folder for all SageMaker local mode writes on the host (downloaded channels and models, the compose file,
+    the containers' /opt/ml trees), removed afterwards: set as ``local.container_root``. Without it local mode leaves
+    its S3 downloads in the system temp folder (the size of the data or model, every run)."""
+    root = tempfile.mkdtemp(prefix="earthmon-local-mode-")
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # files a container wrote as another user may stay
+
+
 def stage_sdk_input(s3: Any, job: JobPlan, plan: Plan) -> str:
     """Copy the job's item JSONs under one S3 prefix (local mode reads S3Prefix inputs, not manifests)."""
     dest = parse_s3_uri(plan.s3_prefix).join("sdk-local", job.name).as_prefix()
@@ -352,18 +366,19 @@ def run_sdk_local(
     local_session = LocalSession(
         boto_session=session(), s3_endpoint_url=endpoint, sagemaker_config=TELEMETRY_OPT_OUT
     )
-    local_session.config = {"local": {"local_code": True}}
-    # no ContainerArguments: local mode raises KeyError on arguments without an entrypoint (DOMAIN.md section 7);
-    # the worker's defaults are the contract paths
-    processor = Processor(
-        sagemaker_session=local_session, env=dict(environment or {}) or None, **spec["processor"]
-    )
-    processor.run(
-        inputs=[ProcessingInput(**i) for i in spec["inputs"]],
-        outputs=[ProcessingOutput(**o) for o in spec["outputs"]],
-        wait=True,
-        logs=True,
-    )
+    with local_mode_scratch() as scratch:
+        local_session.config = {"local": {"local_code": True, "container_root": scratch}}
+        # no ContainerArguments: local mode raises KeyError on arguments without an entrypoint (DOMAIN.md section 7);
+        # the worker's defaults are the contract paths
+        processor = Processor(
+            sagemaker_session=local_session, env=dict(environment or {}) or None, **spec["processor"]
+        )
+        processor.run(
+            inputs=[ProcessingInput(**i) for i in spec["inputs"]],
+            outputs=[ProcessingOutput(**o) for o in spec["outputs"]],
+            wait=True,
+            logs=True,
+        )
 
 
 def output_files(s3: Any, uri: str) -> list[str]:

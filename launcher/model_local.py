@@ -48,8 +48,9 @@ def model_arguments(image: str, model_data: str, role: str, environment: Mapping
     }
 
 
-def local_session():  # pragma: no cover - exercised by the container tests
-    """A LocalSession using the launcher's boto3 session, a local S3 endpoint if configured, no telemetry."""
+def local_session(container_root: str | None = None):  # pragma: no cover - exercised by the container tests
+    """A LocalSession using the launcher's boto3 session, a local S3 endpoint if configured, no telemetry; local
+    mode's host files under ``container_root`` (see ``launcher.local.local_mode_scratch``)."""
     from sagemaker.local import LocalSession
 
     from launcher.aws import session
@@ -60,7 +61,9 @@ def local_session():  # pragma: no cover - exercised by the container tests
     if endpoint:
         kwargs["s3_endpoint_url"] = endpoint
     sess = LocalSession(**kwargs)
-    sess.config = {"local": {"local_code": True}}
+    sess.config = {
+        "local": {"local_code": True, **({"container_root": container_root} if container_root else {})}
+    }
     sess.sagemaker_config = TELEMETRY_OPT_OUT
     return sess
 
@@ -68,10 +71,13 @@ def local_session():  # pragma: no cover - exercised by the container tests
 def train_local(spec: TrainingSpec, name: str) -> Any:  # pragma: no cover - needs Docker
     from sagemaker.estimator import Estimator
 
+    from launcher.local import local_mode_scratch
+
     args = estimator_arguments(spec, name)
-    estimator = Estimator(sagemaker_session=local_session(), **args["estimator"])
-    estimator.fit(**args["fit"])
-    return estimator.model_data
+    with local_mode_scratch() as scratch:
+        estimator = Estimator(sagemaker_session=local_session(scratch), **args["estimator"])
+        estimator.fit(**args["fit"])
+        return estimator.model_data
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -95,6 +101,8 @@ def deploy_local(
     from sagemaker.model import Model
     from sagemaker.predictor import Predictor
 
+    from launcher.local import local_mode_scratch
+
     if port_in_use(LOCAL_PORT):
         raise RuntimeError(
             f"port {LOCAL_PORT} is already in use (another `launcher deploy --local` or `serve`?): stop it first "
@@ -102,20 +110,19 @@ def deploy_local(
         )
     stop = stop or threading.Event()
     previous = {}
-    for sig in (
-        signal.SIGINT,
-        signal.SIGTERM,
-    ):  # set explicitly: a shell's background job starts with SIGINT ignored
+    # set explicitly: a shell's background job starts with SIGINT ignored
+    for sig in (signal.SIGINT, signal.SIGTERM):
         previous[sig] = signal.signal(sig, lambda *_: stop.set())
     try:
-        args = model_arguments(image, model_data, role, environment)
-        # predictor_cls: without one, Model.deploy returns None and there is nothing to delete the endpoint with
-        model = Model(sagemaker_session=local_session(), predictor_cls=Predictor, **args["model"])
-        predictor = model.deploy(**args["deploy"])
-        try:
-            stop.wait()
-        finally:
-            predictor.delete_endpoint()
+        with local_mode_scratch() as scratch:  # the downloaded model.tar.gz and its extraction live here
+            args = model_arguments(image, model_data, role, environment)
+            # predictor_cls: without one, Model.deploy returns None and there is nothing to delete the endpoint with
+            model = Model(sagemaker_session=local_session(scratch), predictor_cls=Predictor, **args["model"])
+            predictor = model.deploy(**args["deploy"])
+            try:
+                stop.wait()
+            finally:
+                predictor.delete_endpoint()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from containers_helpers import docker, require
@@ -80,11 +81,18 @@ def compose(docker_engine) -> Iterator[set[str]]:
         shutil.which("docker-compose") is not None,
         "docker-compose is not installed (apt-get install docker-compose)",
     )
+    import tempfile
+
+    tmp = Path(tempfile.gettempdir())
+    tmp_before = {p.name for p in tmp.glob("tmp*")}
     before = set(docker("ps", "-aq").stdout.split())
     yield before
     left = set(docker("ps", "-aq").stdout.split()) - before
     if left:
         docker("rm", "-f", *sorted(left), check=False)
+    # local mode writes its downloads under the launcher's scratch folder, removed afterwards: nothing left in /tmp
+    leaked = sorted({p.name for p in tmp.glob("tmp*") if p.is_dir()} - tmp_before)
+    assert not leaked, f"SageMaker local mode left folders in {tmp}: {leaked}"
 
 
 class _RangeHandler(SimpleHTTPRequestHandler):

@@ -83,7 +83,11 @@ def test_processing_job_in_sdk_local_mode(processing_image: str, compose, aws: s
             "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
         },
     )
-    session.config = {"local": {"local_code": True}}
+    scratch = (
+        tmp_path / "local-mode"
+    )  # local mode's downloads go here, not to /tmp (the compose fixture checks)
+    scratch.mkdir()
+    session.config = {"local": {"local_code": True, "container_root": str(scratch)}}
     processor = Processor(
         role="arn:aws:iam::000000000000:role/local",
         image_uri=processing_image,
