@@ -8,8 +8,10 @@ otherwise, first 1024 characters shown by SageMaker) and returns a non-zero exit
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
+import shutil
 import signal
 import tempfile
 import threading
@@ -178,9 +180,9 @@ def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event) -> 
     # incremental training: the model channel's network and normalisation
     base_model = None
     if "model" in channels:
-        model_dir = extract_model_channel(
-            paths.channel("model"), Path(tempfile.mkdtemp(prefix="model-channel-"))
-        )
+        scratch = Path(tempfile.mkdtemp(prefix="model-channel-"))
+        atexit.register(shutil.rmtree, scratch, True)  # read until the end of training; gone with the process
+        model_dir = extract_model_channel(paths.channel("model"), scratch)
         try:
             base_model = read_metadata(model_dir)
         except FileNotFoundError as exc:
