@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 import struct
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,6 +125,23 @@ def negotiate_accept(header: str | None) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- decoding
+# GDAL settings for every decode: no sidecar files are listed or read (.aux.xml, .ovr, .msk, world files), no PAM,
+# georeferencing from the TIFF's own tags only, no network access by any path.
+SAFE_GDAL_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_PAM_ENABLED": "NO",
+    "GDAL_GEOREF_SOURCES": "INTERNAL",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".earthmon-no-remote-access",
+    "GDAL_HTTP_MAX_RETRY": "0",
+}
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+NPY_MAGIC = b"\x93NUMPY"
+BUDGET_BYTES_PER_SAMPLE = 4  # the decoded-size budget: max_pixels x bands x float32 (see decode_request)
+_MESSAGE_LIMIT = 300  # library error messages are cut to this (they never carry more than a diagnosis)
+
+
 @dataclass
 class DecodedImage:
     """A request image: ``array`` is (C, H, W) in the input's dtype; GeoTIFFs keep their georeferencing."""
@@ -155,20 +174,106 @@ class DecodedImage:
         return (self.array == self.array.dtype.type(self.nodata)).all(axis=0)
 
 
-def decode_request(body: bytes, media_type: str, bands: int | None = None, max_pixels: int | None = None):
-    """Decode a request body into a :class:`DecodedImage`.
+@dataclass(frozen=True)
+class Limits:
+    """What a request may cost, checked from its header before any pixel is decoded."""
+
+    bands: int | None = None  # the model's band count (None: any)
+    band_names: tuple[str, ...] | None = None  # for the band-count message
+    max_pixels: int | None = None  # height x width
+    max_bytes: int | None = None  # bands x height x width x item size (+ the decoder's working buffers)
+
+    @classmethod
+    def of(cls, bands, band_names, max_pixels, max_bytes) -> Limits:
+        if max_bytes is None and max_pixels is not None:
+            max_bytes = max_pixels * max(bands or 4, 1) * BUDGET_BYTES_PER_SAMPLE
+        names = tuple(str(n) for n in band_names) if band_names else None
+        return cls(bands, names, max_pixels, max_bytes)
+
+    def check_bands(self, count: int, media_type: str) -> None:
+        if self.bands is None or count == self.bands:
+            return
+        names = (
+            f" ({', '.join(self.band_names)})"
+            if self.band_names and len(self.band_names) == self.bands
+            else ""
+        )
+        hint = (
+            "send image/tiff or application/x-npy"
+            if media_type in (JPEG, PNG) and self.bands not in (1, 3)
+            else "send an image"
+        )
+        raise BadRequest(
+            f"the model takes {self.bands} band(s){names}; this {media_type} image has {count}: "
+            f"{hint} with the {self.bands} band(s) the model was trained on"
+        )
+
+    def check_size(self, height: int, width: int, count: int, itemsize: int, extra: int = 0) -> None:
+        _check_pixels(height, width, self.max_pixels)
+        need = count * height * width * itemsize + extra
+        if self.max_bytes is not None and need > self.max_bytes:
+            raise PayloadTooLarge(
+                f"decoding this image ({width} x {height} pixels, {count} band(s) of {itemsize} byte(s)) "
+                f"would take {_mib(need)}, over the server's limit of {_mib(self.max_bytes)} "
+                "(EARTHMON_MAX_PIXELS x the model's bands x 4 bytes): send fewer pixels (split the image into "
+                "tiles; launcher predict does this) or float32 instead of float64"
+            )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= _MESSAGE_LIMIT else text[: _MESSAGE_LIMIT - 3] + "..."
+
+
+def _sniff(body: bytes) -> str:
+    """What a body looks like, for messages (never echoes the body itself)."""
+    head = body[:64].lstrip(b"\xef\xbb\xbf \t\r\n")
+    if body.startswith(TIFF_MAGICS):
+        return "a TIFF"
+    if body.startswith(PNG_MAGIC):
+        return "a PNG"
+    if body.startswith(JPEG_MAGIC):
+        return "a JPEG"
+    if body.startswith(NPY_MAGIC):
+        return "a .npy array"
+    if head.startswith(b"<"):
+        return "XML/HTML text (GDAL VRT, WMS and other XML descriptions are refused)"
+    if head[:1] in (b"{", b"["):
+        return "JSON text"
+    return "not a recognised image"
+
+
+def decode_request(
+    body: bytes,
+    media_type: str,
+    bands: int | None = None,
+    max_pixels: int | None = None,
+    *,
+    band_names=None,
+    max_bytes: int | None = None,
+):
+    """Decode a request body into a :class:`DecodedImage`, by the format its media type names and no other.
 
     ``bands`` (the model's input band count) picks the colour conversion of JPEG/PNG and the axis order of
-    3-D arrays; ``max_pixels`` bounds the decoded size (decompression bombs) with PayloadTooLarge.
+    3-D arrays, and is checked against the header before decoding (400 naming ``band_names``); ``max_pixels``
+    bounds height x width and ``max_bytes`` (default ``max_pixels`` x ``bands`` x 4 bytes) the decoded size
+    (decompression bombs, sparse files), both from the header, with PayloadTooLarge (413).
+    TIFF bodies must start with a TIFF signature and are opened by GDAL's GTiff driver alone, with no sidecar
+    or network access. Every failure is a :class:`CodecError` (4xx).
     """
     if not body:
         raise BadRequest("empty request body: send the image bytes")
+    limits = Limits.of(bands, band_names, max_pixels, max_bytes)
     if media_type in (JPEG, PNG):
-        image = _decode_pil(body, media_type, bands, max_pixels)
+        image = _decode_pil(body, media_type, limits)
     elif media_type == TIFF:
-        image = _decode_tiff(body, max_pixels)
+        image = _decode_tiff(body, limits)
     elif media_type == NPY:
-        image = _decode_npy(body, bands)
+        image = _decode_npy(body, limits)
     else:  # parse_content_type guards this
         raise UnsupportedMediaType(f"unsupported Content-Type {media_type!r}")
     _check_pixels(image.height, image.width, max_pixels)
@@ -181,28 +286,45 @@ def _check_pixels(height: int, width: int, max_pixels: int | None) -> None:
     if max_pixels is not None and height * width > max_pixels:
         raise PayloadTooLarge(
             f"image of {width} x {height} pixels exceeds the server's limit of {max_pixels} pixels "
-            "(SAGEMAKER_MAX_PIXELS): split it into tiles (launcher predict does this)"
+            "(EARTHMON_MAX_PIXELS): split it into tiles (launcher predict does this)"
         )
 
 
-def _decode_pil(body: bytes, media_type: str, bands: int | None, max_pixels: int | None) -> DecodedImage:
+# bytes per pixel of Pillow's modes (an unknown mode counts 8, more than any)
+_PIL_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3,
+                   "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2,
+                   "I;16B": 2, "I;16N": 2}  # fmt: skip
+_PIL_16BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _decode_pil(body: bytes, media_type: str, limits: Limits) -> DecodedImage:
     from PIL import Image, ImageFile
 
+    expected = "JPEG" if media_type == JPEG else "PNG"
+    magic = JPEG_MAGIC if media_type == JPEG else PNG_MAGIC
+    if not body.startswith(magic):
+        raise BadRequest(f"Content-Type is {media_type} but the body is {_sniff(body)}")
     # gluoncv.data (imported with the model zoo) sets this process-wide to True, which makes PIL pad a truncated
     # image with black instead of failing: a corrupt request must be a 400, never a silent prediction.
     ImageFile.LOAD_TRUNCATED_IMAGES = False
     try:
-        img = Image.open(io.BytesIO(body))
+        # only the expected format's plugin may open the body (Pillow would otherwise try every format)
+        img = Image.open(io.BytesIO(body), formats=[expected])
         fmt = (img.format or "").upper()
-        expected = "JPEG" if media_type == JPEG else "PNG"
         if fmt != expected:
             raise BadRequest(f"Content-Type is {media_type} but the body is {fmt or 'not an image'}")
-        _check_pixels(img.height, img.width, max_pixels)
-        if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        sixteen = img.mode in _PIL_16BIT
+        out_bands = 1 if sixteen or limits.bands == 1 else 3
+        limits.check_bands(out_bands, media_type)
+        decoded = img.height * img.width * _PIL_MODE_BYTES.get(img.mode, 8)  # before the conversion
+        limits.check_size(
+            img.height, img.width, out_bands, 4 if img.mode == "I" else 2 if sixteen else 1, decoded
+        )
+        if sixteen:
             array = np.asarray(img)
             array = array.astype(np.uint16 if array.max(initial=0) < 65536 else np.int32)[None]
         else:
-            if bands == 1:
+            if out_bands == 1:
                 img = img.convert("L")
             elif img.mode != "RGB":
                 img = img.convert("RGB")
@@ -211,48 +333,110 @@ def _decode_pil(body: bytes, media_type: str, bands: int | None, max_pixels: int
     except CodecError:
         raise
     except Image.DecompressionBombError as exc:
-        raise PayloadTooLarge(f"image too large to decode: {exc}") from exc
+        raise PayloadTooLarge(f"image too large to decode: {_short(exc)}") from None
     except Exception as exc:  # PIL raises many types for corrupt data
-        raise BadRequest(f"corrupt or truncated {media_type} image: {exc}") from exc
+        raise BadRequest(f"corrupt or truncated {media_type} image: {_short(exc)}") from None
     return DecodedImage(np.ascontiguousarray(array), media_type)
 
 
-def _decode_tiff(body: bytes, max_pixels: int | None) -> DecodedImage:
+def _decode_tiff(body: bytes, limits: Limits) -> DecodedImage:
+    if not body.startswith(TIFF_MAGICS):
+        raise BadRequest(f"Content-Type is image/tiff but the body is {_sniff(body)}: send a (Geo)TIFF file")
     import rasterio
     from rasterio.io import MemoryFile
 
     try:
-        with rasterio.Env(GDAL_PAM_ENABLED="NO"), MemoryFile(body) as mem, mem.open() as src:
-            _check_pixels(src.height, src.width, max_pixels)
+        # driver="GTiff": GDAL's list of allowed drivers, so nothing but the TIFF reader opens the body
+        with (
+            rasterio.Env(**SAFE_GDAL_OPTIONS),
+            MemoryFile(body, ext=".tif") as mem,
+            mem.open(driver="GTiff") as src,
+        ):
+            if src.driver != "GTiff":  # pragma: no cover - GDAL honours the list
+                raise BadRequest("the body is not a TIFF")
+            limits.check_bands(src.count, TIFF)
+            itemsize = max(np.dtype(d).itemsize for d in src.dtypes) if src.count else 1
+            block_h, block_w = src.block_shapes[0] if src.count else (1, 1)
+            pixel_interleaved = (src.interleaving is None) or src.interleaving.name == "PIXEL"
+            block = block_h * block_w * itemsize * (src.count if pixel_interleaved else 1)
+            limits.check_size(src.height, src.width, src.count, itemsize, extra=block)
             array = src.read()
             crs = src.crs
             transform = src.transform if (src.crs is not None or not src.transform.is_identity) else None
             nodata = src.nodata
     except CodecError:
         raise
+    except MemoryError:
+        raise PayloadTooLarge("the TIFF is too large to decode: send a smaller image") from None
     except Exception as exc:  # rasterio/GDAL raise several types for unreadable data
-        raise BadRequest(f"corrupt or unreadable TIFF: {exc}") from exc
+        raise BadRequest(f"corrupt or unreadable TIFF: {_strip_vsimem(_short(exc))}") from None
+    if array.ndim != 3 or array.shape[0] < 1:
+        raise BadRequest("the TIFF has no bands")
     return DecodedImage(array, TIFF, crs=crs, transform=transform, nodata=nodata)
 
 
-def _decode_npy(body: bytes, bands: int | None) -> DecodedImage:
+def _strip_vsimem(message: str) -> str:
+    return re.sub(r"'?/vsimem/[^\s']*'?", "the body", message)
+
+
+def npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """``(shape, fortran_order, dtype, data offset)`` of a .npy body, read without loading the array."""
+    from numpy.lib import format as npformat
+
+    if not body.startswith(NPY_MAGIC):
+        raise BadRequest(f"Content-Type is application/x-npy but the body is {_sniff(body)}")
+    fp = io.BytesIO(body)
     try:
-        array = np.load(io.BytesIO(body), allow_pickle=False)
+        version = npformat.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = npformat.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = npformat.read_array_header_2_0(fp)
+        else:
+            raise ValueError(f"format version {version} is not supported (numpy.save writes 1.0)")
     except Exception as exc:
-        raise BadRequest(f"corrupt .npy body: {exc} (write it with numpy.save, no pickled objects)") from exc
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "uif" or array.dtype.itemsize > 8:
-        raise BadRequest(f"the .npy array must be numeric (int, uint or float), got {array.dtype}")
-    if array.ndim == 4 and array.shape[0] == 1:
+        raise BadRequest(
+            f"corrupt .npy header: {_short(exc)} (write it with numpy.save, no pickled objects)"
+        ) from None
+    return tuple(int(n) for n in shape), bool(fortran), np.dtype(dtype), fp.tell()
+
+
+def _decode_npy(body: bytes, limits: Limits) -> DecodedImage:
+    shape, fortran, dtype, offset = npy_header(body)
+    if dtype.hasobject or dtype.kind not in "uif" or dtype.itemsize > 8 or dtype.fields is not None:
+        raise BadRequest(f"the .npy array must be numeric (int, uint or float), got {dtype}")
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+        squeeze = True
+    else:
+        squeeze = False
+    if len(shape) == 2:
+        chw, move = (1, *shape), False
+    elif len(shape) == 3:
+        channels_last = shape[-1] == limits.bands and shape[0] != limits.bands
+        move = channels_last or (limits.bands is None and shape[-1] <= 4 < shape[0])
+        chw = (shape[2], shape[0], shape[1]) if move else shape
+    else:
+        raise BadRequest(f"the .npy array must be (H, W), (C, H, W) or (H, W, C), got shape {shape}")
+    if any(n < 0 for n in shape):
+        raise BadRequest(f"the .npy header declares a negative dimension: {shape}")
+    limits.check_bands(chw[0], NPY)
+    limits.check_size(chw[1], chw[2], chw[0], dtype.itemsize)
+    count = math.prod(shape)
+    if len(body) - offset != count * dtype.itemsize:
+        raise BadRequest(
+            f"the .npy body holds {len(body) - offset} data bytes, its header declares {count * dtype.itemsize} "
+            f"({shape} {dtype}): the file is truncated or padded"
+        )
+    array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
+    array = array.reshape((1, *shape) if squeeze else shape, order="F" if fortran else "C")
+    if squeeze:
         array = array[0]
     if array.ndim == 2:
         array = array[None]
-    elif array.ndim == 3:
-        channels_last = array.shape[-1] == bands and array.shape[0] != bands
-        if channels_last or (bands is None and array.shape[-1] <= 4 < array.shape[0]):
-            array = np.moveaxis(array, -1, 0)
-    else:
-        raise BadRequest(f"the .npy array must be (H, W), (C, H, W) or (H, W, C), got shape {array.shape}")
-    return DecodedImage(np.ascontiguousarray(array), NPY)
+    elif move:
+        array = np.moveaxis(array, -1, 0)
+    return DecodedImage(np.array(array, order="C", dtype=dtype.newbyteorder("=")), NPY)
 
 
 # ----------------------------------------------------------------------------------------------- encoding

@@ -270,12 +270,15 @@ def infer(body: bytes, content_type: str | None, accept: str | None, model: Load
         )
     predictor = model.predictor(config)
     bands = predictor.config.bands
-    image = codecs.decode_request(body, media, bands=bands, max_pixels=config.max_pixels)
-    if image.array.shape[0] != bands:
-        raise codecs.BadRequest(
-            f"the model takes {bands} band(s) ({model.metadata.get('bands')}); "
-            f"the image has {image.array.shape[0]}"
-        )
+    # the band count and the decoded size are checked from the body's header, before any pixel is decoded
+    names = model.metadata.get("band_names")
+    image = codecs.decode_request(
+        body,
+        media,
+        bands=bands,
+        max_pixels=config.max_pixels,
+        band_names=names if isinstance(names, list) else None,
+    )
     probabilities = predictor.probabilities(image.array)
     num_classes = predictor.config.num_classes
     if answer in (codecs.RECORDIO_PROTOBUF, codecs.PROTOBUF):

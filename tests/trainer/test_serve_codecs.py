@@ -172,7 +172,7 @@ def test_truncated_png_is_400(monkeypatch):
 
 def test_png_sent_as_jpeg_is_400():
     body = _pil_bytes(np.zeros((4, 4, 3), np.uint8), "PNG")
-    with pytest.raises(codecs.BadRequest, match="body is PNG"):
+    with pytest.raises(codecs.BadRequest, match="body is a PNG"):
         codecs.decode_request(body, codecs.JPEG, bands=3)
 
 
