@@ -6,6 +6,7 @@ the others were written), 2 for a usage error.
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 
@@ -180,10 +181,13 @@ def main(
     setup_logging(log_level)
     paths = ProcessingPaths.from_env()
     explicit_input = input_dir is not None
+    explicit_paths = explicit_input or output_dir is not None
     input_dir = input_dir or paths.input_dir
     output_dir = output_dir or paths.output_dir
     if explicit_input and not input_dir.is_dir():
-        raise click.BadParameter(f"{input_dir} is not a folder", param_hint="--input")
+        raise click.BadParameter(
+            f"{input_dir} is not a folder: give the folder holding the STAC items", param_hint="--input"
+        )
     try:
         cfg = WorkerConfig(
             input_dir=input_dir,
@@ -208,7 +212,56 @@ def main(
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
-    sys.exit(run(cfg, paths))
+    _check_folders(input_dir, output_dir, staging_dir)
+    sys.exit(_run_cli(run, cfg, paths, paths.under_contract(explicit_paths)))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    child, parent = child.resolve(), parent.resolve()
+    return child == parent or parent in child.parents
+
+
+def _check_folders(input_dir: Path, output_dir: Path, staging_dir: Path | None) -> None:
+    """Folder combinations that would mix outputs into inputs or scratch files into outputs: usage errors."""
+    if _inside(output_dir, input_dir):
+        raise click.BadParameter(
+            f"{output_dir} is inside the input folder {input_dir}: its STAC items would be read back as inputs; "
+            "choose an --output outside --input",
+            param_hint="--output",
+        )
+    if staging_dir is not None and _inside(staging_dir, output_dir):
+        raise click.BadParameter(
+            f"{staging_dir} is inside the output folder: partial files would be published; choose a "
+            "--staging-dir outside --output (on the same file system)",
+            param_hint="--staging-dir",
+        )
+
+
+def _run_cli(run, cfg: WorkerConfig, paths: ProcessingPaths, contract: bool) -> int:
+    """Run the shard; what stops it before or outside the scenes becomes one line on stderr, never a traceback:
+    exit 2 for a setup problem (unwritable output, unreachable scheduler), 130/143 when interrupted, 1 for an
+    unexpected error (its traceback is logged with --log-level DEBUG)."""
+    import logging
+
+    from ndvi_worker.run import SetupError
+    from ndvi_worker.safety import redact
+
+    try:
+        return run(cfg, paths, contract=contract)
+    except SetupError as exc:
+        click.echo(f"ndvi-worker: error: {redact(str(exc))}", err=True)
+        return 2
+    except KeyboardInterrupt as exc:
+        click.echo("ndvi-worker: interrupted; the per-host report lists the scenes finished so far", err=True)
+        return 143 if str(exc) == f"signal {int(signal.SIGTERM)}" else 130
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        logging.getLogger("ndvi_worker").debug("unexpected error", exc_info=True)
+        click.echo(
+            f"ndvi-worker: error: {redact(f'{type(exc).__name__}: {exc}')} (rerun with --log-level DEBUG "
+            "for the details)",
+            err=True,
+        )
+        return 1
 
 
 if __name__ == "__main__":

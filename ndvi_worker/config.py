@@ -8,6 +8,10 @@ from pathlib import Path
 from ndvi_worker.ndvi import DEFAULT_MASK_CLASSES
 
 COMPRESSIONS = ("ZSTD", "DEFLATE", "LZW", "LERC_ZSTD", "NONE")
+#: Compression levels GDAL accepts, per compression (LZW and NONE have none).
+LEVELS = {"ZSTD": (1, 22), "DEFLATE": (1, 12), "LERC_ZSTD": (1, 22)}
+SCHEDULER_SCHEMES = ("tcp", "tls", "ucx", "ws", "wss", "inproc")
+MAX_CHUNK = 16384
 
 
 @dataclass(frozen=True)
@@ -46,9 +50,11 @@ class WorkerConfig:
             problems.append("LERC compression needs --dtype float32")
         if self.workers < 1 or self.scenes_in_flight < 1:
             problems.append("workers and scenes_in_flight must be at least 1")
-        if self.blocksize < 64 or self.blocksize % 16:
-            problems.append("blocksize must be a multiple of 16, at least 64")
-        if self.chunk_size < self.blocksize or self.chunk_size % self.blocksize:
+        if self.blocksize < 64 or self.blocksize > 4096 or self.blocksize % 16:
+            problems.append("blocksize must be a multiple of 16 from 64 to 4096")
+        if self.chunk_size > MAX_CHUNK:
+            problems.append(f"chunk_size must be at most {MAX_CHUNK} (memory grows with its square)")
+        elif self.chunk_size < self.blocksize or self.chunk_size % self.blocksize:
             problems.append(f"chunk_size must be a multiple of blocksize ({self.blocksize})")
         if self.chunk_size % 2:
             problems.append("chunk_size must be even (SCL pixels cover 2 x 2 10 m pixels)")
@@ -56,6 +62,17 @@ class WorkerConfig:
             problems.append("mask classes must lie in 0-255")
         if self.retries < 1:
             problems.append("retries must be at least 1")
+        low_high = LEVELS.get(self.compress)
+        if self.level is not None and low_high and not low_high[0] <= self.level <= low_high[1]:
+            problems.append(
+                f"level for {self.compress} must lie in {low_high[0]}-{low_high[1]}, not {self.level}"
+            )
+        if self.max_z_error is not None and not 0 <= self.max_z_error < float("inf"):
+            problems.append("max_z_error must be a finite number >= 0")
+        if self.scheduler is not None:
+            problem = scheduler_problem(self.scheduler)
+            if problem:
+                problems.append(problem)
         if problems:
             raise ValueError("invalid worker configuration: " + "; ".join(problems))
 
@@ -82,6 +99,27 @@ class WorkerConfig:
                 out[key] = str(out[key])
         out["mask_classes"] = list(self.mask_classes)
         return out
+
+
+def scheduler_problem(address: str) -> str | None:
+    """Why a dask scheduler address is malformed (``tcp://host:8786`` is expected), or None."""
+    from urllib.parse import urlsplit
+
+    from ndvi_worker.safety import shown
+
+    try:
+        parts = urlsplit(address)
+        port = parts.port
+    except ValueError:
+        parts, port = None, None
+    if parts is None or parts.scheme not in SCHEDULER_SCHEMES:
+        return (
+            f"scheduler address {shown(address)!r} is not a dask scheduler address: use tcp://host:8786 "
+            f"(schemes: {', '.join(SCHEDULER_SCHEMES)})"
+        )
+    if parts.scheme in ("tcp", "tls") and (not parts.hostname or not port):
+        return f"scheduler address {shown(address)!r} needs a host and a port, e.g. tcp://10.0.0.5:8786"
+    return None
 
 
 def parse_mask_classes(text: str) -> tuple[int, ...]:

@@ -46,6 +46,17 @@ class ProcessingPaths:
         """Text written here (first 1 KB) becomes the job's ExitMessage."""
         return self.base / "output" / "message"
 
+    def in_processing_job(self) -> bool:
+        """True inside a SageMaker Processing job (SageMaker, its local mode and ``launcher local`` all write
+        ``config/processingjobconfig.json``)."""
+        return self.processing_job_config.is_file()
+
+    def under_contract(self, explicit_paths: bool) -> bool:
+        """Whether this run follows the SageMaker contract, i.e. writes ``output/message`` (the ExitMessage):
+        inside a Processing job, or when neither ``--input`` nor ``--output`` was given (the contract's
+        default paths). ``ndvi-worker --input X --output Y`` on a laptop writes nothing under /opt/ml."""
+        return self.in_processing_job() or not explicit_paths
+
     def resource(self) -> dict:
         """``resourceconfig.json`` as a dict, or ``{}`` outside SageMaker (or when unreadable)."""
         try:

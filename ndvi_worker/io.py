@@ -10,6 +10,7 @@ import errno
 import logging
 import os
 import shutil
+import stat
 import threading
 import time
 import warnings
@@ -20,6 +21,8 @@ from typing import TypeVar
 from urllib.parse import urlparse
 
 import numpy as np
+
+from ndvi_worker import safety
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -82,10 +85,33 @@ def _have_aws_credentials(env) -> bool:
 
 
 def gdal_path(href: str) -> str:
-    """The path rasterio opens for an href (rasterio maps https:// and s3:// to /vsicurl/ and /vsis3/)."""
-    if href.startswith("file://"):
-        return href[len("file://") :]
-    return href
+    """The dataset name GDAL opens for an href: built by :func:`ndvi_worker.safety.gdal_path` from a validated
+    href (``/vsicurl/<url>``, ``/vsis3/<bucket>/<key>`` or a local path), and for a local path, checked again
+    after following symbolic links (a link to ``/proc/self/environ`` is refused too) and required to be a
+    regular file. Raises :class:`SceneError` with the reason."""
+    try:
+        path = safety.gdal_path(href)
+        if not path.startswith("/vsi"):
+            real = os.path.realpath(path)
+            safety.check_local_path(real)
+            if os.path.exists(real) and not stat.S_ISREG(os.stat(real).st_mode):
+                raise safety.HrefError("not a regular file")
+    except (safety.HrefError, ValueError) as exc:
+        raise SceneError(f"rejected href {safety.shown(href)!r}: {exc}") from None
+    return path
+
+
+def open_raster(href: str, fresh: bool = False):
+    """Open an href with GDAL's GTiff driver only (COGs are GeoTIFFs): no other driver, so a file holding VRT
+    XML, or any other format, cannot make GDAL open further files. ``fresh`` bypasses GDAL's cache of remote
+    files for this URL (a retry after a network error would otherwise get a cached "does not exist")."""
+    import rasterio
+
+    path = gdal_path(href)
+    if fresh and path.startswith("/vsi"):
+        with rasterio.Env(CPL_VSIL_CURL_NON_CACHED=path):
+            return rasterio.open(path, driver="GTiff")
+    return rasterio.open(path, driver="GTiff")
 
 
 # ----------------------------------------------------------------------------------------------- retries
@@ -135,16 +161,28 @@ def with_retries(
     base_delay: float = 0.5,
     sleep: Callable[[float], None] = time.sleep,
 ) -> T:
-    """Call ``fn``; on a transient error retry with exponential backoff (0.5 s, 1 s, 2 s...)."""
+    """Call ``fn``; on a transient error retry with exponential backoff (0.5 s, 1 s, 2 s...).
+
+    When a retry fails with GDAL's "does not exist in the file system" after a network error, the network error
+    is raised: it is the cause (GDAL caches the failed lookup), and it is what the log showed."""
+    first_transient: Exception | None = None
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below
+            if first_transient is not None and "does not exist in the file system" in str(exc):
+                raise first_transient from exc
             if attempt == attempts or not is_transient(exc):
                 raise
+            first_transient = first_transient or exc
             delay = base_delay * 2 ** (attempt - 1)
             log.warning(
-                "%s: transient error (%s), retry %d/%d in %.1fs", what, exc, attempt, attempts - 1, delay
+                "%s: transient error (%s), retry %d/%d in %.1fs",
+                safety.shown(what, 300),
+                safety.shown(str(exc), 300),
+                attempt,
+                attempts - 1,
+                delay,
             )
             sleep(delay)
     raise AssertionError("unreachable")
@@ -179,25 +217,27 @@ class BandReader:
         self._lock = threading.Lock()
         self._counted: set[tuple[int, int]] = set()
         self.bytes_read = 0
+        self._attempts = 0
         self.info = with_retries(self._describe, f"open {href}", attempts=retries)
 
-    def _open(self):
+    def _open(self, fresh: bool = False):
         ds = getattr(self._local, "ds", None)
         if ds is None:
-            import rasterio
-
-            ds = rasterio.open(gdal_path(self.href))
+            ds = open_raster(self.href, fresh=fresh)
             self._local.ds = ds
             with self._lock:
                 self._handles.append(ds)
         return ds
 
     def _describe(self) -> BandInfo:
+        self._attempts += 1
         try:
-            ds = self._open()
+            ds = self._open(fresh=self._attempts > 1)
+        except SceneError:
+            raise
         except Exception as exc:
             self._local.ds = None
-            raise SceneError(f"cannot open {self.href}: {_short(exc, self.href)}") from exc
+            raise SceneError(f"cannot open {safety.shown(self.href)}: {_short(exc, self.href)}") from exc
         return BandInfo(
             href=self.href,
             crs=ds.crs,
@@ -223,7 +263,9 @@ class BandReader:
         try:
             data = with_retries(attempt, f"read {self.href}", attempts=self.retries)
         except Exception as exc:
-            raise SceneError(f"cannot read {self.href} {_window_str(window)}: {_short(exc)}") from exc
+            raise SceneError(
+                f"cannot read {safety.shown(self.href)} {_window_str(window)}: {_short(exc)}"
+            ) from exc
         self._count_bytes(window)
         return data
 
@@ -291,9 +333,13 @@ class ResampledReader:
             with self._lock:
                 self._vrts.append(vrt)
         try:
-            return with_retries(lambda: vrt.read(1, window=window), f"read {self.reader.href}")
+            return with_retries(
+                lambda: vrt.read(1, window=window), f"read {self.reader.href}", self.reader.retries
+            )
         except Exception as exc:
-            raise SceneError(f"cannot read {self.reader.href} (resampled): {_short(exc)}") from exc
+            raise SceneError(
+                f"cannot read {safety.shown(self.reader.href)} (resampled): {_short(exc)}"
+            ) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -307,8 +353,12 @@ class ResampledReader:
 def _short(exc: BaseException, href: str | None = None) -> str:
     text = str(exc).strip().replace("\n", " ")
     if href:  # GDAL repeats the path: "<path>: No such file or directory"
-        text = text.replace(f"{gdal_path(href)}: ", "").replace(f"{href}: ", "")
-    return text if len(text) <= 300 else text[:297] + "..."
+        with contextlib.suppress(SceneError):
+            text = text.replace(f"{gdal_path(href)}: ", "")
+        text = text.replace(f"{href}: ", "")
+    if "not recognized as being in a supported file format" in text:
+        text += " (only GeoTIFF/COG files are read)"
+    return safety.shown(text, 300)
 
 
 def _window_str(window) -> str:

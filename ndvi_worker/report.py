@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from ndvi_worker import __version__
 from ndvi_worker.ndvi import INT16_NODATA, INT16_SCALE
+from ndvi_worker.safety import redact, redact_obj
 
 STATUSES = ("done", "skipped", "failed")
 
@@ -38,21 +39,25 @@ def summarize(records: list[SceneRecord]) -> dict:
 
 
 def host_report(host: str, hosts: list[str], started: str, records: list[SceneRecord], options: dict) -> dict:
-    return {
-        "host": host,
-        "hosts": hosts,
-        "started": started,
-        "finished": utcnow(),
-        "worker_version": __version__,
-        "options": options,
-        "summary": summarize(records),
-        "bytes_read": sum(r.bytes_read for r in records),
-        "scenes": [r.to_dict() for r in records],
-    }
+    """The per-host report (``_reports/<host>.json``), secrets redacted."""
+    return redact_obj(
+        {
+            "host": host,
+            "hosts": hosts,
+            "started": started,
+            "finished": utcnow(),
+            "worker_version": __version__,
+            "options": options,
+            "summary": summarize(records),
+            "bytes_read": sum(r.bytes_read for r in records),
+            "scenes": [r.to_dict() for r in records],
+        }
+    )  # type: ignore[return-value]
 
 
 def exit_message(records: list[SceneRecord], host: str) -> str:
-    """A short summary for /opt/ml/output/message (SageMaker shows the first 1 KB as ExitMessage)."""
+    """A short summary for /opt/ml/output/message (SageMaker shows the first 1 KB as ExitMessage), secrets
+    redacted (before shortening, so no secret is cut in a way the redaction would miss)."""
     s = summarize(records)
     text = f"{host}: {s['done']} done, {s['skipped']} skipped, {s['failed']} failed of {s['total']} scenes."
     failed = [r for r in records if r.status == "failed"]
@@ -60,7 +65,7 @@ def exit_message(records: list[SceneRecord], host: str) -> str:
         text += " Failed: " + "; ".join(f"{r.item_id or r.source}: {r.error}" for r in failed[:5])
         if len(failed) > 5:
             text += f"; and {len(failed) - 5} more (see _reports/{host}.json)"
-    return text[:1024]
+    return redact(text)[:1024]
 
 
 def output_item(
@@ -79,7 +84,8 @@ def output_item(
     transform: tuple[float, ...],
     epsg: int | None,
 ) -> dict:
-    """The STAC item (as a dict, validated by pystac in tests) describing one NDVI output."""
+    """The STAC item (as a dict, validated by pystac in tests) describing one NDVI output; every string is
+    redacted (the source item's links and properties may carry signed URLs)."""
     props_in = scene_item.get("properties") or {}
     keep = (
         "datetime",
@@ -142,7 +148,7 @@ def output_item(
     }
     if quicklook_name:
         assets["quicklook"] = {"href": f"./{quicklook_name}", "type": "image/png", "roles": ["overview"]}
-    return _stac_item(f"{item_id}_ndvi", scene_item, properties, assets, source_href)
+    return redact_obj(_stac_item(f"{item_id}_ndvi", scene_item, properties, assets, source_href))  # type: ignore[return-value]
 
 
 def _stac_item(

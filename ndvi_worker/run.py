@@ -9,6 +9,7 @@ into the output folder, the STAC item last (its presence marks the scene complet
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -28,9 +29,15 @@ from ndvi_worker.discover import InputItem, find_items
 from ndvi_worker.ndvi import BlockStats, encode_float32, encode_int16, ndvi_core, scl_alignment, upsample_scl
 from ndvi_worker.pyramid import chunk_overviews, overview_count
 from ndvi_worker.report import SceneRecord, exit_message, host_report, output_item, utcnow
+from ndvi_worker.safety import redact
 from ndvi_worker.stac import ItemError, Scene, scene_from_item, validate_item_id
 
 log = logging.getLogger("ndvi_worker")
+
+
+class SetupError(RuntimeError):
+    """The shard cannot start (unwritable output, unreachable scheduler...): the message says what is wrong and
+    what to do; the CLI prints it on one line and exits 2."""
 
 
 # ----------------------------------------------------------------------------------------------- one scene
@@ -244,7 +251,7 @@ def process_scene(
                 info.transform,
                 info.crs.to_epsg() if info.crs else None,
             )
-            (work / f"{scene.output_stem}.json").write_text(json.dumps(item, indent=2))
+            (work / f"{scene.output_stem}.json").write_text(json.dumps(item, indent=2))  # redacted
             out = cfg.output_dir
             wio.publish(work / cog_name, out / cog_name)
             if png_name:
@@ -331,20 +338,27 @@ class Progress:
         self.finished = 0
         self.processed = 0
 
-    def update(self, record: SceneRecord, counts: dict) -> str:
+    #: No rate (nor ETA) is shown before this many seconds: one instant failure is not a rate.
+    MIN_ELAPSED = 1.0
+
+    def update(self, record: SceneRecord, counts: dict, processed: bool = True) -> str:
+        """One progress line. ``processed=False`` for records decided before any processing (invalid items,
+        duplicates, existing outputs): they count as finished but not in the processing rate."""
         self.finished += 1
-        if record.status != "skipped":
+        if processed and record.status != "skipped":
             self.processed += 1
         elapsed = time.monotonic() - self.start
         remaining = self.total - self.finished
-        rate = self.processed / elapsed if elapsed > 0 and self.processed else 0.0
+        rate = self.processed / elapsed if elapsed >= self.MIN_ELAPSED and self.processed else 0.0
         eta = _hms(remaining / rate) if rate else "--:--:--"
-        detail = f"{record.status} {record.item_id or record.source} in {record.seconds:.1f}s"
+        rate_text = f"{rate * 60:.1f} scenes/min" if rate else "-- scenes/min"
+        took = f" in {record.seconds:.1f}s" if processed else " (before processing)"
+        detail = f"{record.status} {record.item_id or record.source}{took}"
         if record.error and record.status == "failed":
             detail += f" ({record.error})"
         return (
             f"[{self.host}] {self.finished}/{self.total} scenes ({counts['done']} done, {counts['skipped']} skipped, "
-            f"{counts['failed']} failed), {rate * 60:.1f} scenes/min, ETA {eta} | {detail}"
+            f"{counts['failed']} failed), {rate_text}, ETA {eta} | {detail}"
         )
 
 
@@ -353,12 +367,14 @@ def _hms(seconds: float) -> str:
     return f"{seconds // 3600:02d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def _staging_root(cfg: WorkerConfig, host: str) -> Path:
-    """Scratch space on the output's file system but outside the output folder (so a rename publishes)."""
+def _staging_root(cfg: WorkerConfig, host: str) -> tuple[Path, bool]:
+    """Scratch space on the output's file system but outside the output folder (so a rename publishes), and
+    whether this run created it (then it is removed at the end when empty)."""
     if cfg.staging_dir is not None:
         root = cfg.staging_dir
     else:
         root = cfg.output_dir.resolve().parent / f".ndvi-staging-{host}"
+    created = not root.exists()
     root.mkdir(parents=True, exist_ok=True)
     if not wio.same_filesystem(root, cfg.output_dir):
         log.warning(
@@ -367,21 +383,85 @@ def _staging_root(cfg: WorkerConfig, host: str) -> Path:
             root,
             cfg.output_dir,
         )
-    return root
+    return root, created
 
 
-def run(cfg: WorkerConfig, paths: ProcessingPaths) -> int:
-    """Process every scene of the shard. Returns the exit status: 0 if no scene failed, 1 otherwise."""
+def _prepare_folders(cfg: WorkerConfig, host: str) -> tuple[Path, Path, bool]:
+    """Create the output, report and staging folders; :class:`SetupError` saying which and why otherwise."""
+    report_dir = cfg.output_dir / "_reports"
+    try:
+        cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        report_dir.mkdir(exist_ok=True)
+        probe = report_dir / f".write-test-{host}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise SetupError(
+            f"cannot write to the output folder {cfg.output_dir} ({exc.strerror or exc}): "
+            "choose a writable --output (or mount it writable for this user)"
+        ) from None
+    try:
+        staging_root, created = _staging_root(cfg, host)
+        probe = staging_root / f".write-test-{host}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        where = cfg.staging_dir or cfg.output_dir.resolve().parent
+        raise SetupError(
+            f"cannot create the staging folder in {where} ({exc.strerror or exc}): give a writable --staging-dir "
+            "on the output's file system"
+        ) from None
+    return report_dir, staging_root, created
+
+
+def connect_scheduler(address: str, timeout: float = 10.0):
+    """A dask.distributed client for ``address``, or :class:`SetupError` at once when nothing listens there
+    (distributed itself would keep retrying for its whole timeout, then raise a bare OSError)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(address)
+    if parts.scheme in ("tcp", "tls"):
+        try:
+            with socket.create_connection((parts.hostname, parts.port), timeout=min(timeout, 5.0)):
+                pass
+        except OSError as exc:
+            raise SetupError(
+                f"cannot reach the dask scheduler at {redact(address)} ({exc.strerror or exc}): start it "
+                "(`dask scheduler`) or fix --scheduler"
+            ) from None
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=f"{timeout}s")
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise SetupError(
+            f"cannot connect to the dask scheduler at {redact(address)} ({exc}): check that it is a "
+            "dask.distributed scheduler and reachable, or fix --scheduler"
+        ) from None
+
+
+def run(cfg: WorkerConfig, paths: ProcessingPaths, contract: bool | None = None) -> int:
+    """Process every scene of the shard. Returns the exit status: 0 if no scene failed, 1 otherwise.
+
+    ``contract``: whether this run is under the SageMaker contract, which decides whether the summary is written
+    to ``/opt/ml/output/message`` (the job's ExitMessage); ``None`` means "only inside a Processing job" (see
+    :meth:`ProcessingPaths.in_processing_job`). Raises :class:`SetupError` when the shard cannot start."""
     started = utcnow()
+    if contract is None:
+        contract = paths.in_processing_job()
     host = paths.current_host()
     hosts = [str(h) for h in paths.resource().get("hosts", [])] or [host]
-    cfg.output_dir.mkdir(parents=True, exist_ok=True)
-    report_dir = cfg.output_dir / "_reports"
-    report_dir.mkdir(exist_ok=True)
+    client = connect_scheduler(cfg.scheduler) if cfg.scheduler else None
+    try:
+        report_dir, staging_root, staging_created = _prepare_folders(cfg, host)
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
     removed = wio.remove_partials(cfg.output_dir)
     if removed:
         log.info("removed %d partial file(s) left by an interrupted run", removed)
-    staging_root = _staging_root(cfg, host)
 
     entries = find_items(cfg.input_dir) if cfg.input_dir.exists() else []
     planned = plan_shard(entries, cfg)
@@ -404,11 +484,11 @@ def run(cfg: WorkerConfig, paths: ProcessingPaths) -> int:
     for r in records:
         if r is not None:
             counts[r.status] += 1
-            log.info(progress.update(r, counts))
+            log.info(progress.update(r, counts, processed=False))
 
     def write_report() -> None:
         final = [r for r in records if r is not None]
-        report = host_report(host, hosts, started, final, cfg.to_dict())
+        report = host_report(host, hosts, started, final, cfg.to_dict())  # redacted
         wio.write_json_atomic(json.dumps(report, indent=2), report_dir / f"{host}.json", staging_root)
 
     def one(index: int) -> SceneRecord:
@@ -421,8 +501,10 @@ def run(cfg: WorkerConfig, paths: ProcessingPaths) -> int:
         signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     try:
         write_report()
-        if cfg.scheduler:
-            _run_distributed(cfg, todo, planned, records, staging_root, progress, counts, write_report)
+        if client is not None:
+            _run_distributed(
+                client, cfg, todo, planned, records, staging_root, progress, counts, write_report
+            )
         else:
             with ThreadPoolExecutor(max_workers=cfg.scenes_in_flight, thread_name_prefix="scene") as pool:
                 pending: dict[Future, int] = {}
@@ -466,40 +548,44 @@ def run(cfg: WorkerConfig, paths: ProcessingPaths) -> int:
                     )
                 else:
                     records[i] = SceneRecord(p.entry.source, p.scene.item_id, "failed", error="interrupted")
+        if client is not None:
+            client.close()
         write_report()
         final = [r for r in records if r is not None]
-        message = exit_message(final, host)
-        try:
-            paths.message_file.parent.mkdir(parents=True, exist_ok=True)
-            paths.message_file.write_text(message)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", paths.message_file, exc)
+        message = exit_message(final, host)  # redacted, at most 1 KB
+        if contract:
+            try:
+                paths.message_file.parent.mkdir(parents=True, exist_ok=True)
+                paths.message_file.write_text(message)
+            except OSError as exc:
+                log.warning("cannot write %s: %s", paths.message_file, exc)
+        if staging_created:
+            with contextlib.suppress(OSError):
+                staging_root.rmdir()  # only when empty: another run's scratch is never touched
         log.info(message)
     return 1 if any(r.status == "failed" for r in final) else 0
 
 
-def _run_distributed(cfg, todo, planned, records, staging_root, progress, counts, write_report) -> None:
+def _run_distributed(
+    client, cfg, todo, planned, records, staging_root, progress, counts, write_report
+) -> None:
     """Scenes as tasks on an existing dask.distributed cluster (the output folder must be shared with it)."""
-    from distributed import Client, as_completed
+    from distributed import as_completed
 
-    client = Client(cfg.scheduler, timeout="30s")
-    try:
-        futures = {}
-        for i in todo:
-            p = planned[i]
-            fut = client.submit(
-                _distributed_scene, p.scene, cfg, staging_root, p.entry.location, p.entry.source, pure=False
-            )
-            futures[fut] = i
-        for fut in as_completed(futures):
-            i = futures[fut]
-            rec = fut.result()
-            records[i] = rec
-            counts[rec.status] += 1
-            log.info(progress.update(rec, counts))
-            write_report()
-    finally:
-        client.close()
+    futures = {}
+    for i in todo:
+        p = planned[i]
+        fut = client.submit(
+            _distributed_scene, p.scene, cfg, staging_root, p.entry.location, p.entry.source, pure=False
+        )
+        futures[fut] = i
+    for fut in as_completed(futures):
+        i = futures[fut]
+        rec = fut.result()
+        records[i] = rec
+        counts[rec.status] += 1
+        log.info(progress.update(rec, counts))
+        write_report()
 
 
 def _reads_s3(scene: Scene) -> bool:
@@ -521,6 +607,13 @@ def _raise_keyboard_interrupt(signum, frame):  # noqa: ARG001
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+class RedactingFormatter(logging.Formatter):
+    """Every log line (message, arguments and traceback) goes through :func:`ndvi_worker.safety.redact`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
+
+
 def setup_logging(level: str = "INFO") -> None:
     logging.basicConfig(
         level=getattr(logging, level.upper(), logging.INFO),
@@ -528,5 +621,7 @@ def setup_logging(level: str = "INFO") -> None:
         stream=sys.stdout,
         force=True,
     )
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     for noisy in ("rasterio", "botocore", "urllib3", "distributed"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))

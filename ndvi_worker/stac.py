@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
+from ndvi_worker.safety import HrefError, check_href, shown
+
 #: Asset keys tried for each band, in order (v1 first, then v0, then other catalogues).
 BAND_ASSET_KEYS: dict[str, tuple[str, ...]] = {
     "red": ("red", "B04", "b04"),
@@ -38,8 +40,9 @@ BASELINE_KEYS = (
     "processing:version",
 )
 
-#: Item ids become file names: letters, digits, dot, dash, underscore; no path separators, no leading dot.
-_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+#: Item ids become file names: ASCII letters, digits, dot, dash, underscore; no path separators, no leading dot.
+#: Matched with ``fullmatch`` (``$`` would accept a trailing newline).
+_SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
 
 
 class ItemError(ValueError):
@@ -108,10 +111,9 @@ def validate_item_id(item_id: object) -> str:
     """Return the id if it is safe to use in a file name; raise :class:`ItemError` otherwise."""
     if not isinstance(item_id, str) or not item_id:
         raise ItemError("item has no 'id' (a non-empty string is required)")
-    if not _SAFE_ID.match(item_id) or ".." in item_id:
-        shown = item_id if len(item_id) <= 80 else item_id[:77] + "..."
+    if not _SAFE_ID.fullmatch(item_id) or ".." in item_id:
         raise ItemError(
-            f"unsafe item id {shown!r}: ids name output files, so only letters, digits, '.', '-', '_' "
+            f"unsafe item id {shown(item_id, 80)!r}: ids name output files, so only letters, digits, '.', '-', '_' "
             "(not starting with '.', no '..', at most 200 characters) are accepted"
         )
     return item_id
@@ -205,8 +207,8 @@ _PC_TILE = re.compile(r"^(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
 
 def _tile(zone: object, band: object, square: object) -> str | None:
     try:
-        z = int(zone)
-    except (TypeError, ValueError):
+        z = int(zone)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
         return None
     if not (1 <= z <= 60) or not isinstance(band, str) or not isinstance(square, str):
         return None
@@ -219,7 +221,9 @@ def mgrs_tile(item: dict[str, object]) -> str | None:
     Sources, in order: `grid:code` (v1), `mgrs:*` (v1), `sentinel:*` (v0), `s2:mgrs_tile` (Planetary Computer),
     then the item id.
     """
-    props = item.get("properties") or {}
+    props = item.get("properties")
+    if not isinstance(props, dict):
+        props = {}
     code = props.get("grid:code")
     if isinstance(code, str):
         m = _GRID_CODE.match(code.strip().upper())
@@ -266,6 +270,31 @@ def resolve_href(href: str, base: str | None) -> str:
     return posixpath.normpath(posixpath.join(posixpath.dirname(base), href))
 
 
+def checked_href(band: str, href: object, location: str | None) -> str:
+    """The band's href resolved against the item's location and checked against the href rules
+    (:func:`ndvi_worker.safety.check_href`); :class:`ItemError` saying "rejected" otherwise."""
+    try:
+        if isinstance(href, str):
+            check_href(href) if _absolute(href) else _check_relative(href)
+        resolved = resolve_href(href, location)  # type: ignore[arg-type]
+        check_href(resolved)
+    except ItemError:
+        raise
+    except (HrefError, ValueError) as exc:  # ValueError: urllib's own (an unclosed IPv6 bracket...)
+        raise ItemError(f"rejected {band} href {shown(href)!r}: {exc}") from None
+    return resolved
+
+
+def _absolute(href: str) -> bool:
+    parsed = urlparse(href)
+    return bool(parsed.scheme and len(parsed.scheme) > 1) or href.startswith("/")
+
+
+def _check_relative(href: str) -> None:
+    """A relative href is checked for what resolution would hide (inline XML, control characters...)."""
+    check_href("/" + href if not href.startswith(("<", " ")) else href)
+
+
 def find_asset(assets: dict, band: str) -> dict:
     for key in BAND_ASSET_KEYS[band]:
         asset = assets.get(key)
@@ -283,14 +312,19 @@ def scene_from_item(item: dict, location: str | None = None, boa_offset: str = "
         raise ItemError("not a STAC item (a GeoJSON Feature with 'assets' is required)")
     item_id = validate_item_id(item.get("id"))
     assets = item["assets"]
-    props = item.get("properties") or {}
-    hrefs = {band: resolve_href(find_asset(assets, band)["href"], location) for band in BAND_ASSET_KEYS}
-    for band, href in hrefs.items():
-        if href.lower().endswith(".jp2"):
+    props = item.get("properties")
+    if props is None:
+        props = {}
+    if not isinstance(props, dict):
+        raise ItemError("the item's 'properties' is not an object")
+    raw = {band: find_asset(assets, band)["href"] for band in BAND_ASSET_KEYS}
+    for band, href in raw.items():
+        if isinstance(href, str) and href.lower().split("?")[0].endswith(".jp2"):
             raise ItemError(
-                f"the {band} asset is a JPEG2000 file ({href}); this worker reads the COG assets "
+                f"the {band} asset is a JPEG2000 file ({shown(href)}); this worker reads the COG assets "
                 "(red/nir/scl or B04/B08/SCL), not the requester-pays *-jp2 twins"
             )
+    hrefs = {band: checked_href(band, href, location) for band, href in raw.items()}
     return Scene(
         item_id=item_id,
         red=hrefs["red"],

@@ -36,6 +36,12 @@ def clone_scene(src: Path, dst_root: Path, new_id: str) -> Path:
     return path
 
 
+def in_a_job(base: Path) -> None:
+    """Make SAGEMAKER_BASE_DIR look like a Processing job's /opt/ml (SageMaker writes processingjobconfig.json)."""
+    (base / "config").mkdir(parents=True, exist_ok=True)
+    (base / "config" / "processingjobconfig.json").write_text("{}")
+
+
 def report_of(out: Path) -> dict:
     return json.loads(next((out / "_reports").glob("*.json")).read_text())
 
@@ -94,6 +100,7 @@ def test_bad_input_matrix(synthetic_input, run_worker, tmp_path):
     (dup / "copy.json").write_text(json.dumps(item))
 
     out = tmp_path / "out"
+    in_a_job(tmp_path / "opt-ml")  # --input/--output inside a Processing job: the ExitMessage is written
     proc = run_worker("--input", str(synthetic_input), "--output", str(out))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     report = report_of(out)
@@ -202,6 +209,7 @@ def test_sigterm_writes_the_report_and_message(synthetic_input, tmp_path):
     base = tmp_path / "opt-ml"
     out = base / "processing" / "output"
     env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
+    in_a_job(base)
     cmd = [sys.executable, "-m", "ndvi_worker", "--input", str(synthetic_input), "--output", str(out),
            "--scenes-in-flight", "1"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -209,7 +217,7 @@ def test_sigterm_writes_the_report_and_message(synthetic_input, tmp_path):
     while time.monotonic() < deadline and not list(out.glob("*_ndvi.json")):
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(60) != 0
+    assert proc.wait(60) == 143
     report = report_of(out)
     statuses = [s["status"] for s in report["scenes"]]
     assert "done" in statuses and report["summary"]["total"] == 3
