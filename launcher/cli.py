@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -27,25 +28,36 @@ def _console(stderr: bool = True):
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected failures into one clear line with what to do, instead of a traceback."""
+    """Turn every failure into one clear line with what to do, instead of a traceback: argument problems exit 2
+    (usage), everything else 1. An unexpected error still gets one line (EARTHMON_DEBUG=1 shows the traceback)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from launcher.jobs import RequestError
-        from launcher.plan import PlanError
+        from launcher.plan import ArgumentError, PlanError
         from launcher.submit import SubmitError
 
         try:
             return fn(*args, **kwargs)
-        except (PlanError, RequestError, SubmitError) as exc:
+        except (ArgumentError, RequestError) as exc:  # RequestError: the options make an invalid API request
+            raise click.UsageError(str(exc)) from None
+        except (PlanError, SubmitError) as exc:
             raise click.ClickException(str(exc)) from None
-        except click.ClickException:
+        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:
             hint = _aws_hint(exc)
-            if hint is None:
+            if hint is not None:
+                raise click.ClickException(hint) from None
+            if isinstance(exc, OSError):
+                where = f" ({exc.filename})" if exc.filename else ""
+                raise click.ClickException(f"{exc.strerror or exc}{where}") from None
+            if os.environ.get("EARTHMON_DEBUG"):
                 raise
-            raise click.ClickException(hint) from None
+            raise click.ClickException(
+                f"unexpected error ({type(exc).__name__}: {str(exc)[:300]}); run again with EARTHMON_DEBUG=1 for "
+                "the traceback and report it"
+            ) from None
 
     return wrapper
 
@@ -55,10 +67,17 @@ def _aws_hint(exc: Exception) -> str | None:
         return None
     name = type(exc).__name__
     if name == "NoRegionError":
-        return "no AWS region configured: set AWS_REGION (or AWS_DEFAULT_REGION), e.g. export AWS_REGION=us-west-2"
+        import botocore
+
+        # botocore reads AWS_DEFAULT_REGION (and the profile's `region`); AWS_REGION alone is not read by it
+        return (
+            "no AWS region configured: export AWS_DEFAULT_REGION=us-west-2 (or set `region` in ~/.aws/config for "
+            f"your profile); botocore {botocore.__version__} does not read AWS_REGION"
+        )
     if name in {"NoCredentialsError", "PartialCredentialsError"}:
         return (
-            "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID/...)"
+            "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY)"
         )
     if name == "EndpointConnectionError":
         return f"cannot reach the AWS endpoint ({exc}); check AWS_ENDPOINT_URL and the network"
@@ -148,8 +167,28 @@ def search(
 
     if bbox is None and intersects is None:
         raise click.UsageError("give an area: --bbox=W,S,E,N or --intersects FILE")
+    url = stac_url or s.EARTH_SEARCH_V1
+    if source == "stac" and not url.startswith(("http://", "https://")):
+        raise click.UsageError(f"--stac-url must be the http(s):// root of a STAC API, got {url!r}")
+    if max_items is not None and max_items < 1:
+        raise click.UsageError(f"--max-items must be >= 1, got {max_items}")
+    out_dir = Path(out).resolve().parent
+    if not out_dir.is_dir():
+        raise click.UsageError(f"--out {out}: the folder {out_dir} does not exist (create it first)")
     try:
-        geometry = s.geometry_from_geojson(json.loads(Path(intersects).read_text())) if intersects else None
+        if datetime_ is not None:
+            s.check_datetime(datetime_)
+        geometry = None
+        if intersects:
+            try:
+                doc = json.loads(Path(intersects).read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, RecursionError):
+                raise ValueError(f"--intersects {intersects} is not a GeoJSON text file") from None
+            if not isinstance(doc, dict):
+                raise ValueError(
+                    f"--intersects {intersects}: expected a GeoJSON object, got {type(doc).__name__}"
+                )
+            geometry = s.geometry_from_geojson(doc)
         query = s.SearchQuery(
             collection=collection,
             bbox=s.parse_bbox(bbox) if bbox else None,
@@ -159,10 +198,11 @@ def search(
             page_size=page_size,
             max_items=max_items,
         )
+        if source == "sagemaker-geospatial":
+            s.geospatial_request(query)  # its own limits (closed range, a polygon), before anything is sent
     except (ValueError, json.JSONDecodeError) as exc:
         raise click.UsageError(str(exc)) from None
     console = _console()
-    url = stac_url or s.EARTH_SEARCH_V1
     with console.status("searching ...") as status:
 
         def on_page(pages: int, count: int) -> None:
@@ -175,11 +215,10 @@ def search(
         try:
             kept, stats = s.dedupe(found, dedupe, collection=collection)
         except Exception as exc:
-            module = type(exc).__module__
-            if source == "stac" and (module.startswith(("pystac_client", "requests", "urllib3", "pystac"))):
+            if source == "stac" and _aws_hint(exc) is None:
                 raise click.ClickException(
-                    f"the STAC search at {url} failed ({type(exc).__name__}: {str(exc)[:300]}); check --stac-url "
-                    "and the network, then run the search again"
+                    f"the STAC search at {url} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
+                    "check --stac-url and the network, then run the search again"
                 ) from None
             raise
     n = s.write_jsonl(kept, out)
@@ -257,24 +296,42 @@ def plan(
     no_upload,
     force,
 ) -> None:
-    """Shard the items into balanced ManifestFile jobs, upload them and write DIR/plan.json."""
+    """Shard the items into balanced ManifestFile jobs, upload them and write DIR/plan.json.
+
+    ITEMS may be JSON lines (what `launcher search` writes), a STAC item, an ItemCollection or a list of items,
+    as the worker reads them. Items whose id cannot name a file (e.g. '../x') are reported and left out.
+    """
     from launcher import plan as p
     from launcher import store
-    from launcher.search import read_jsonl
+    from launcher.search import read_items
 
     console = _console()
-    existing = Path(out_dir) / store.PLAN_FILE
+    out = Path(out_dir)
+    existing = out / store.PLAN_FILE
+    if out.exists() and not out.is_dir():
+        raise click.UsageError(f"--out {out_dir} is a file: give a folder for plan.json")
     if existing.exists() and not force:
         raise click.ClickException(
             f"{existing} exists already: it records a run (status, resume need it). Plan into another --out, "
             "or pass --force to replace it"
         )
+    if run_id is not None:
+        p.validate_run_id(run_id)
+    p.price_for(instance_type, price_per_hour)  # argument problems first, before reading anything
     try:
-        items = read_jsonl(items_path)
+        items = read_items(items_path)
     except ValueError as exc:
         raise click.ClickException(str(exc)) from None
+    items, rejected = p.safe_items(items)
+    for why in rejected[:20]:
+        console.print(f"[yellow]left out: {why}[/]")
+    if len(rejected) > 20:
+        console.print(f"[yellow]left out {len(rejected) - 20} more item(s) with unsafe ids[/]")
     if not items:
-        raise click.ClickException(f"{items_path} holds no items: nothing to plan")
+        raise click.ClickException(
+            f"{items_path} holds no items to plan"
+            + (f" ({len(rejected)} left out for unsafe ids)" if rejected else "")
+        )
     t0 = time.perf_counter()
     the_plan, manifests, to_write = p.make_plan(
         items,
@@ -289,18 +346,11 @@ def plan(
         copy_items=copy_items,
     )
     planned_in = time.perf_counter() - t0
-    out = Path(out_dir)
+    if not no_upload:  # uploaded first: a failed upload leaves nothing local to mistake for a planned run
+        _upload(console, the_plan, manifests, to_write)
     store.save_manifests(manifests, out)
-    if not no_upload:
-        from rich.progress import Progress
-
-        from launcher.aws import client
-
-        s3 = client("s3")
-        uris = {s.item_id: s.uri for s in the_plan.scenes().values()}
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("uploading item JSONs", total=len(to_write))
-            store.upload_run(s3, the_plan, manifests, to_write, uris, on_item=lambda: bar.advance(task))
+    if no_upload and to_write:
+        store.save_items(to_write, out)  # for `launcher upload` later
     path = store.save_plan(the_plan, out)
     if map_path:
         from launcher.mapview import write_map
@@ -312,16 +362,67 @@ def plan(
     console.print(
         f"planned {the_plan.scene_count} scene(s) into {len(the_plan.jobs)} job(s) of {min(sizes)}-{max(sizes)} "
         f"scenes, up to {instances_per_job} x {instance_type} each, in {planned_in:.2f} s"
+        + (f"; {len(rejected)} item(s) left out" if rejected else "")
     )
-    where = "written under " + the_plan.s3_prefix if to_write else "referenced in place"
+    if not to_write:
+        where = "referenced in place"
+    elif no_upload:
+        where = f"to be written under {the_plan.s3_prefix}items/ (kept in {out / 'items'} until uploaded)"
+    else:
+        where = f"written under {the_plan.s3_prefix}items/"
     console.print(f"item JSONs {where}; outputs -> {the_plan.output_prefix}")
     console.print(
         f"estimate: {est.instance_hours:.1f} instance-hours, ${est.cost_usd:,.2f} at ${est.price_per_hour}/h, "
         f"about {est.wall_hours * 60:.0f} min if all jobs run at once"
     )
     if no_upload:
-        console.print("[yellow]--no-upload: manifests are only local; upload before `submit`[/]")
+        console.print(
+            f"[yellow]--no-upload: nothing was written to S3; `launcher upload --plan {out}` uploads the run "
+            "before `submit` or `local`[/]"
+        )
     console.print(f"plan -> {path}")
+
+
+def _upload(console, the_plan, manifests, to_write, planning: bool = True) -> None:
+    """Item JSONs, then manifests, then plan.json to the run's prefix; a credentials or region problem says how
+    to plan without uploading."""
+    from rich.progress import Progress
+
+    from launcher import store
+    from launcher.aws import client
+
+    try:
+        s3 = client("s3")
+        uris = {s.item_id: s.uri for s in the_plan.scenes().values()}
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("uploading item JSONs", total=len(to_write))
+            store.upload_run(s3, the_plan, manifests, to_write, uris, on_item=lambda: bar.advance(task))
+    except Exception as exc:
+        hint = _aws_hint(exc)
+        if hint is None:
+            raise
+        if not planning:
+            raise click.ClickException(f"{hint}; then run `launcher upload` again") from None
+        raise click.ClickException(
+            f"{hint}. Nothing was written locally; to plan without AWS, add --no-upload and run "
+            "`launcher upload --plan DIR` later"
+        ) from None
+
+
+@cli.command()
+@click.option("--plan", "plan_path", required=True, help="DIR/plan.json of `launcher plan --no-upload`.")
+@friendly_errors
+def upload(plan_path) -> None:
+    """Upload a run planned with --no-upload: its item JSONs, manifests and plan.json, to its S3 prefix."""
+    from launcher import store
+
+    console = _console()
+    the_plan = _load_plan(plan_path)
+    manifests, items = store.local_run_files(the_plan, _plan_file(plan_path).parent)
+    _upload(console, the_plan, manifests, items, planning=False)
+    console.print(
+        f"uploaded {len(items)} item JSON(s), {len(manifests)} manifest(s) and plan.json to {the_plan.s3_prefix}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------- submit
@@ -339,33 +440,69 @@ def _plan_file(plan_path: str) -> Path:
 
 
 def _submission(the_plan, image, role, instance_type, volume_gb, max_runtime, env, worker_args):
-    from launcher.jobs import parse_env
-    from launcher.plan import Submission
+    """The submission settings (the plan's, overridden by the options) and the secret values given on this
+    command line (used for this invocation only, never stored)."""
+    from launcher.plan import Submission, check_instance_type
+    from launcher.secrets import parse_env_options
 
     previous = the_plan.submission
     if image is None and previous is None:
         raise click.UsageError("--image is required (the processing image URI)")
     if role is None and previous is None:
         raise click.UsageError("--role is required (the IAM role ARN the jobs run as)")
+    if instance_type is not None:
+        check_instance_type(instance_type)
+    options = parse_env_options(env)
     base = previous or Submission(image=image, role=role, instance_type=the_plan.instance_type)
-    return Submission(
+    environment = {k: v for k, v in base.environment.items() if k not in options.from_caller}
+    environment.update(options.plain)
+    from_caller = [n for n in base.env_from_caller if n not in options.plain]
+    from_caller += [n for n in options.from_caller if n not in from_caller]
+    submission = Submission(
         image=image or base.image,
         role=role or base.role,
         instance_type=instance_type or base.instance_type,
         volume_gb=volume_gb if volume_gb is not None else base.volume_gb,
         max_runtime_seconds=max_runtime if max_runtime is not None else base.max_runtime_seconds,
-        environment={**base.environment, **parse_env(env)},
+        environment=environment,
         worker_args=tuple(worker_args) if worker_args else base.worker_args,
+        env_from_caller=tuple(from_caller),
     )
+    return submission, options.given
 
 
-def _submit_jobs(the_plan, jobs, submission, dry_run: bool, skip_preflight: bool, console) -> None:
+def _secret_values(names, given, console, when: str, dry_run: bool = False) -> dict[str, str]:
+    """The values of the variables kept by name (secrets): from this command line, else the caller's
+    environment. Missing ones: a usage error (a placeholder in a dry run)."""
+    from launcher.plan import ArgumentError
+    from launcher.secrets import missing_message, resolve
+
+    names = list(names)
+    values, missing = resolve(names, given, os.environ)
+    if missing and not dry_run:
+        raise ArgumentError(missing_message(missing, when))
+    for name in missing:
+        values[name] = ""
+        console.print(f"[yellow]{name} is not set in your environment: export it before `{when}`[/]")
+    if names:
+        on_line = [n for n in names if n in given]
+        console.print(
+            f"secret(s) {', '.join(names)}: value(s) taken from "
+            + ("this command line (for this run only) and " if on_line else "")
+            + "your environment; plan.json keeps only the names"
+        )
+    return values
+
+
+def _submit_jobs(the_plan, jobs, submission, secrets, dry_run: bool, skip_preflight: bool, console) -> None:
     from launcher.aws import client
+    from launcher.secrets import redact_request
     from launcher.submit import build_requests, preflight, submit_requests
 
-    requests = build_requests(the_plan, jobs, submission)
+    requests = build_requests(the_plan, jobs, submission, secrets)
     if dry_run:
-        click.echo(json.dumps(requests, indent=2))
+        shown = [redact_request(r, submission.env_from_caller) for r in requests]
+        click.echo(json.dumps(shown, indent=2))
         return
     if not skip_preflight:
         checks, why = preflight(client("service-quotas"), the_plan, jobs, submission.instance_type)
@@ -441,19 +578,22 @@ def submit(
 
     console = _console()
     the_plan = _load_plan(plan_path)
-    submission = _submission(the_plan, image, role, instance_type, volume_gb, max_runtime, env, worker_args)
+    submission, given = _submission(
+        the_plan, image, role, instance_type, volume_gb, max_runtime, env, worker_args
+    )
     jobs = list(the_plan.jobs) if round_ is None else the_plan.jobs_of_round(round_)
     if not jobs:
-        raise click.ClickException(f"no jobs in round {round_} of the plan (rounds: {the_plan.rounds})")
+        raise click.UsageError(f"no jobs in round {round_} of the plan (rounds: {the_plan.rounds})")
+    secrets = _secret_values(submission.env_from_caller, given, console, "launcher submit", dry_run)
     if not dry_run:
         import dataclasses
 
         from launcher.submit import build_requests
 
-        build_requests(the_plan, jobs, submission)  # invalid settings are never recorded
+        build_requests(the_plan, jobs, submission, secrets)  # invalid settings are never recorded
         # recorded before sending, so `resume` knows them even if this submission is interrupted
         store.save_plan(dataclasses.replace(the_plan, submission=submission), _plan_file(plan_path))
-    _submit_jobs(the_plan, jobs, submission, dry_run, skip_preflight, console)
+    _submit_jobs(the_plan, jobs, submission, secrets, dry_run, skip_preflight, console)
 
 
 # ------------------------------------------------------------------------------------------ status / watch
@@ -491,7 +631,7 @@ def _gather(the_plan, plan_path: str):
     return progress(the_plan, descriptions, done, reports), done
 
 
-def _print_status(prog, the_plan, console, verbose: bool) -> None:
+def _print_status(prog, the_plan, console, verbose: bool, plan_path: str = "DIR/plan.json") -> None:
 
     states = ", ".join(f"{n} {s}" for s, n in sorted(prog.by_status.items()))
     console.print(f"run {the_plan.run_id}: {len(prog.jobs)} job(s): {states}")
@@ -516,9 +656,22 @@ def _print_status(prog, the_plan, console, verbose: bool) -> None:
         console.print(f"[red]{len(prog.failures)} failed scene(s)[/] (from the per-host reports):")
         for line in summarize_errors(prog.failures):
             console.print(f"  {line}")
+    from launcher.watch import NOT_SUBMITTED
+
     missing = prog.scenes - prog.done
-    if prog.finished and missing:
-        console.print(f"{missing} scene(s) without output: `launcher resume --plan ...` runs them again")
+    never = [j for j in prog.jobs if j.status == NOT_SUBMITTED]
+    if never:
+        what = (
+            "no job of this plan was" if len(never) == len(prog.jobs) else f"{len(never)} job(s) were never"
+        )
+        console.print(
+            f"{what} submitted: `launcher submit --plan {plan_path} --image URI --role ARN` submits them "
+            f"(or `launcher local --plan {plan_path}` runs them here)"
+        )
+    elif prog.finished and missing:
+        console.print(
+            f"{missing} scene(s) without output: `launcher resume --plan {plan_path}` runs them again"
+        )
 
 
 @cli.command()
@@ -557,7 +710,7 @@ def status(plan_path, show_jobs, as_json) -> None:
             )
         )
         return
-    _print_status(prog, the_plan, _console(stderr=False), show_jobs)
+    _print_status(prog, the_plan, _console(stderr=False), show_jobs, plan_path)
 
 
 @cli.command()
@@ -572,6 +725,10 @@ def watch(plan_path, interval, timeout) -> None:
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    if not interval > 0 or interval > 86400:
+        raise click.UsageError(f"--interval must be within 0..86400 seconds (above 0), got {interval}")
+    if timeout is not None and not timeout >= 0:
+        raise click.UsageError(f"--timeout must be >= 0 seconds, got {timeout}")
     console = _console()
     the_plan = _load_plan(plan_path)
     start = time.monotonic()
@@ -597,7 +754,7 @@ def watch(plan_path, interval, timeout) -> None:
             except KeyboardInterrupt:
                 console.print("[yellow]stopped watching; the jobs keep running[/]")
                 break
-    _print_status(prog, the_plan, console, verbose=False)
+    _print_status(prog, the_plan, console, verbose=False, plan_path=plan_path)
     if prog.finished and prog.done < prog.scenes:
         sys.exit(1)
 
@@ -647,6 +804,8 @@ def resume(
     from launcher.submit import describe_jobs
     from launcher.watch import active_jobs, missing_scenes
 
+    if jobs is not None and jobs < 1:
+        raise click.UsageError(f"--jobs must be >= 1, got {jobs}")
     console = _console()
     the_plan = _load_plan(plan_path)
     s3 = client("s3")
@@ -675,16 +834,18 @@ def resume(
             "wait for them (`launcher watch`), or pass --force to plan their scenes again anyway"
         )
     submission = None
+    secrets: dict[str, str] = {}
     if not no_submit:
-        submission = _submission(
+        submission, given = _submission(
             the_plan, image, role, instance_type, volume_gb, max_runtime, env, worker_args
         )
+        secrets = _secret_values(submission.env_from_caller, given, console, "launcher resume", dry_run)
     new_plan, new_jobs, manifests = add_round(the_plan, missing, jobs)
     round_ = new_jobs[0].round
     console.print(f"round {round_}: {len(missing)} scene(s) in {len(new_jobs)} job(s)")
     if dry_run:
         if submission is not None:
-            _submit_jobs(new_plan, new_jobs, submission, True, True, console)
+            _submit_jobs(new_plan, new_jobs, submission, secrets, True, True, console)
         return
     store.save_manifests(manifests, _plan_file(plan_path).parent)
     store.upload_run(s3, new_plan, manifests, [], {})
@@ -692,7 +853,7 @@ def resume(
         new_plan = dataclasses.replace(new_plan, submission=submission)
     store.save_plan(new_plan, _plan_file(plan_path))
     if submission is not None:
-        _submit_jobs(new_plan, new_jobs, submission, False, skip_preflight, console)
+        _submit_jobs(new_plan, new_jobs, submission, secrets, False, skip_preflight, console)
 
 
 # -------------------------------------------------------------------------------------------------- local
@@ -743,11 +904,22 @@ def local(
     role,
 ) -> None:
     """Run a plan on this machine the way SageMaker would (sharded instances, own /opt/ml trees)."""
+    import dataclasses
+
     from launcher import local as runner
     from launcher.aws import client
-    from launcher.jobs import parse_env, processing_request
+    from launcher.jobs import processing_request
     from launcher.plan import Submission
+    from launcher.secrets import parse_env_options
 
+    if instances < 1 or instances > 100:
+        raise click.UsageError(f"--instances must be within 1..100, got {instances}")
+    if parallel is not None and parallel < 1:
+        raise click.UsageError(f"--parallel must be >= 1, got {parallel}")
+    for volume in volumes:
+        if volume.count(":") not in (1, 2) or not all(volume.split(":")[:2]):
+            raise click.UsageError(f"--volume takes HOST:CONTAINER[:ro], got {volume!r}")
+    options = parse_env_options(env)
     console = _console()
     the_plan = _load_plan(plan_path)
     jobs = [
@@ -757,16 +929,24 @@ def local(
     ]
     unknown = set(job_names) - {j.name for j in the_plan.jobs}
     if unknown:
-        raise click.ClickException(f"no such job(s) in the plan: {', '.join(sorted(unknown))}")
+        raise click.UsageError(f"no such job(s) in the plan: {', '.join(sorted(unknown))[:300]}")
     if not jobs:
-        raise click.ClickException("no jobs selected")
-    if instances < 1:
-        raise click.UsageError("--instances must be >= 1")
+        raise click.UsageError(f"no jobs selected (rounds of the plan: {the_plan.rounds})")
     submission = the_plan.submission or Submission(image=image or runner.DEFAULT_IMAGE, role=role)
     if image:
-        submission = Submission(
-            **{**submission.to_dict(), "image": image, "worker_args": submission.worker_args}
-        )
+        submission = dataclasses.replace(submission, image=image)
+    names = [
+        *submission.env_from_caller,
+        *(n for n in options.from_caller if n not in submission.env_from_caller),
+    ]
+    secrets = _secret_values(names, options.given, console, "launcher local")
+    if not no_docker:
+        problem = runner.docker_problem()
+        if problem:  # before any tree is touched: the last run's outputs and status stay as they were
+            raise click.ClickException(
+                f"no Docker engine to run {submission.image} ({problem}): start Docker, or run the worker as a "
+                "process with --no-docker"
+            )
     s3 = client("s3")
     if sdk_local:
         failed = 0
@@ -774,7 +954,12 @@ def local(
             console.print(f"{job.name}: SageMaker SDK local mode (1 instance, FullyReplicated, EndOfJob)")
             try:
                 runner.run_sdk_local(
-                    s3, the_plan, job, submission.image, role, {**submission.environment, **parse_env(env)}
+                    s3,
+                    the_plan,
+                    job,
+                    submission.image,
+                    role,
+                    {**submission.environment, **options.plain, **secrets},
                 )
                 console.print(f"{job.name}: Completed")
             except RuntimeError as exc:  # local mode raises when the container exits non-zero
@@ -789,10 +974,9 @@ def local(
             sys.exit(1)
         return
     workdir_path = Path(workdir) if workdir else _plan_file(plan_path).parent / "local"
-    extra_env = parse_env(env)
     failed = 0
     for job in jobs:
-        request = processing_request(the_plan, job, submission)
+        request = processing_request(the_plan, job, submission, secrets)
         result = runner.run_job(
             s3,
             the_plan,
@@ -802,7 +986,8 @@ def local(
             instances,
             docker=not no_docker,
             image=submission.image,
-            extra_env=extra_env,
+            extra_env=options.plain,
+            redact=names,
             volumes=volumes,
             parallel=parallel,
             on_event=console.print,
@@ -810,8 +995,8 @@ def local(
         for inst in result.instances:
             if inst.exit_code != 0:
                 console.print(
-                    f"[red]{job.name} {inst.host} exited {inst.exit_code}[/]: {inst.message.strip() or 'no message'} "
-                    f"(log: {inst.log})"
+                    f"[red]{job.name} {inst.host} exited {inst.exit_code}[/]: "
+                    f"{inst.message.strip() or 'no message (see the log)'} (log: {inst.log})"
                 )
         console.print(f"{job.name}: {result.status}")
         failed += result.status != "Completed"

@@ -34,8 +34,11 @@ class RequestError(ValueError):
     """A request that the API would reject; the message lists every problem."""
 
 
-def processing_request(plan: Plan, job: JobPlan, submission: Submission) -> dict[str, Any]:
-    """The CreateProcessingJob request for one job of the plan."""
+def processing_request(
+    plan: Plan, job: JobPlan, submission: Submission, secrets: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The CreateProcessingJob request for one job of the plan. `secrets`: the values of
+    `submission.env_from_caller` (read from the caller's environment, never stored in the plan)."""
     args = list(submission.worker_args) if submission.worker_args else list(DEFAULT_WORKER_ARGS)
     app: dict[str, Any] = {"ImageUri": submission.image}
     if args:
@@ -82,8 +85,9 @@ def processing_request(plan: Plan, job: JobPlan, submission: Submission) -> dict
             {"Key": TAG_JOB_INDEX, "Value": str(job.index)},
         ],
     }
-    if submission.environment:
-        request["Environment"] = dict(submission.environment)
+    environment = {**submission.environment, **(secrets or {})}
+    if environment:
+        request["Environment"] = environment
     return request
 
 

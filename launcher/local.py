@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from launcher.aws import S3Uri, is_not_found, list_objects, parse_s3_uri
+from launcher.paths import inside
 from launcher.plan import JobPlan, Plan, PlanError, manifest_uris
+from launcher.secrets import redact_request
 
 CONTAINER_BASE = "/opt/ml"
 DEFAULT_IMAGE = "earthmon-processing:dev"
@@ -80,7 +82,10 @@ def docker_argv(
     user: str | None = None,
 ) -> list[str]:
     """`docker run` for one simulated instance: its tree mounted at /opt/ml, host network, the image's
-    ENTRYPOINT with the request's ContainerArguments appended (what SageMaker does)."""
+    ENTRYPOINT with the request's ContainerArguments appended (what SageMaker does).
+
+    Environment variables are passed by name only (`-e NAME`): run the command with `environment` in the docker
+    client's own environment (`docker_env`), so no value (a secret) is ever on a command line `ps` shows."""
     argv = ["docker", "run", "--rm", "--network", "host"]
     if name:
         argv += ["--name", name]
@@ -90,11 +95,48 @@ def docker_argv(
         argv += ["-v", f"{os.path.abspath(os.path.join(tree, sub))}:{CONTAINER_BASE}/{sub}"]
     for volume in volumes:  # e.g. a local catalog the item hrefs point into
         argv += ["-v", volume]
-    for key, value in sorted(environment.items()):
-        argv += ["-e", f"{key}={value}"]
+    for key in sorted(environment):
+        argv += ["-e", key]
     argv.append(image)
     argv += list(args)
     return argv
+
+
+def docker_env(environment: Mapping[str, str], base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The docker client's environment for `docker_argv`: the caller's, plus the worker's variables."""
+    return {**(os.environ if base is None else base), **environment}
+
+
+def docker_problem(timeout: float = 20.0) -> str | None:
+    """Why no Docker engine can run the image (None when `docker version` reaches a server)."""
+    if shutil.which("docker") is None:
+        return "the docker command is not installed"
+    try:
+        proc = subprocess.run(
+            ["docker", "version", "--format", "{{.Server.Version}}"],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"docker version failed ({exc})"
+    if proc.returncode != 0 or not proc.stdout.strip():
+        lines = [line for line in (proc.stderr or "").splitlines() if line.strip()]
+        return lines[-1].strip()[:300] if lines else f"docker version exited {proc.returncode}"
+    return None
+
+
+def log_tail(path: str | os.PathLike[str], limit: int = 300) -> str:
+    """The last non-empty line of a log (why an instance exited when it wrote no output/message)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 8192))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1][:limit] if lines else ""
 
 
 def local_key(uri: str, prefix: str) -> str:
@@ -135,7 +177,7 @@ def stage_inputs(s3: Any, uris: Sequence[str], prefix: str, input_dir: Path) -> 
     """Download the objects of one instance's share under its input dir, keys relative to the prefix."""
     for uri in uris:
         loc = parse_s3_uri(uri)
-        dest = input_dir / local_key(uri, prefix)
+        dest = inside(input_dir, local_key(uri, prefix))  # a manifest key never leads out of the tree
         dest.parent.mkdir(parents=True, exist_ok=True)
         s3.download_file(loc.bucket, loc.key, str(dest))
     return len(uris)
@@ -150,7 +192,11 @@ def upload_outputs(
     seen = uploaded if uploaded is not None else {}
     n = 0
     for path in sorted(output_dir.rglob("*")):
-        if not path.is_file() or any(part.startswith(".") for part in path.relative_to(output_dir).parts):
+        if (
+            path.is_symlink()  # a link planted in the output would upload whatever it points at
+            or not path.is_file()
+            or any(part.startswith(".") for part in path.relative_to(output_dir).parts)
+        ):
             continue
         stat = path.stat()
         rel = path.relative_to(output_dir).as_posix()
@@ -185,6 +231,7 @@ def run_job(
     image: str | None = None,
     python: str = sys.executable,
     extra_env: Mapping[str, str] | None = None,
+    redact: Sequence[str] | None = None,
     volumes: Sequence[str] = (),
     parallel: int | None = None,
     upload_interval: float = 10.0,
@@ -193,7 +240,8 @@ def run_job(
     """Run one job of the plan locally: each instance starts from a fresh tree (like a new SageMaker instance),
     gets its share staged and runs; like Continuous upload, new output files are copied to the job's output
     prefix every `upload_interval` seconds while it runs, and once more when it exits. At most `parallel`
-    instances run at once (default: all, as on SageMaker)."""
+    instances run at once (default: all, as on SageMaker). `redact`: names whose values are secrets (kept out of
+    the files written into the trees)."""
     say = on_event or (lambda _msg: None)
     manifest_loc = parse_s3_uri(job.manifest_uri)
     try:
@@ -205,24 +253,42 @@ def run_job(
                 "again without --no-upload (and --force), then `launcher local`"
             ) from None
         raise
+    if (
+        not isinstance(manifest, list)
+        or not manifest
+        or not isinstance(manifest[0], dict)
+        or not isinstance(manifest[0].get("prefix"), str)
+        or not all(isinstance(k, str) for k in manifest[1:])
+    ):
+        raise PlanError(
+            f'the manifest {job.manifest_uri} is not a ManifestFile ([{{"prefix": "s3://..."}}, "key", ...]): '
+            "plan the run again"
+        )
     uris = manifest_uris(manifest)
     prefix = manifest[0]["prefix"]
+    for uri in uris:
+        if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
+            raise PlanError(f"the manifest {job.manifest_uri} lists {uri[:80]!r}, not an s3:// URI")
     all_hosts = hosts(instances)
     pending = list(zip(all_hosts, split_keys(uris, instances), strict=True))
-    job_dir = workdir / job.name
+    job_dir = inside(workdir, job.name)
     args = list(request.get("AppSpecification", {}).get("ContainerArguments", []))
     environment = dict(request.get("Environment", {}))
     if extra_env:
         environment.update(extra_env)
     limit = max(1, parallel or instances)
 
+    secret_names = list(redact or ())
+
     def start(host: str, share: list[str]) -> _Running:
-        tree = job_dir / host
+        tree = inside(job_dir, host)
         shutil.rmtree(tree, ignore_errors=True)  # a fresh instance: no inputs or outputs of an earlier run
         _prepare_tree(tree)
         inputs = stage_inputs(s3, share, prefix, tree / "processing" / "input")
         (tree / "config" / "resourceconfig.json").write_text(json.dumps(resource_config(host, all_hosts)))
-        (tree / "config" / "processingjobconfig.json").write_text(json.dumps(request, indent=1))
+        # the request as SageMaker would hand it over, minus secret values (they are only in the process env)
+        config = redact_request(request, secret_names)
+        (tree / "config" / "processingjobconfig.json").write_text(json.dumps(config, indent=1))
         log = open(tree / "worker.log", "wb")  # noqa: SIM115 (closed when the process is reaped)
         if docker:
             argv = docker_argv(
@@ -233,7 +299,7 @@ def run_job(
                 volumes=volumes,
                 user=None if os.getuid() == 0 else f"{os.getuid()}:{os.getgid()}",
             )
-            env = None
+            env = docker_env(environment)  # values by environment, never on the command line
         else:
             argv = [python, "-m", "ndvi_worker", *rebase_args(args, str(tree))]
             env = {**os.environ, **environment, "SAGEMAKER_BASE_DIR": str(tree)}
@@ -246,7 +312,11 @@ def run_job(
         run.log.close()
         seconds = time.monotonic() - run.started
         message_file = run.tree / "output" / "message"
-        message = message_file.read_text()[:1024] if message_file.exists() else ""
+        message = message_file.read_text(errors="replace")[:1024] if message_file.is_file() else ""
+        if (
+            code != 0 and not message.strip()
+        ):  # e.g. docker itself failed (exit 125): its reason is in the log
+            message = log_tail(run.tree / "worker.log")
         upload_outputs(s3, run.tree / "processing" / "output", plan.job_output_uri(job), run.uploaded)
         outputs = len(run.uploaded)
         say(f"{job.name} {run.host}: exit {code} after {seconds:.1f} s, {outputs} output file(s) uploaded")
@@ -279,7 +349,10 @@ def run_job(
             run.proc.wait()
             run.log.close()
     result.instances.sort(key=lambda i: all_hosts.index(i.host))
-    (job_dir / "local-status.json").write_text(
+    status_file = job_dir / "local-status.json"
+    if status_file.is_file():  # the previous run's status is kept next to the new one
+        os.replace(status_file, job_dir / "local-status.previous.json")
+    status_file.write_text(
         json.dumps(
             {"job": job.name, "status": result.status, "instances": [i.__dict__ for i in result.instances]},
             indent=1,

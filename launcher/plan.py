@@ -15,11 +15,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import types
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from launcher.items import item_location, mgrs_tile
+from ndvi_worker.stac import ItemError, validate_item_id  # the worker's id rule: one rule for both
 
 PLAN_VERSION = 1
 RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,47}$")
@@ -54,14 +57,105 @@ class PlanError(ValueError):
     """A plan that cannot be built or read; the message says what to change."""
 
 
+class ArgumentError(PlanError):
+    """A command-line argument that cannot work (the CLI exits 2, as for any usage error)."""
+
+
+JOB_NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
+ENV_NAME_PATTERN = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,255}")
+
+
+def check_item_id(item_id: object) -> str | None:
+    """Why an item id cannot be used (it names S3 keys and files), or None when it is safe (the worker's rule)."""
+    try:
+        validate_item_id(item_id)
+    except ItemError as exc:
+        return str(exc)
+    return None
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number" if isinstance(value, int | float) else type(value).__name__
+    )
+
+
+def _typed(value: Any, hint: Any, where: str) -> Any:
+    """`value` checked against a type hint (str, int, float, bool, X | None, tuple[X, ...], dict[str, X], a plan
+    dataclass); lists become tuples. Raises PlanError naming the key path."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None:
+            if type(None) in options:
+                return None
+            raise PlanError(f"{where}: must not be null")
+        inner = [o for o in options if o is not type(None)]
+        return _typed(value, inner[0], where)
+    if hint is Any:
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            raise PlanError(f"{where}: expected a string, got {_kind(value)} {_show(value)}")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise PlanError(f"{where}: expected true or false, got {_kind(value)} {_show(value)}")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise PlanError(f"{where}: expected an integer, got {_kind(value)} {_show(value)}")
+        return value
+    if hint is float:
+        if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+            raise PlanError(f"{where}: expected a finite number, got {_kind(value)} {_show(value)}")
+        return float(value)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise PlanError(f"{where}: expected a list, got {_kind(value)} {_show(value)}")
+        item_hint = typing.get_args(hint)[0]
+        return tuple(_typed(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise PlanError(f"{where}: expected an object, got {_kind(value)} {_show(value)}")
+        value_hint = typing.get_args(hint)[1]
+        return {k: _typed(v, value_hint, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(hint):
+        return hint.from_dict(value, where)
+    raise TypeError(f"unsupported type hint {hint!r}")  # pragma: no cover - a programming error
+
+
+def _typed_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    """The keys of `data` checked (no unknown, none missing) and their values type-checked against `cls`."""
+    _check_keys(cls, data, where)
+    hints = typing.get_type_hints(cls)
+    return {key: _typed(value, hints[key], f"{where}.{key}") for key, value in data.items()}
+
+
+def _check_s3(value: str, where: str) -> None:
+    bucket = value[5:].split("/", 1)[0] if value.startswith("s3://") else ""
+    if not bucket or any(c.isspace() for c in value):
+        raise PlanError(f"{where}: expected an s3://bucket/key URI, got {_show(value)}")
+
+
+def _check_range(value: float, lo: float, hi: float, where: str) -> None:
+    if not lo <= value <= hi:
+        raise PlanError(f"{where}: must be within {lo:g}..{hi:g}, got {_show(value)}")
+
+
 # --------------------------------------------------------------------------------------------------- model
 
 
-def _check_keys(cls: type, data: dict[str, Any], where: str) -> None:
+def _check_keys(cls: type, data: dict[str, Any], where: str, derived: tuple[str, ...] = ()) -> None:
     if not isinstance(data, dict):
-        raise PlanError(f"{where}: expected an object, got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+        raise PlanError(f"{where}: expected an object, got {_kind(data)} {_show(data)}")
+    names = {f.name for f in dataclasses.fields(cls)} | set(derived)
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
         raise PlanError(f"{where}: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
     required = {
@@ -87,8 +181,12 @@ class SceneRef:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "scene") -> SceneRef:
-        _check_keys(cls, data, where)
-        return cls(**data)
+        values = _typed_fields(cls, data, where)
+        why = check_item_id(values["item_id"])
+        if why:
+            raise PlanError(f"{where}.item_id: {why}")
+        _check_s3(values["uri"], f"{where}.uri")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -119,13 +217,25 @@ class JobPlan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "job") -> JobPlan:
+        _check_keys(cls, data, where, derived=("scene_count",))
         data = dict(data)
         count = data.pop("scene_count", None)  # derived, written for humans
-        _check_keys(cls, data, where)
-        if count is not None and count != len(data["scenes"]):
-            raise PlanError(f"{where}: scene_count {count} does not match its {len(data['scenes'])} scenes")
-        scenes = tuple(SceneRef.from_dict(s, f"{where}.scenes[{i}]") for i, s in enumerate(data["scenes"]))
-        return cls(**{**data, "scenes": scenes})
+        values = _typed_fields(cls, data, where)
+        if count is not None and count != len(values["scenes"]):
+            raise PlanError(
+                f"{where}: scene_count {_show(count)} does not match its {len(values['scenes'])} scenes"
+            )
+        if not JOB_NAME_PATTERN.fullmatch(values["name"]):
+            raise PlanError(
+                f"{where}.name: {_show(values['name'])} is not a Processing job name (1-63 letters, digits, hyphens)"
+            )
+        _check_range(values["round"], 0, 10**6, f"{where}.round")
+        _check_range(values["index"], 0, 10**6, f"{where}.index")
+        _check_range(values["instance_count"], 1, 100, f"{where}.instance_count")
+        _check_s3(values["manifest_uri"], f"{where}.manifest_uri")
+        if not values["scenes"]:
+            raise PlanError(f"{where}.scenes: a job has at least one scene")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -142,8 +252,10 @@ class Estimate:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "estimate") -> Estimate:
-        _check_keys(cls, data, where)
-        return cls(**data)
+        values = _typed_fields(cls, data, where)
+        for key, value in values.items():
+            _check_range(value, 0, math.inf, f"{where}.{key}")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -157,16 +269,31 @@ class Submission:
     max_runtime_seconds: int = 3 * 3600
     environment: dict[str, str] = field(default_factory=dict)
     worker_args: tuple[str, ...] = ()
+    # variables whose values come from the caller's environment at submit/local time (secrets): names only,
+    # their values are never written to plan.json
+    env_from_caller: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["worker_args"] = list(self.worker_args)
+        d["env_from_caller"] = list(self.env_from_caller)
         return d
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = "submission") -> Submission:
-        _check_keys(cls, data, where)
-        return cls(**{**data, "worker_args": tuple(data.get("worker_args", ()))})
+        values = _typed_fields(cls, data, where)
+        for key in [*values.get("environment", {}), *values.get("env_from_caller", ())]:
+            if not ENV_NAME_PATTERN.fullmatch(key):
+                raise PlanError(f"{where}: {_show(key)} is not an environment variable name")
+        from launcher.secrets import is_secret
+
+        stored = sorted(k for k in values.get("environment", {}) if is_secret(k))
+        if stored:
+            raise PlanError(
+                f"{where}.environment: {', '.join(stored)} look(s) like secrets, whose values a plan never holds: "
+                "move the name(s) to env_from_caller and export the value(s) where you run the launcher"
+            )
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -227,23 +354,34 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Plan:
+        """A plan read from JSON: keys and value types checked (PlanError with the key path, never another
+        exception), then the values that name things (run id, job names, item ids, S3 URIs)."""
+        _check_keys(cls, data, "plan", derived=("summary",))
         data = dict(data)
         data.pop("summary", None)  # derived, written for humans
-        _check_keys(cls, data, "plan")
         if data.get("version") != PLAN_VERSION:
             raise PlanError(
-                f"plan version {data.get('version')!r} is not supported (this launcher reads {PLAN_VERSION})"
+                f"plan version {_show(data.get('version'))} is not supported (this launcher reads {PLAN_VERSION})"
             )
-        jobs = tuple(JobPlan.from_dict(j, f"plan.jobs[{i}]") for i, j in enumerate(data["jobs"]))
-        submission = data.get("submission")
-        return cls(
-            **{
-                **data,
-                "jobs": jobs,
-                "estimate": Estimate.from_dict(data["estimate"], "plan.estimate"),
-                "submission": Submission.from_dict(submission, "plan.submission") if submission else None,
-            }
-        )
+        values = _typed_fields(cls, data, "plan")
+        if not RUN_ID_PATTERN.fullmatch(values["run_id"]):
+            raise PlanError(f"plan.run_id: {_show(values['run_id'])} is not a valid run id")
+        _check_s3(values["s3_prefix"], "plan.s3_prefix")
+        _check_s3(values["output_prefix"], "plan.output_prefix")
+        _check_range(values["instances_per_job"], 1, 100, "plan.instances_per_job")
+        if not values["jobs"]:
+            raise PlanError("plan.jobs: a plan has at least one job")
+        names: set[str] = set()
+        for i, job in enumerate(values["jobs"]):
+            if job.name != job_name(values["run_id"], job.round, job.index):
+                raise PlanError(
+                    f"plan.jobs[{i}].name: {_show(job.name)} is not {job_name(values['run_id'], job.round, job.index)}"
+                    " (<run_id>-r<round>-<index>)"
+                )
+            if job.name in names:
+                raise PlanError(f"plan.jobs[{i}].name: {job.name} is listed twice")
+            names.add(job.name)
+        return cls(**values)
 
 
 # ---------------------------------------------------------------------------------------------- pure logic
@@ -300,8 +438,8 @@ def job_name(run_id: str, round_: int, index: int) -> str:
 
 
 def validate_run_id(run_id: str) -> None:
-    if not RUN_ID_PATTERN.match(run_id):
-        raise PlanError(
+    if not RUN_ID_PATTERN.fullmatch(run_id):
+        raise ArgumentError(
             f"run id {run_id!r} is not valid: 1-{MAX_RUN_ID} characters, letters, digits and hyphens, starting and "
             "ending with a letter or digit (it prefixes the Processing job names, at most 63 characters)"
         )
@@ -319,7 +457,7 @@ def scene_refs(
     buckets = {loc.bucket for loc in locations if loc is not None}
     in_place = copy_items is not True and all(loc is not None for loc in locations) and len(buckets) == 1
     if copy_items is False and not in_place:
-        raise PlanError(
+        raise ArgumentError(
             "the items do not all live in one bucket, so they must be copied: drop --no-copy-items "
             f"(buckets: {', '.join(sorted(buckets)) or 'none'})"
         )
@@ -328,7 +466,11 @@ def scene_refs(
     seen: set[str] = set()
     base = item_prefix.rstrip("/")
     for item, loc in zip(items, locations, strict=True):
-        item_id = str(item["id"])
+        item_id = item.get("id")
+        why = check_item_id(item_id)
+        if why:  # callers leave such items out first (`safe_items`); never build a key or path from one
+            raise PlanError(why)
+        assert isinstance(item_id, str)
         if item_id in seen:
             raise PlanError(
                 f"item {item_id} is listed twice: deduplicate the items first (launcher search does)"
@@ -342,6 +484,20 @@ def scene_refs(
             to_write.append(item)
         refs.append(SceneRef(item_id=item_id, uri=uri, tile=mgrs_tile(item)))
     return refs, to_write
+
+
+def safe_items(items: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The items whose id is safe to plan (the worker's rule: ids name S3 keys and files), and one line per
+    item left out saying why."""
+    kept: list[dict[str, Any]] = []
+    rejected: list[str] = []
+    for item in items:
+        why = check_item_id(item.get("id"))
+        if why:
+            rejected.append(why)
+        else:
+            kept.append(item)
+    return kept, rejected
 
 
 def estimate(
@@ -373,12 +529,28 @@ def estimate(
 def price_for(instance_type: str, override: float | None = None) -> float:
     if override is not None:
         return override
+    check_instance_type(instance_type)
     try:
         return PRICES_USD_PER_HOUR[instance_type]
     except KeyError:
-        raise PlanError(
+        raise ArgumentError(
             f"no price known for {instance_type}: pass --price-per-hour (USD per instance-hour) for the estimate"
         ) from None
+
+
+INSTANCE_TYPE_PATTERN = re.compile(r"ml\.[a-z0-9]+\.[a-z0-9]+")
+
+
+def check_instance_type(instance_type: str) -> None:
+    """SageMaker instance types start with `ml.` (`m5.xlarge` is EC2's name): say so instead of failing later."""
+    if INSTANCE_TYPE_PATTERN.fullmatch(instance_type):
+        return
+    hint = (
+        f" (did you mean ml.{instance_type}?)" if re.fullmatch(r"[a-z0-9]+\.[a-z0-9]+", instance_type) else ""
+    )
+    raise ArgumentError(
+        f"--instance-type {_show(instance_type)} is not a SageMaker instance type{hint}: they look like ml.m5.xlarge"
+    )
 
 
 def order_scenes(refs: Sequence[SceneRef]) -> list[SceneRef]:
@@ -396,9 +568,9 @@ def make_jobs(
 ) -> tuple[list[JobPlan], dict[str, list[Any]]]:
     """Shard scenes into at most `jobs` non-empty jobs and build their manifests (uri -> manifest)."""
     if jobs < 1:
-        raise PlanError(f"--jobs must be >= 1, got {jobs}")
+        raise ArgumentError(f"--jobs must be >= 1, got {jobs}")
     if not 1 <= instances_per_job <= 100:
-        raise PlanError(
+        raise ArgumentError(
             f"--instances-per-job must be within 1..100 (the API's limit), got {instances_per_job}"
         )
     if not refs:
@@ -453,12 +625,17 @@ def make_plan(
     """Plan items into jobs. Returns the plan, the manifests to upload (uri -> manifest) and the item dicts to
     write under the run's `items/` prefix first."""
     validate_run_id(run_id)
-    if not s3_prefix.startswith("s3://") or len(s3_prefix) <= 5:
-        raise PlanError(f"--s3-prefix must be an s3://bucket/prefix URI, got {s3_prefix!r}")
+    price = price_for(instance_type, price_per_hour)
+    bucket = s3_prefix[5:].split("/", 1)[0] if s3_prefix.startswith("s3://") else ""
+    if not bucket or any(c.isspace() for c in s3_prefix) or ".." in s3_prefix.split("/"):
+        raise ArgumentError(f"--s3-prefix must be an s3://bucket/prefix URI, got {s3_prefix!r}")
+    if not (seconds_per_scene > 0 and math.isfinite(seconds_per_scene)):
+        raise ArgumentError(f"--seconds-per-scene must be a positive number, got {seconds_per_scene}")
+    if price_per_hour is not None and not (price_per_hour >= 0 and math.isfinite(price_per_hour)):
+        raise ArgumentError(f"--price-per-hour must be a number >= 0, got {price_per_hour}")
     paths = run_paths(s3_prefix, run_id)
     refs, to_write = scene_refs(items, paths["items"], copy_items)
     job_plans, manifests = make_jobs(refs, run_id, 0, jobs, instances_per_job, paths["manifests"])
-    price = price_for(instance_type, price_per_hour)
     est = estimate(
         [(j.scene_count, j.instance_count) for j in job_plans], price, seconds_per_scene, startup_seconds
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -147,6 +148,8 @@ def parse_bbox(text: str) -> tuple[float, float, float, float]:
 
 def geometry_from_geojson(obj: dict[str, Any]) -> dict[str, Any]:
     """A single geometry out of a GeoJSON geometry, Feature or one-feature FeatureCollection."""
+    if not isinstance(obj, dict):
+        raise ValueError(f"not a GeoJSON geometry, Feature or FeatureCollection (a {type(obj).__name__})")
     kind = obj.get("type")
     if kind == "FeatureCollection":
         features = obj.get("features") or []
@@ -209,7 +212,9 @@ def geospatial_request(query: SearchQuery, collection_arn: str = GEOSPATIAL_SENT
         geometry = query.intersects
         if geometry.get("type") != "Polygon":
             raise ValueError("SageMaker geospatial takes a Polygon area of interest (or use --bbox)")
-        coordinates = geometry["coordinates"]
+        coordinates = geometry.get("coordinates")
+        if not isinstance(coordinates, list) or not coordinates:
+            raise ValueError("the Polygon of --intersects has no coordinates")
     elif query.bbox is not None:
         w, s, e, n = query.bbox
         coordinates = [[[w, s], [e, s], [e, n], [w, n], [w, s]]]
@@ -298,6 +303,80 @@ def write_jsonl(items: Iterable[dict[str, Any]], path: str) -> int:
             f.write(json.dumps(item, separators=(",", ":")) + "\n")
             n += 1
     return n
+
+
+def read_items(path: str) -> list[dict[str, Any]]:
+    """The STAC items of a file, read the way the worker reads its input (ndvi_worker.discover): a JSON item, an
+    ItemCollection / FeatureCollection or a list of items, or JSON lines (one item per line; `launcher search`
+    writes those). ValueError naming the file and line for anything that is not an item."""
+    from ndvi_worker.discover import JSON_SUFFIXES, LINES_SUFFIXES, parse_document
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a UTF-8 text file of STAC items") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    suffix = os.path.splitext(path)[1].lower()
+    lines = suffix in LINES_SUFFIXES
+    if not lines and suffix not in JSON_SUFFIXES:  # any other name: one JSON document, else JSON lines
+        try:
+            json.loads(text)
+        except (ValueError, RecursionError):
+            lines = True
+    try:
+        entries = parse_document(text, path, path, lines)
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to hold STAC items") from None
+    if entries is None:
+        raise ValueError(
+            f"{path} holds JSON but no STAC item (a Feature with assets), item collection or JSON lines"
+        )
+    errors = [f"{e.source.replace('#', ':')}: {e.error}" for e in entries if e.error]
+    if errors:
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise ValueError("; ".join(errors[:3]) + more)
+    return [e.item for e in entries if e.item is not None]
+
+
+def check_datetime(text: str) -> str:
+    """A STAC `datetime` filter checked before it is sent: an RFC 3339 date or date-time, or a range START/END
+    (either end may be open: `..` or empty) with START <= END. Returns it unchanged; ValueError saying what is
+    wrong otherwise."""
+    import datetime as dt
+
+    def parse(part: str, end: bool) -> dt.datetime | None:
+        if part in ("", ".."):
+            return None
+        try:
+            if len(part) == 10:
+                day = dt.date.fromisoformat(part)
+                value = dt.datetime.combine(day, dt.time.max if end else dt.time.min)
+            else:
+                if "T" not in part.upper():
+                    raise ValueError
+                value = dt.datetime.fromisoformat(part.replace("z", "Z").replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(
+                f"--datetime: {part!r} is not a date (YYYY-MM-DD) or date-time (YYYY-MM-DDTHH:MM:SSZ); give "
+                "START/END, e.g. 2023-12-01/2023-12-07"
+            ) from None
+        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+    parts = text.split("/")
+    if len(parts) > 2:
+        raise ValueError(f"--datetime takes one date or START/END, got {text!r}")
+    if len(parts) == 1:
+        if parse(parts[0], end=False) is None:
+            raise ValueError("--datetime needs a date or a range START/END, e.g. 2023-12-01/2023-12-07")
+        return text
+    start, end = parse(parts[0], end=False), parse(parts[1], end=True)
+    if start is None and end is None:
+        raise ValueError("--datetime ../.. is no range: give at least one end, e.g. 2023-12-01/..")
+    if start is not None and end is not None and start > end:
+        raise ValueError(f"--datetime {text}: the start is after the end (give START/END in that order)")
+    return text
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:

@@ -11,28 +11,41 @@ from pathlib import Path
 from typing import Any
 
 from launcher.aws import S3Uri, get_json, list_objects, parse_s3_uri, put_json
+from launcher.paths import inside
 from launcher.plan import Plan, PlanError
 from launcher.watch import done_item_ids, is_report_key
 
 PLAN_FILE = "plan.json"
 
 
+MAX_PLAN_BYTES = 512 * 1024 * 1024
+
+
 def load_plan(path: str | os.PathLike[str]) -> Plan:
+    """plan.json (or DIR/plan.json) read and type-checked: PlanError saying what is wrong, never another error."""
     p = Path(path)
-    if p.is_dir():
-        p = p / PLAN_FILE
     try:
-        data = json.loads(p.read_text())
+        if p.is_dir():
+            p = p / PLAN_FILE
+        if p.stat().st_size > MAX_PLAN_BYTES:
+            raise PlanError(f"{p} is larger than {MAX_PLAN_BYTES // 2**20} MB: not a plan")
+        data = json.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise PlanError(f"no plan at {p}: run `launcher plan ... --out DIR` first") from None
     except json.JSONDecodeError as exc:
         raise PlanError(f"{p} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise PlanError(f"{p} is not a text file (plan.json is UTF-8 JSON)") from None
+    except RecursionError:
+        raise PlanError(f"{p} is nested too deeply to be a plan") from None
+    except OSError as exc:
+        raise PlanError(f"cannot read {p}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # e.g. an integer too long to convert
+        raise PlanError(f"{p} is not valid JSON ({exc})") from None
     try:
         return Plan.from_dict(data)
     except PlanError as exc:
         raise PlanError(f"{p}: {exc}") from None
-    except (TypeError, ValueError, KeyError) as exc:
-        raise PlanError(f"{p}: malformed plan ({exc})") from None
 
 
 def save_plan(plan: Plan, path: str | os.PathLike[str]) -> Path:
@@ -52,14 +65,55 @@ def save_plan(plan: Plan, path: str | os.PathLike[str]) -> Path:
 
 def save_manifests(manifests: Mapping[str, list[Any]], directory: str | os.PathLike[str]) -> list[Path]:
     """Local copies of the manifests (DIR/manifests/<name>.json) for inspection and `local` runs."""
-    out = Path(directory) / "manifests"
-    out.mkdir(parents=True, exist_ok=True)
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    out = inside(directory, "manifests")
+    out.mkdir(exist_ok=True)
     paths = []
     for uri, manifest in manifests.items():
-        path = out / uri.rsplit("/", 1)[-1]
+        path = inside(out, uri.rsplit("/", 1)[-1])
         path.write_text(json.dumps(manifest, indent=0) + "\n")
         paths.append(path)
     return paths
+
+
+def save_items(items: Sequence[dict[str, Any]], directory: str | os.PathLike[str]) -> int:
+    """Local copies of the item JSONs a run must write under its prefix (DIR/items/<id>.json), for `upload`
+    after `plan --no-upload`. Ids were checked by the plan; the paths are checked again here."""
+    out = inside(directory, "items")
+    out.mkdir(parents=True, exist_ok=True)
+    for item in items:
+        inside(out, f"{item['id']}.json").write_text(json.dumps(item, separators=(",", ":")) + "\n")
+    return len(items)
+
+
+def local_run_files(
+    plan: Plan, directory: str | os.PathLike[str]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The manifests (uri -> manifest) and copied item JSONs of a plan planned with --no-upload, read back from
+    DIR/manifests and DIR/items for `launcher upload`."""
+    manifests: dict[str, Any] = {}
+    for job in plan.jobs:
+        path = inside(directory, "manifests", job.manifest_uri.rsplit("/", 1)[-1])
+        try:
+            manifests[job.manifest_uri] = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PlanError(
+                f"cannot read the manifest of {job.name} at {path} ({exc}): plan the run again"
+            ) from None
+    items_prefix = plan.s3_prefix.rstrip("/") + "/items/"
+    items = []
+    for scene in plan.scenes().values():
+        if not scene.uri.startswith(items_prefix):
+            continue  # referenced in place
+        path = inside(directory, "items", f"{scene.item_id}.json")
+        try:
+            item = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise PlanError(f"cannot read the item JSON {path} ({exc}): plan the run again") from None
+        if not isinstance(item, dict) or item.get("id") != scene.item_id:
+            raise PlanError(f"{path} is not the item {scene.item_id}: plan the run again")
+        items.append(item)
+    return manifests, items
 
 
 def _parallel(fn: Callable[[Any], None], items: Sequence[Any], workers: int = 16) -> None:

@@ -31,8 +31,10 @@ class SubmitResult:
     arn: str | None = None
 
 
-def build_requests(plan: Plan, jobs: Sequence[JobPlan], submission: Submission) -> list[dict[str, Any]]:
-    requests = [processing_request(plan, job, submission) for job in jobs]
+def build_requests(
+    plan: Plan, jobs: Sequence[JobPlan], submission: Submission, secrets: Mapping[str, str] | None = None
+) -> list[dict[str, Any]]:
+    requests = [processing_request(plan, job, submission, secrets) for job in jobs]
     validate_requests(requests)
     return requests
 

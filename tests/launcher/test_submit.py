@@ -258,7 +258,7 @@ def test_submit_validates_before_sending_anything(aws, tmp_path: Path) -> None:
         cli,
         ["submit", "--plan", str(path), "--image", IMAGE, "--role", "not-an-arn", "--max-runtime", "999999"],
     )
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # a usage error: the options make invalid requests
     assert "RoleArn" in result.output and "MaxRuntimeInSeconds" in result.output
     assert aws.calls == []
     result = CliRunner().invoke(cli, ["submit", "--plan", str(path), "--role", ROLE])
