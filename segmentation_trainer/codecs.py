@@ -204,7 +204,7 @@ class Limits:
             else "send an image"
         )
         raise BadRequest(
-            f"the model takes {self.bands} band(s){names}; this {media_type} image has {count}: "
+            f"the model takes {self.bands} band(s){names}; this {media_type} body has {count}: "
             f"{hint} with the {self.bands} band(s) the model was trained on"
         )
 
