@@ -16,6 +16,7 @@ from ndvi_worker import __version__
 from ndvi_worker.config import COMPRESSIONS, WorkerConfig, parse_mask_classes
 from ndvi_worker.contract import ProcessingPaths
 from ndvi_worker.ndvi import DEFAULT_MASK_CLASSES
+from ndvi_worker.products_cli import WithProductCommands  # routes `ndvi-worker composite|mosaic ...`
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -28,6 +29,7 @@ def _mask_classes(ctx, param, value):  # noqa: ARG001
 
 
 @click.command(
+    cls=WithProductCommands,
     context_settings=CONTEXT,
     epilog="Outputs per scene: <item id>_ndvi.tif (COG), _ndvi.json (STAC "
     "item), _ndvi.png (quicklook); per host: _reports/<host>.json. See README 'NDVI worker'.",
