@@ -346,15 +346,41 @@ def write_tiny_model_dir(
 
 
 # ----------------------------------------------------------------------------------------------- loading
+class ModelDirError(ValueError):
+    """A model directory whose files are unusable or point outside it; the message says what to fix."""
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelDirError(f"{path} is not readable JSON ({exc}): re-extract model.tar.gz") from None
+    if not isinstance(value, dict):
+        raise ModelDirError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
 def read_metadata(model_dir: str | Path) -> ModelMetadata:
     """The metadata of a model directory (ours, or one written by the built-in algorithm)."""
     model_dir = Path(model_dir)
     path = model_dir / METADATA_FILE
     if path.is_file():
-        return ModelMetadata(json.loads(path.read_text()))
+        metadata = ModelMetadata(_read_json_object(path))
+        missing = [
+            k for k in ("num_classes", "algorithm", "backbone", "bands", "mean", "std") if k not in metadata
+        ]
+        if missing:
+            raise ModelDirError(f"{path} lacks {', '.join(missing)}: it was not written by this trainer")
+        return metadata
     builtin = model_dir / HYPERPARAMS_FILE
     if builtin.is_file() and (model_dir / BUILTIN_PARAMS).is_file():
-        return _builtin_metadata(json.loads(builtin.read_text()))
+        hp = _read_json_object(builtin)
+        if "num_classes" not in hp:
+            raise ModelDirError(f"{builtin} lacks num_classes")
+        try:
+            return _builtin_metadata(hp)
+        except (TypeError, ValueError) as exc:
+            raise ModelDirError(f"{builtin} holds an invalid value: {exc}") from None
     present = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else "no such directory"
     raise FileNotFoundError(
         f"{model_dir} is not a model directory: no {METADATA_FILE} (this trainer) nor {HYPERPARAMS_FILE} + "
@@ -382,6 +408,33 @@ def _builtin_metadata(hp: Mapping[str, Any]) -> ModelMetadata:
     return metadata
 
 
+def inside(root: Path, name: object, what: str) -> Path:
+    """``root / name`` resolved (symbolic links followed), refusing anything that leaves ``root``."""
+    if not isinstance(name, str) or not name or "\0" in name:
+        raise ModelDirError(f"{what} must be a file name inside {root}, not {name!r}")
+    base = root.resolve()
+    path = (base / name).resolve()
+    if not path.is_relative_to(base):
+        raise ModelDirError(
+            f"{what} {name!r} points outside {root}: it must name a file inside the model directory "
+            f"(e.g. {BEST_PARAMS}); re-export the model or fix {METADATA_FILE}"
+        )
+    return path
+
+
+def params_path(model_dir: str | Path, metadata: Mapping[str, Any]) -> Path:
+    """The parameter file of a model directory: ``params_file`` of the metadata (kept inside the directory),
+    else the built-in's ``model_algo-1``."""
+    model_dir = Path(model_dir)
+    named = metadata.get("params_file") or BEST_PARAMS
+    params = inside(model_dir, named, f"{METADATA_FILE} params_file")
+    if not params.is_file():
+        params = inside(model_dir, BUILTIN_PARAMS, "the built-in parameter file")
+    if not params.is_file():
+        raise FileNotFoundError(f"{model_dir}: no parameter file ({named}, {BUILTIN_PARAMS})")
+    return params
+
+
 def load_model(model_dir: str | Path, ctx=None):
     """``(net, metadata)`` of a model directory; ``net`` on ``ctx`` (default: the first GPU, else the CPU).
 
@@ -394,14 +447,13 @@ def load_model(model_dir: str | Path, ctx=None):
     model_dir = Path(model_dir)
     metadata = read_metadata(model_dir)
     ctx = ctx if ctx is not None else default_context()
-    params = model_dir / metadata.get("params_file", BEST_PARAMS)
-    if not params.is_file():
-        params = model_dir / BUILTIN_PARAMS
-    if not params.is_file():
-        raise FileNotFoundError(
-            f"{model_dir}: no parameter file ({metadata.get('params_file')}, {BUILTIN_PARAMS})"
-        )
-    config = metadata.network_config()
+    params = params_path(model_dir, metadata)
+    try:
+        config = metadata.network_config()
+    except (TypeError, ValueError) as exc:
+        raise ModelDirError(
+            f"{model_dir / METADATA_FILE} describes no network this trainer builds: {exc}"
+        ) from None
     net = build_network(config, ctx=ctx, initialize=False)
     try:
         net.load_parameters(str(params), ctx=ctx, cast_dtype=True, dtype_source="current")

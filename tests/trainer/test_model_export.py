@@ -146,3 +146,40 @@ def test_not_a_model_directory(tmp_path):
     (tmp_path / "something.txt").write_text("x")
     with pytest.raises(FileNotFoundError, match="not a model directory.*something.txt"):
         load_model(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "params_file",
+    ["/etc/passwd", "../outside.params", "sub/../../outside.params", "link.params", "", 7, None],
+)
+def test_params_file_stays_inside_the_model_directory(tmp_path, params_file):
+    """A hostile or mistaken metadata.json cannot make load_model read a file outside the model directory."""
+    from segmentation_trainer.export import ModelDirError, params_path, write_tiny_model_dir
+
+    model = tmp_path / "model"
+    write_tiny_model_dir(model, bands=2, crop_size=32)
+    (tmp_path / "outside.params").write_bytes((model / "model_best.params").read_bytes())
+    (model / "link.params").symlink_to(tmp_path / "outside.params")
+    metadata = json.loads((model / "metadata.json").read_text())
+    metadata["params_file"] = params_file
+    (model / "metadata.json").write_text(json.dumps(metadata))
+    if params_file in (None, ""):  # absent or empty: the default file of the directory
+        assert params_path(model, metadata) == (model / "model_best.params").resolve()
+        load_model(model)
+        return
+    with pytest.raises(ModelDirError, match="params_file") as info:
+        load_model(model)
+    if isinstance(params_file, str):
+        assert "outside" in str(info.value) and "inside the model directory" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [("{not json", "not readable JSON"), ("[1, 2]", "JSON object"), ('{"bands": 2}', "lacks num_classes")],
+)
+def test_broken_metadata_is_a_clear_error(tmp_path, content, words):
+    from segmentation_trainer.export import ModelDirError
+
+    (tmp_path / "metadata.json").write_text(content)
+    with pytest.raises(ModelDirError, match=words):
+        load_model(tmp_path)
