@@ -16,12 +16,63 @@ The networks of this image (GluonCV DeepLabV3 and PSP) are built for a fixed inp
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 Forward = Callable[[np.ndarray], np.ndarray]
+
+
+class DeadlineExceeded(Exception):
+    """Prediction stopped because its deadline passed (checked between window batches)."""
+
+    def __init__(self, message: str, done: int = 0, total: int = 0):
+        super().__init__(message)
+        self.done = done
+        self.total = total
+
+
+class Deadline:
+    """A point in time (monotonic clock) a prediction must finish by; :meth:`check` is called between window
+    batches and raises :class:`DeadlineExceeded` once it has passed (cooperative cancellation: a forward
+    pass already running is never interrupted)."""
+
+    def __init__(
+        self, seconds: float, clock: Callable[[], float] = time.monotonic, start: float | None = None
+    ):
+        self.seconds = float(seconds)
+        self.clock = clock
+        self.start = clock() if start is None else start
+        self.at = self.start + self.seconds
+
+    def remaining(self) -> float:
+        return self.at - self.clock()
+
+    def elapsed(self) -> float:
+        return self.clock() - self.start
+
+    def check(self, done: int = 0, total: int = 0) -> None:
+        if self.clock() >= self.at:
+            raise DeadlineExceeded(
+                f"stopped after {self.elapsed():.1f} s with {done} of {total} windows predicted", done, total
+            )
+
+
+def window_offsets(
+    height: int, width: int, window: int | tuple[int, int], overlap: float = 1 / 3
+) -> list[tuple[int, int]]:
+    """Top-left corners of the windows :func:`sliding_window_probabilities` runs on an image (H, W)."""
+    win_h, win_w = (window, window) if isinstance(window, int) else window
+    padded_h, padded_w = max(height, win_h), max(width, win_w)
+    stride_h = max(1, int(round(win_h * (1 - overlap))))
+    stride_w = max(1, int(round(win_w * (1 - overlap))))
+    return [
+        (y, x)
+        for y in window_starts(padded_h, win_h, stride_h)
+        for x in window_starts(padded_w, win_w, stride_w)
+    ]
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -50,11 +101,13 @@ def sliding_window_probabilities(
     window: int | tuple[int, int],
     overlap: float = 1 / 3,
     batch_size: int = 4,
+    deadline: Deadline | None = None,
 ) -> np.ndarray:
     """Class probabilities (K, H, W) float32 of a normalised image (C, H, W) by overlapping windows.
 
     ``overlap`` is the fraction of a window shared with its neighbour (0 = tiles edge to edge; GluonCV's
-    evaluation uses a stride of 2/3 of the crop, i.e. overlap 1/3).
+    evaluation uses a stride of 2/3 of the crop, i.e. overlap 1/3). ``deadline`` is checked before every
+    batch of windows (:class:`DeadlineExceeded` once it has passed).
     """
     if image.ndim != 3:
         raise ValueError(f"image must be (C, H, W), got shape {image.shape}")
@@ -68,16 +121,12 @@ def sliding_window_probabilities(
         padded[:, :height, :width] = image
     else:
         padded = np.ascontiguousarray(image, dtype=np.float32)
-    stride_h = max(1, int(round(win_h * (1 - overlap))))
-    stride_w = max(1, int(round(win_w * (1 - overlap))))
-    offsets = [
-        (y, x)
-        for y in window_starts(padded_h, win_h, stride_h)
-        for x in window_starts(padded_w, win_w, stride_w)
-    ]
+    offsets = window_offsets(height, width, (win_h, win_w), overlap)
     total: np.ndarray | None = None
     counts = np.zeros((padded_h, padded_w), dtype=np.float32)
     for first in range(0, len(offsets), max(1, batch_size)):
+        if deadline is not None:
+            deadline.check(first, len(offsets))
         chunk = offsets[first : first + max(1, batch_size)]
         batch = np.stack([padded[:, y : y + win_h, x : x + win_w] for y, x in chunk])
         logits = np.asarray(forward(batch), dtype=np.float32)
@@ -145,7 +194,13 @@ class Predictor:
         self.config = config
         self.normaliser = normaliser
 
-    def probabilities(self, image: np.ndarray, scale: float | None = None) -> np.ndarray:
+    def window_count(self, height: int, width: int) -> int:
+        """How many windows (network inputs of the crop size) an image of (height, width) needs."""
+        return len(window_offsets(height, width, self.config.crop_size, self.config.overlap))
+
+    def probabilities(
+        self, image: np.ndarray, scale: float | None = None, deadline: Deadline | None = None
+    ) -> np.ndarray:
         cfg = self.config
         if image.ndim != 3 or image.shape[0] != cfg.bands:
             raise ValueError(
@@ -157,7 +212,11 @@ class Predictor:
         else:
             x = normalise(image, cfg.mean, cfg.std, cfg.scale if scale is None else scale)
         np.nan_to_num(x, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-        return sliding_window_probabilities(self.forward, x, cfg.crop_size, cfg.overlap, cfg.batch_size)
+        if deadline is not None:
+            deadline.check(0, self.window_count(*image.shape[1:]))
+        return sliding_window_probabilities(
+            self.forward, x, cfg.crop_size, cfg.overlap, cfg.batch_size, deadline=deadline
+        )
 
 
 def class_mask(

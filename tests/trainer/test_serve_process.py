@@ -128,10 +128,21 @@ def served_by(log: Path) -> list[str]:
     return [line.split()[1] for line in lines if line.startswith("worker ") and "/invocations" in line]
 
 
+def gunicorn_workers(pid: int) -> list[str]:
+    """The gunicorn workers under `serve` (pid): its children, or with the nginx front (nginx and gunicorn
+    children), the gunicorn master's."""
+
+    def children(parent: str) -> list[tuple[str, str]]:
+        out = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", parent], capture_output=True, text=True)
+        return [tuple(line.split(None, 1)) for line in out.stdout.strip().splitlines()]
+
+    kids = children(str(pid))
+    masters = [p for p, args in kids if "--unix-socket" in args]
+    return [p for p, _ in children(masters[0])] if masters else [p for p, _ in kids]
+
+
 def test_a_busy_worker_leaves_new_requests_to_an_idle_one(server):
-    workers = subprocess.run(
-        ["pgrep", "-P", str(server.proc.pid)], capture_output=True, text=True
-    ).stdout.split()
+    workers = gunicorn_workers(server.proc.pid)
     assert len(workers) == 2
     big = npy(np.random.default_rng(1).random((4, 500, 500), dtype=np.float32))
     before = len(served_by(server.log))
