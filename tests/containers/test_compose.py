@@ -66,6 +66,9 @@ def test_compose_up_runs_worker_trainer_serve_and_s3(
         assert (out / "opt-ml/model/model_algo-1").exists()
         assert health == "healthy", docker("logs", f"{project}_serve_1", check=False).stderr[-3000:]
         assert http(f"http://127.0.0.1:{serve_port}/ping")[0] == 200  # the published port
+        assert http(f"http://127.0.0.1:{serve_port}/ping")[1].get("Server") == "nginx"  # the image's front
+        bindings = json.loads(docker("inspect", f"{project}_serve_1").stdout)[0]["HostConfig"]["PortBindings"]
+        assert [b["HostIp"] for b in bindings["8080/tcp"]] == ["127.0.0.1"]  # this machine only
         # s3: a local S3 for the launcher
         import boto3
 
@@ -82,3 +85,32 @@ def test_compose_up_runs_worker_trainer_serve_and_s3(
         subprocess.run(
             [*compose, "down", "-v", "--remove-orphans"], env=env, capture_output=True, timeout=300
         )
+
+
+def _published(env: dict[str, str]) -> dict[str, list[str]]:
+    """Published ports per service as `docker-compose config` resolves them ("HOST_IP:PORT:TARGET")."""
+    import yaml
+
+    out = subprocess.run(
+        [shutil.which("docker-compose"), "-f", str(REPO / "docker-compose.yml"), "config"],
+        env={**os.environ, **env}, capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    published = {}
+    for name, service in yaml.safe_load(out)["services"].items():
+        ports = []
+        for port in service.get("ports", []):
+            if isinstance(port, dict):  # compose v2's long syntax
+                port = f"{port.get('host_ip', '')}:{port['published']}:{port['target']}"
+            ports.append(str(port).removesuffix("/tcp"))
+        if ports:
+            published[name] = ports
+    return published
+
+
+def test_published_ports_listen_on_loopback_unless_told_otherwise() -> None:
+    require(shutil.which("docker-compose") is not None, "docker-compose is not installed")
+    assert _published({}) == {"s3": ["127.0.0.1:5000:5000"], "serve": ["127.0.0.1:8080:8080"]}
+    assert _published({"EARTHMON_BIND": "0.0.0.0", "EARTHMON_SERVE_PORT": "9000"}) == {
+        "s3": ["0.0.0.0:5000:5000"],
+        "serve": ["0.0.0.0:9000:8080"],
+    }
