@@ -46,20 +46,27 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
             raise
         except Exception as exc:
-            hint = _aws_hint(exc)
-            if hint is not None:
-                raise click.ClickException(hint) from None
-            if isinstance(exc, OSError):
-                where = f" ({exc.filename})" if exc.filename else ""
-                raise click.ClickException(f"{exc.strerror or exc}{where}") from None
-            if os.environ.get("EARTHMON_DEBUG"):
-                raise
-            raise click.ClickException(
-                f"unexpected error ({type(exc).__name__}: {str(exc)[:300]}); run again with EARTHMON_DEBUG=1 for "
-                "the traceback and report it"
-            ) from None
+            raise one_line(exc) from None
 
     return wrapper
+
+
+def one_line(exc: Exception) -> click.ClickException:
+    """The one line an unexpected failure becomes: an AWS hint, the OS error with its file, else the error itself
+    (EARTHMON_DEBUG=1 re-raises it, for the traceback)."""
+    hint = _aws_hint(exc)
+    if hint is not None:
+        return click.ClickException(hint)
+    if isinstance(exc, OSError):
+        where = f" ({exc.filename})" if exc.filename else ""
+        return click.ClickException(f"{exc.strerror or exc}{where}")
+    if os.environ.get("EARTHMON_DEBUG"):
+        raise exc
+    text = " ".join(str(exc).split())[:300]
+    return click.ClickException(
+        f"unexpected error ({type(exc).__name__}: {text}); run again with EARTHMON_DEBUG=1 for the traceback "
+        "and report it"
+    )
 
 
 def _aws_hint(exc: Exception) -> str | None:

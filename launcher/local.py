@@ -179,7 +179,15 @@ def stage_inputs(s3: Any, uris: Sequence[str], prefix: str, input_dir: Path) -> 
         loc = parse_s3_uri(uri)
         dest = inside(input_dir, local_key(uri, prefix))  # a manifest key never leads out of the tree
         dest.parent.mkdir(parents=True, exist_ok=True)
-        s3.download_file(loc.bucket, loc.key, str(dest))
+        try:
+            s3.download_file(loc.bucket, loc.key, str(dest))
+        except Exception as exc:
+            if is_not_found(exc):
+                raise PlanError(
+                    f"{uri} is listed by the job's manifest but is not in S3 (or not readable with these "
+                    "credentials and endpoint)"
+                ) from None
+            raise
     return len(uris)
 
 

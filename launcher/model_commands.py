@@ -31,7 +31,8 @@ def _print_json(obj: Any) -> None:
 
 
 def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Expected failures become one clear line (AWS errors get the launcher's hints)."""
+    """Every failure becomes one clear line: a request SageMaker would reject (the options) exits 2 like any usage
+    error, a prediction failure 1; AWS errors get the launcher's hints; anything else one line too."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -40,19 +41,16 @@ def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
 
         try:
             return fn(*args, **kwargs)
-        except (RequestError, PredictError) as exc:
+        except RequestError as exc:
+            raise click.UsageError(str(exc)) from None
+        except PredictError as exc:
             raise click.ClickException(str(exc)) from None
-        except click.ClickException:
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as exc:
-            try:
-                from launcher.cli import _aws_hint
-            except ImportError:  # pragma: no cover
-                raise exc from None
-            hint = _aws_hint(exc)
-            if hint is None:
-                raise
-            raise click.ClickException(hint) from None
+            from launcher.cli import one_line
+
+            raise one_line(exc) from None
 
     return wrapper
 
@@ -376,7 +374,9 @@ def deploy(name, image, role, model_data, training_job, instance_type, instance_
         from launcher.model_local import deploy_local, model_arguments
 
         if dry_run:
-            _print_json(model_arguments(image, model_data, role, environment))
+            from launcher.secrets import redact_request
+
+            _print_json(redact_request(model_arguments(image, model_data, role, environment)))
             return
         _console().print("serving on http://localhost:8080 (SDK local mode); Ctrl-C stops it")
         deploy_local(image, model_data, role, environment)
@@ -393,7 +393,9 @@ def deploy(name, image, role, model_data, training_job, instance_type, instance_
     )
     requests = mj.deploy_requests(spec)
     if dry_run:
-        _print_json(requests)
+        from launcher.secrets import redact_request
+
+        _print_json(redact_request(requests))
         return
     sm = _sagemaker()
     from launcher.aws import error_code, error_message

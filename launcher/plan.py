@@ -85,6 +85,10 @@ def _kind(value: Any) -> str:
     )
 
 
+def _got(value: Any) -> str:
+    return "null" if value is None else f"{_kind(value)} {_show(value)}"
+
+
 def _typed(value: Any, hint: Any, where: str) -> Any:
     """`value` checked against a type hint (str, int, float, bool, X | None, tuple[X, ...], dict[str, X], a plan
     dataclass); lists become tuples. Raises PlanError naming the key path."""
@@ -101,28 +105,28 @@ def _typed(value: Any, hint: Any, where: str) -> Any:
         return value
     if hint is str:
         if not isinstance(value, str):
-            raise PlanError(f"{where}: expected a string, got {_kind(value)} {_show(value)}")
+            raise PlanError(f"{where}: expected a string, got {_got(value)}")
         return value
     if hint is bool:
         if not isinstance(value, bool):
-            raise PlanError(f"{where}: expected true or false, got {_kind(value)} {_show(value)}")
+            raise PlanError(f"{where}: expected true or false, got {_got(value)}")
         return value
     if hint is int:
         if not isinstance(value, int) or isinstance(value, bool):
-            raise PlanError(f"{where}: expected an integer, got {_kind(value)} {_show(value)}")
+            raise PlanError(f"{where}: expected an integer, got {_got(value)}")
         return value
     if hint is float:
         if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
-            raise PlanError(f"{where}: expected a finite number, got {_kind(value)} {_show(value)}")
+            raise PlanError(f"{where}: expected a finite number, got {_got(value)}")
         return float(value)
     if origin is tuple:
         if not isinstance(value, list | tuple):
-            raise PlanError(f"{where}: expected a list, got {_kind(value)} {_show(value)}")
+            raise PlanError(f"{where}: expected a list, got {_got(value)}")
         item_hint = typing.get_args(hint)[0]
         return tuple(_typed(v, item_hint, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is dict:
         if not isinstance(value, dict):
-            raise PlanError(f"{where}: expected an object, got {_kind(value)} {_show(value)}")
+            raise PlanError(f"{where}: expected an object, got {_got(value)}")
         value_hint = typing.get_args(hint)[1]
         return {k: _typed(v, value_hint, f"{where}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
@@ -153,7 +157,7 @@ def _check_range(value: float, lo: float, hi: float, where: str) -> None:
 
 def _check_keys(cls: type, data: dict[str, Any], where: str, derived: tuple[str, ...] = ()) -> None:
     if not isinstance(data, dict):
-        raise PlanError(f"{where}: expected an object, got {_kind(data)} {_show(data)}")
+        raise PlanError(f"{where}: expected an object, got {_got(data)}")
     names = {f.name for f in dataclasses.fields(cls)} | set(derived)
     unknown = sorted(map(str, set(data) - names))
     if unknown:
