@@ -79,8 +79,9 @@ SOURCE_URL ?= https://github.com/earthmon/earthmon
 DOCKER_BUILD := env DOCKER_BUILDKIT=0 docker build --network host --build-arg BASE_IMAGE=$(BASE_IMAGE) \
 	--build-arg VERSION=$(VERSION) --build-arg REVISION=$(shell git rev-parse HEAD 2>/dev/null || echo unknown) \
 	--build-arg SOURCE=$(SOURCE_URL)
-# Shared libraries MXNet's wheels need and do not bundle (Debian bookworm packages, unpacked into the venv).
-TRAINER_DEBS := libgomp1 libquadmath0
+# Shared libraries MXNet's wheels need and do not bundle (Debian bookworm packages, unpacked into the venv), and
+# nginx (the binary only: the front of `serve`).
+TRAINER_DEBS := libgomp1 libquadmath0 nginx
 TRAINER_LOCK := requirements/trainer$(if $(filter gpu,$(TRAINER_FLAVOUR)),-gpu,).txt
 
 .PHONY: wheelhouse wheelhouse-worker wheelhouse-trainer wheelhouse-build wheelhouse-moto clean-wheelhouse

@@ -230,6 +230,60 @@ def test_invocations_errors_and_execution_parameters(server: dict, inputs: dict)
     assert status == 200 and params["MaxPayloadInMB"] == 6 and params["BatchStrategy"]
 
 
+def test_serve_answers_through_its_nginx_front(server: dict) -> None:
+    """nginx listens on the port (slow clients wait in nginx, not in a worker thread) and answers its own
+    refusals as JSON; root by default, as SageMaker runs images."""
+    status, headers, _ = http(f"{server['url']}/ping")
+    assert status == 200 and headers.get("Server") == "nginx"
+    status, headers, body = http(
+        f"{server['url']}/invocations", b"\0" * (6 * 1024 * 1024 + 1), {"Content-Type": "application/x-npy"}
+    )
+    assert status == 413 and headers["Content-Type"].startswith("application/json")
+    assert "SAGEMAKER_MAX_PAYLOAD_IN_MB" in json.loads(body)["error"]
+    top = docker("exec", server["name"], "sh", "-c", "id -u; cat /proc/[0-9]*/comm").stdout.split()
+    assert top[0] == "0" and "nginx" in top[1:], top
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    for path in [root, *root.rglob("*")]:
+        os.chown(path, uid, uid)
+
+
+def test_runs_as_a_non_root_user(training_image: str, sn6_jpg: Path, tmp_path: Path) -> None:
+    """`docker run --user 1000:1000 IMAGE train` on a writable /opt/ml, then `... serve` of its model."""
+    assert inspect(training_image)["Config"].get("User", "") in ("", "root", "0")  # root by default
+    base = _job_tree(tmp_path / "job", sn6_jpg, {**TINY_HP, "num_training_samples": "8"})
+    _chown_tree(base, 1000)
+    proc = docker(
+        "run", "--rm", "--user", "1000:1000", "--network", "host", "-v", f"{base}:/opt/ml", training_image,
+        "train", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    assert (base / "model" / "model_algo-1").exists()
+    port = free_port()
+    name = f"earthmon-serve-user-test-{port}"
+    docker(
+        "run", "-d", "--name", name, "--user", "1000:1000", "--network", "host",
+        "-e", f"SAGEMAKER_BIND_TO_PORT={port}", "-e", "SAGEMAKER_MODEL_SERVER_WORKERS=1",
+        "-v", f"{base / 'model'}:/opt/ml/model:ro", training_image, "serve",
+    )  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_http(f"{url}/ping", timeout=240)
+        jpg = sorted((sn6_jpg / "validation").glob("*.jpg"))[0].read_bytes()
+        status, headers, body = http(f"{url}/invocations", jpg, {"Content-Type": "image/jpeg"})
+        assert status == 200 and headers.get("Server") == "nginx", body[:300]
+        uids = docker("exec", name, "sh", "-c", "stat -c %u /proc/[0-9]* | sort -u").stdout.split()
+        assert uids == ["1000"], uids  # nginx, gunicorn and the workers all run as that user
+        docker("stop", "--time", "30", name)
+        state = json.loads(docker("inspect", name).stdout)[0]["State"]
+        assert state["ExitCode"] == 0, docker("logs", name, check=False).stderr[-3000:]
+    finally:
+        logs = docker("logs", name, check=False)
+        print(logs.stdout[-2000:], logs.stderr[-2000:])
+        docker("rm", "-f", name, check=False)
+
+
 def test_serve_stops_gracefully_on_sigterm(server: dict) -> None:
     """`docker stop` sends SIGTERM (SageMaker too, SIGKILL 30 s later): the server must exit by itself."""
     t0 = time.monotonic()
