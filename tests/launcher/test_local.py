@@ -49,7 +49,9 @@ def test_worker_arguments_and_docker_command() -> None:
     assert "/tmp/run/algo-2/processing/input:/opt/ml/processing/input" in argv
     assert "/tmp/run/algo-2/config:/opt/ml/config" in argv
     assert argv[argv.index("earthmon-processing:dev") + 1 :] == args  # appended to the image's ENTRYPOINT
-    assert argv.index("A=1") < argv.index("B=2") < argv.index("earthmon-processing:dev")
+    # variables by name only (values go in the docker client's environment, never on its command line)
+    assert argv.index("A") < argv.index("B") < argv.index("earthmon-processing:dev")
+    assert argv[argv.index("A") - 1] == "-e" and "A=1" not in argv
     assert "--user" in docker_argv("img", "/t", {}, [], user="1000:1000")
     assert resource_config("algo-2", ["algo-1", "algo-2"]) == {
         "current_host": "algo-2",
