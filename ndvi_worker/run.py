@@ -372,10 +372,23 @@ def _staging_root(cfg: WorkerConfig, host: str) -> tuple[Path, bool]:
     whether this run created it (then it is removed at the end when empty)."""
     if cfg.staging_dir is not None:
         root = cfg.staging_dir
+        created = not root.exists()
+        _make_writable_dir(root)
     else:
         root = cfg.output_dir.resolve().parent / f".ndvi-staging-{host}"
-    created = not root.exists()
-    root.mkdir(parents=True, exist_ok=True)
+        created = not root.exists()
+        try:
+            _make_writable_dir(root)
+        except OSError as exc:
+            # e.g. a non-root user whose output folder is a mount point in a root-owned /opt/ml/processing
+            import os
+            import tempfile
+
+            fallback = Path(tempfile.gettempdir()) / f"ndvi-staging-{host}-{os.getuid()}"
+            log.info("cannot create %s (%s): staging in %s instead", root, exc.strerror or exc, fallback)
+            root = fallback
+            created = not root.exists()
+            _make_writable_dir(root)
     if not wio.same_filesystem(root, cfg.output_dir):
         log.warning(
             "staging folder %s is on another file system than %s: outputs are copied to a hidden .partial file "
@@ -384,6 +397,19 @@ def _staging_root(cfg: WorkerConfig, host: str) -> tuple[Path, bool]:
             cfg.output_dir,
         )
     return root, created
+
+
+def _make_writable_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write-test-{threading_ident()}"
+    probe.write_text("")
+    probe.unlink()
+
+
+def threading_ident() -> int:
+    import threading
+
+    return threading.get_ident()
 
 
 def _prepare_folders(cfg: WorkerConfig, host: str) -> tuple[Path, Path, bool]:
@@ -402,9 +428,6 @@ def _prepare_folders(cfg: WorkerConfig, host: str) -> tuple[Path, Path, bool]:
         ) from None
     try:
         staging_root, created = _staging_root(cfg, host)
-        probe = staging_root / f".write-test-{host}"
-        probe.write_text("")
-        probe.unlink()
     except OSError as exc:
         where = cfg.staging_dir or cfg.output_dir.resolve().parent
         raise SetupError(
