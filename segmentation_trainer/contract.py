@@ -89,6 +89,22 @@ class TrainingPaths:
         return self.base / "checkpoints"
 
 
+def missing_contract(paths: TrainingPaths) -> str | None:
+    """Why ``paths`` is not a training job's directory (checked before anything is written), or None."""
+    if not paths.base.is_dir():
+        return (
+            f"the base directory {paths.base} does not exist: inside SageMaker it is /opt/ml; outside, pass "
+            "--base-dir (or SAGEMAKER_BASE_DIR) naming a directory with input/config/hyperparameters.json"
+        )
+    if not paths.hyperparameters_file.is_file():
+        return (
+            f"no hyperparameters.json in {paths.config_dir} (SageMaker always writes one): write "
+            f'{paths.hyperparameters_file} (e.g. {{"num_classes": "2", "num_training_samples": "100"}}) or '
+            "point --base-dir / SAGEMAKER_BASE_DIR at the job's directory"
+        )
+    return None
+
+
 def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())

@@ -17,7 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation_trainer.data import label_lut, pair_channel, read_annotation, read_image, read_label_map
+from segmentation_trainer.data import (
+    DataError,
+    label_lut,
+    pair_channel,
+    read_annotation,
+    read_image,
+    read_label_map,
+)
 from segmentation_trainer.metrics import (
     IGNORE_LABEL,
     SPACENET_MIN_AREA,
@@ -49,6 +56,17 @@ def _ground_truth(buildings: dict | None, name: str, label: np.ndarray, cls: int
     return mask_polygons(label, cls, min_area=SPACENET_MIN_AREA)
 
 
+def _band_mismatch(metadata: dict, path: Path, got: int) -> str:
+    names = metadata.get("band_names") or []
+    fmt = metadata.get("input_format")
+    trained = f"; trained on {fmt} images" if fmt else ""
+    hint = "prepare-sn6 --format jpg" if fmt == "jpg" else "prepare-sn6 --format geotiff"
+    return (
+        f"the model takes {metadata['bands']} band(s) ({', '.join(map(str, names))}{trained}); {path} has {got}: "
+        f"evaluate it on data prepared like its training data ({hint})"
+    )
+
+
 def evaluate(
     model_dir: str | Path, data_dir: str | Path, split: str = "validation", ctx=None, progress=None
 ) -> dict:
@@ -69,8 +87,11 @@ def evaluate(
     buildings = json.loads(bpath.read_text()) if bpath.is_file() else None
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
     f1 = F1Result(0, 0, 0)
+    bands = int(metadata["bands"])
     for n, pair in enumerate(pairs, 1):
         image, _ = read_image(pair.image)
+        if image.shape[0] != bands:
+            raise DataError(_band_mismatch(metadata, pair.image, image.shape[0]))
         label = read_annotation(pair.annotation, lut)
         x = metadata.normalise(image)
         out = net(mx.nd.array(x[None], ctx=ctx))[0]

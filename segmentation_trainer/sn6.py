@@ -93,8 +93,13 @@ def read_summary_csv(path: Path) -> dict[str, list]:
         if not need <= set(reader.fieldnames or ()):
             raise PrepareError(f"{path.name} lacks columns {sorted(need - set(reader.fieldnames or ()))}")
         for row in reader:
-            geoms = out.setdefault(row["ImageId"].strip(), [])
-            geom = parse_wkt(row["PolygonWKT_Pix"])
+            geoms = out.setdefault((row["ImageId"] or "").strip(), [])
+            try:
+                geom = parse_wkt(row["PolygonWKT_Pix"] or "")
+            except Exception as exc:  # shapely raises its own types for bad WKT
+                raise PrepareError(
+                    f"{path.name} line {reader.line_num}: PolygonWKT_Pix is not WKT ({' '.join(str(exc).split())})"
+                ) from None
             if geom is not None:
                 geoms.append(geom)
     return out
@@ -323,9 +328,22 @@ def prepare_sn6(src: Path, dst: Path, options: PrepareOptions | None = None) -> 
     if not tiles:
         raise PrepareError(f"no SAR-Intensity tiles (*SAR-Intensity*tile_<N>.tif) under {src}")
     csv_path = _find_one(src, "*_Buildings.csv")
-    by_csv = read_summary_csv(csv_path) if csv_path else {}
     orient_path = _find_one(src, "SAR_orientations.txt")
-    orientations = parse_orientations(orient_path.read_text()) if orient_path else {}
+    try:
+        by_csv = read_summary_csv(csv_path) if csv_path else {}
+        orientations = parse_orientations(orient_path.read_text()) if orient_path else {}
+    except PrepareError:
+        raise
+    except (
+        OSError,
+        UnicodeDecodeError,
+        ValueError,
+        csv.Error,
+    ) as exc:  # shapely's WKT errors are ValueErrors
+        name = type(exc).__name__
+        raise PrepareError(
+            f"cannot read the annotations under {src}: {name}: {' '.join(str(exc).split())}"
+        ) from None
     if opts.orient and not orient_path:
         log.warning("no SAR_orientations.txt under %s: tiles are not rotated", src)
     geojsons = {image_id(p.name): p for p in src.rglob("*.geojson") if image_id(p.name)}

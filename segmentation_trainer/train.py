@@ -25,6 +25,7 @@ from segmentation_trainer.contract import (
     TrainingPaths,
     check_channels,
     extract_model_channel,
+    missing_contract,
     read_hyperparameters,
     read_input_data_config,
     read_resource_config,
@@ -72,9 +73,17 @@ def find_pretrained(paths: TrainingPaths, hp: Hyperparameters) -> Path | None:
     channel = paths.channel("pretrained")
     if hp.pretrained_weights:
         p = Path(hp.pretrained_weights)
-        for candidate in (p, channel / p):
-            if candidate.is_file():
-                return candidate
+        if p.is_absolute():
+            candidate = p
+        else:  # relative: inside the pretrained channel, never out of it
+            candidate = (channel / p).resolve()
+            if not candidate.is_relative_to(channel.resolve()):
+                raise ClientError(
+                    f"pretrained_weights={hp.pretrained_weights} leaves the pretrained channel: give a file name "
+                    "inside the channel, or an absolute path"
+                )
+        if candidate.is_file():
+            return candidate
         raise ClientError(
             f"pretrained_weights={hp.pretrained_weights} not found (nor in the pretrained channel)"
         )
@@ -109,6 +118,12 @@ def run_training(paths: TrainingPaths | None = None, options: RunOptions | None 
     """Run a training job; returns the process exit status (0 = success)."""
     paths = paths or TrainingPaths.resolve()
     options = options or RunOptions()
+    missing = missing_contract(paths)
+    if missing is not None:  # not a job directory (a typo?): say so, create nothing
+        log.error("ClientError: %s", missing)
+        if paths.output_dir.is_dir():
+            write_failure(paths, f"ClientError: {missing}")
+        return 2
     stop = options.stop or threading.Event()
     previous = None
     if options.install_signal_handler and threading.current_thread() is threading.main_thread():
@@ -139,7 +154,13 @@ def run_training(paths: TrainingPaths | None = None, options: RunOptions | None 
 def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event) -> None:
     from segmentation_trainer.data import compute_stats
     from segmentation_trainer.devices import contexts, describe
-    from segmentation_trainer.export import build_metadata, read_metadata, save_model_dir
+    from segmentation_trainer.export import (
+        ModelDirError,
+        build_metadata,
+        params_path,
+        read_metadata,
+        save_model_dir,
+    )
     from segmentation_trainer.fit import FitConfig, fingerprint, fit
     from segmentation_trainer.model import NetworkConfig, build_network
 
@@ -185,11 +206,12 @@ def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event) -> 
         model_dir = extract_model_channel(paths.channel("model"), scratch)
         try:
             base_model = read_metadata(model_dir)
-        except FileNotFoundError as exc:
+        except (FileNotFoundError, ModelDirError) as exc:
             raise ClientError(str(exc)) from None
-        base_params = model_dir / base_model.get("params_file", "model_best.params")
-        if not base_params.is_file():
-            base_params = model_dir / "model_algo-1"
+        try:
+            base_params = params_path(model_dir, base_model)  # kept inside the extracted model
+        except (ModelDirError, FileNotFoundError) as exc:
+            raise ClientError(f"model channel: {exc}") from None
     network = NetworkConfig(
         num_classes=hp.num_classes, algorithm=hp.algorithm, backbone=hp.backbone, bands=info.bands, aux=True
     )

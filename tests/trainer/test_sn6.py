@@ -211,3 +211,13 @@ def test_prepare_jpg(sn6_prepared_jpg):
 def test_prepare_errors(tmp_path):
     with pytest.raises(sn6.PrepareError, match="no SAR-Intensity tiles"):
         sn6.prepare_sn6(tmp_path, tmp_path / "out")
+
+
+def test_bad_annotations_are_a_prepare_error(tmp_path):
+    """Invalid WKT in the summary CSV is a PrepareError naming the line, never a shapely traceback."""
+    path = tmp_path / "SN6_Buildings.csv"
+    path.write_text(
+        'ImageId,PolygonWKT_Pix\nx_tile_1,"POLYGON ((0 0, 4 0, 4 4, 0 0))"\nx_tile_2,"POLYGON ((0 0, 1"\n'
+    )
+    with pytest.raises(sn6.PrepareError, match="line 3: PolygonWKT_Pix is not WKT"):
+        sn6.read_summary_csv(path)
