@@ -10,9 +10,11 @@ into the output folder, the STAC item last (its presence marks the scene complet
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
+import os
 import signal
 import sys
 import time
@@ -381,7 +383,6 @@ def _staging_root(cfg: WorkerConfig, host: str) -> tuple[Path, bool]:
             _make_writable_dir(root)
         except OSError as exc:
             # e.g. a non-root user whose output folder is a mount point in a root-owned /opt/ml/processing
-            import os
             import tempfile
 
             fallback = Path(tempfile.gettempdir()) / f"ndvi-staging-{host}-{os.getuid()}"
@@ -417,6 +418,8 @@ def _prepare_folders(cfg: WorkerConfig, host: str) -> tuple[Path, Path, bool]:
     report_dir = cfg.output_dir / "_reports"
     try:
         cfg.output_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(cfg.output_dir, os.W_OK | os.X_OK):  # no probe file: Continuous upload would see it
+            raise PermissionError(errno.EACCES, "Permission denied")
         report_dir.mkdir(exist_ok=True)
         probe = report_dir / f".write-test-{host}"
         probe.write_text("")

@@ -192,3 +192,43 @@ def test_launcher_local_two_instances_with_docker(processing_image: str, aws: st
     from rio_cogeo.cogeo import cog_validate
 
     assert cog_validate(str(local))[0]
+
+
+def test_runs_as_a_non_root_user(processing_image: str, tmp_path: Path) -> None:
+    """`docker run --user 1000:1000` with writable mounted folders works (the image stays root by default, as
+    SageMaker expects): outputs, report and ExitMessage written, nothing left behind, files owned by 1000."""
+    meta = inspect(processing_image)
+    assert meta["Config"].get("User") in (None, "", "root", "0")  # root by default
+    tree = _tree(tmp_path / "algo-1", "algo-1", ["algo-1"])
+    (tree / "config" / "processingjobconfig.json").write_text("{}")
+    _scene(tree / "processing/input", GOOD[0], 0)
+    for sub in ("processing/output", "output"):
+        (tree / sub).chmod(0o777)
+    mounts = []
+    for sub in ("processing/input", "processing/output", "config", "output"):
+        mounts += ["-v", f"{tree / sub}:/opt/ml/{sub}"]
+    proc = docker(
+        "run", "--rm", "--user", "1000:1000", "--network", "none", *mounts, processing_image, "--workers", "1",
+        check=False, timeout=600,
+    )  # fmt: skip
+    logs = proc.stdout + proc.stderr
+    assert proc.returncode == 0, logs
+    assert "Traceback" not in logs
+    out = tree / "processing/output"
+    tif = out / f"{GOOD[0]}_ndvi.tif"
+    from rio_cogeo.cogeo import cog_validate
+
+    assert cog_validate(str(tif))[0]
+    assert tif.stat().st_uid == 1000
+    report = json.loads((out / "_reports" / "algo-1.json").read_text())
+    assert report["summary"]["done"] == 1
+    assert (tree / "output" / "message").read_text().startswith("algo-1: 1 done")
+    assert not [p for p in out.rglob("*") if p.name.startswith(".")]
+    # an unwritable output folder is one clear line, exit 2, no traceback
+    (out).chmod(0o755)
+    proc = docker(
+        "run", "--rm", "--user", "1000:1000", "--network", "none", *mounts, processing_image, "--overwrite",
+        check=False, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr and "writable --output" in proc.stderr
