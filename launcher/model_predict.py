@@ -46,27 +46,73 @@ def endpoint_invoker(runtime_client: Any, endpoint_name: str) -> Invoker:
             if type(exc).__name__ == "ModelError" or "ModelError" in str(exc):
                 raise PredictError(f"the model answered with an error: {exc}") from exc
             raise
-        return response["Body"].read()
+        content = response["Body"].read(MAX_RESPONSE_BYTES + 1)
+        if len(content) > MAX_RESPONSE_BYTES:
+            raise PredictError(
+                f"{endpoint_name} sent more than {MAX_RESPONSE_BYTES // 2**20} MiB for one tile"
+            )
+        return content
 
     return invoke
 
 
-def url_invoker(url: str, timeout_s: float = 120.0) -> Invoker:
+MAX_RESPONSE_BYTES = 256 * 2**20  # a mask of the largest tile is a few MB; more is not a mask
+
+
+def url_invoker(url: str, timeout_s: float = 120.0, max_response_bytes: int = MAX_RESPONSE_BYTES) -> Invoker:
     """POST to ``URL/invocations`` (an image's ``serve`` reached directly)."""
     import requests
 
+    if not url.startswith(("http://", "https://")):
+        raise PredictError(f"--url {url!r} must start with http:// or https:// (e.g. http://localhost:8080)")
     session = requests.Session()
     target = url.rstrip("/") + "/invocations"
 
     def invoke(body: bytes, content_type: str, accept: str) -> bytes:
-        response = session.post(
-            target, data=body, headers={"Content-Type": content_type, "Accept": accept}, timeout=timeout_s
-        )
+        try:
+            with session.post(
+                target,
+                data=body,
+                headers={"Content-Type": content_type, "Accept": accept},
+                timeout=timeout_s,
+                stream=True,
+            ) as response:
+                content = _read_capped(response, max_response_bytes, target)
+        except requests.ConnectionError as exc:
+            raise PredictError(
+                f"cannot connect to {target}: is the server running? (start it with `segmentation-trainer serve` "
+                f"or `docker run IMAGE serve`) ({_printable(str(exc), 200)})"
+            ) from None
+        except requests.Timeout:
+            raise PredictError(f"{target} did not answer within {timeout_s:g} s") from None
+        except requests.RequestException as exc:
+            raise PredictError(f"request to {target} failed: {_printable(str(exc), 300)}") from None
         if response.status_code != 200:
-            raise PredictError(f"{target} answered {response.status_code}: {response.text[:500]}")
-        return response.content
+            raise PredictError(
+                f"{target} answered {response.status_code}: {_printable(content.decode('utf-8', 'replace'), 500)}"
+            )
+        return content
 
     return invoke
+
+
+def _read_capped(response: Any, limit: int, target: str) -> bytes:
+    chunks, size = [], 0
+    for chunk in response.iter_content(chunk_size=1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PredictError(
+                f"{target} sent more than {limit // 2**20} MiB for one tile: that is not a mask"
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _printable(text: str, limit: int) -> str:
+    """A server's text made safe for a terminal: no control characters (escape sequences), cut to ``limit``."""
+    flat = "".join(c if c.isprintable() else " " for c in text)
+    flat = " ".join(flat.split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def local_invoker(endpoint_name: str = "local") -> Invoker:  # pragma: no cover - needs Docker
@@ -101,18 +147,51 @@ def encode_tile(array: np.ndarray, content_type: str) -> bytes:
         return mem.read()
 
 
-def decode_mask(body: bytes, accept: str) -> np.ndarray:
-    """A class-id mask from an ``image/png`` or ``image/tiff`` response (read by GDAL, no Pillow needed)."""
+TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# GDAL settings for decoding answers: no sidecar files, no PAM, georeferencing from the file itself
+SAFE_GDAL_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_PAM_ENABLED": "NO",
+    "GDAL_GEOREF_SOURCES": "INTERNAL",
+}
+
+
+def decode_mask(body: bytes, accept: str, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A class-id mask from an ``image/png`` or ``image/tiff`` response (read by GDAL, no Pillow needed).
+
+    The answer is decoded only as the format asked for (signature checked, then GDAL's PNG or GTiff driver
+    alone: never VRT, WMS or any description that reads files or URLs), and its header must declare one 8-bit
+    band of ``shape`` (height, width) before any pixel is read.
+    """
+    from rasterio.env import Env
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.io import MemoryFile
 
+    driver, magics = ("PNG", (PNG_MAGIC,)) if accept == PNG else ("GTiff", TIFF_MAGICS)
+    if accept not in MASK_TYPES or not body.startswith(magics):
+        raise PredictError(f"the response is not a {accept} mask ({len(body)} bytes starting {body[:16]!r})")
     try:
-        with warnings.catch_warnings(), MemoryFile(body) as mem:
+        with warnings.catch_warnings(), Env(**SAFE_GDAL_OPTIONS), MemoryFile(body) as mem:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            with mem.open() as src:
+            with mem.open(driver=driver) as src:
+                if src.count < 1 or src.dtypes[0] != "uint8":
+                    raise PredictError(
+                        f"the {accept} response has {src.count} band(s) of {src.dtypes[0] if src.count else '-'}: "
+                        "a mask has one uint8 band of class ids"
+                    )
+                if shape is not None and (src.height, src.width) != tuple(shape):
+                    raise PredictError(
+                        f"the {accept} response is {src.width} x {src.height} pixels, the tile sent was "
+                        f"{shape[1]} x {shape[0]}"
+                    )
                 return src.read(1)
+    except PredictError:
+        raise
     except Exception as exc:
-        raise PredictError(f"the response is not a readable {accept} mask: {exc} ({body[:200]!r})") from exc
+        raise PredictError(
+            f"the response is not a readable {accept} mask: {_printable(str(exc), 300)}"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -200,7 +279,7 @@ def predict_file(
                         done += 1
                         if on_tile:
                             on_tile(done, len(tiles))
-                        yield tile, decode_mask(body, accept)
+                        yield tile, decode_mask(body, accept, (tile.read.height, tile.read.width))
 
         mask = stitch(height, width, results())
     out = Path(out)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
+import warnings
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -81,3 +85,158 @@ def test_predict_url_tiles_and_keeps_georeferencing(served_model, tmp_path):
     assert mask.shape == (260, 310)
     assert (mask[:, :7] == 255).all()  # the server marks nodata pixels, the stitching keeps them
     assert set(np.unique(mask[:, 7:])) <= {0, 1}
+
+
+# ----------------------------------------------------------------------------------------------- hostile answers
+# No server of the image needed: a loopback server plays a hostile or absent model endpoint.
+def _sar_tif(path: Path, bands: int = 2, size: int = 40) -> Path:
+    import rasterio
+
+    data = np.random.default_rng(1).random((bands, size, size), dtype=np.float32) + 0.1
+    profile = dict(driver="GTiff", width=size, height=size, count=bands, dtype="float32")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(data)
+    return path
+
+
+class HostileServer:
+    """Answers every POST with ``answer(port)`` (status 200); records every GET (what GDAL would fetch)."""
+
+    def __init__(self, answer):
+        self.fetches: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                body = answer(server.url)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):  # noqa: N802
+                server.fetches.append(self.path)
+                body = SECRET.encode() * 32
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+SECRET = secrets.token_hex(24)
+
+
+def _vrt(source: str) -> bytes:
+    return (
+        '<VRTDataset rasterXSize="40" rasterYSize="40"><VRTRasterBand dataType="Byte" band="1" '
+        f'subClass="VRTRawRasterBand"><SourceFilename relativetoVRT="0">{source}</SourceFilename>'
+        "<ImageOffset>0</ImageOffset><PixelOffset>1</PixelOffset><LineOffset>40</LineOffset>"
+        "</VRTRasterBand></VRTDataset>"
+    ).encode()
+
+
+def _wms(url: str) -> bytes:
+    return (
+        f'<GDAL_WMS><Service name="TMS"><ServerUrl>{url}/t/${{z}}/${{x}}/${{y}}.png</ServerUrl></Service>'
+        "<DataWindow><UpperLeftX>0</UpperLeftX><UpperLeftY>40</UpperLeftY><LowerRightX>40</LowerRightX>"
+        "<LowerRightY>0</LowerRightY><TileLevel>0</TileLevel><TileCountX>1</TileCountX><TileCountY>1</TileCountY>"
+        "</DataWindow><BlockSizeX>40</BlockSizeX><BlockSizeY>40</BlockSizeY><BandsCount>1</BandsCount></GDAL_WMS>"
+    ).encode()
+
+
+def _sparse_tiff(count: int = 500, size: int = 40, dtype: str = "float32") -> bytes:
+    from rasterio.io import MemoryFile
+
+    with warnings.catch_warnings(), MemoryFile() as mem:
+        warnings.simplefilter("ignore")
+        with mem.open(driver="GTiff", width=size, height=size, count=count, dtype=dtype, sparse_ok=True):
+            pass
+        return mem.read()
+
+
+@pytest.fixture
+def secret_path(tmp_path):
+    path = tmp_path / "secret.txt"
+    path.write_text(SECRET * 100)
+    return path
+
+
+HOSTILE_ANSWERS = {
+    "vrt reading a local file": lambda url, secret: _vrt(str(secret)),
+    "vrt reading /proc/self/environ": lambda url, secret: _vrt("/proc/self/environ"),
+    "vrt fetching a URL": lambda url, secret: _vrt(f"/vsicurl/{url}/fetch.bin"),
+    "gdal wms": lambda url, secret: _wms(url),
+    "TIFF signature then a vrt": lambda url, secret: b"II*\x00" + _vrt(f"/vsicurl/{url}/fetch.bin"),
+    "PNG signature then a vrt": lambda url, secret: b"\x89PNG\r\n\x1a\n" + _vrt(str(secret)),
+    "500 sparse float bands": lambda url, secret: _sparse_tiff(),
+    "a mask of the wrong size": lambda url, secret: _sparse_tiff(count=1, size=8, dtype="uint8"),
+}
+
+
+@pytest.mark.parametrize("accept", ["image/tiff", "image/png"])
+@pytest.mark.parametrize("name", sorted(HOSTILE_ANSWERS))
+def test_predict_refuses_hostile_answers_without_reading_or_fetching(tmp_path, secret_path, name, accept):
+    server = HostileServer(lambda url: HOSTILE_ANSWERS[name](url, secret_path))
+    try:
+        args = ["predict", str(_sar_tif(tmp_path / "in.tif")), "--out", str(tmp_path / "mask.tif")]
+        result = CliRunner().invoke(
+            cli, [*args, "--url", server.url, "--accept", accept, "--concurrency", "1"]
+        )
+    finally:
+        server.close()
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (
+        result.output,
+        result.exception,
+    )
+    assert "Traceback" not in result.output and SECRET not in result.output
+    assert "response" in result.output
+    assert server.fetches == [], f"predict made GDAL fetch {server.fetches}"
+    assert not (tmp_path / "mask.tif").exists()
+
+
+def test_decode_mask_checks_the_header_before_reading():
+    from launcher.model_predict import PredictError, decode_mask
+
+    with pytest.raises(PredictError, match="500 band"):
+        decode_mask(_sparse_tiff(), "image/tiff", (40, 40))
+    with pytest.raises(PredictError, match="8 x 8 pixels"):
+        decode_mask(_sparse_tiff(count=1, size=8, dtype="uint8"), "image/tiff", (40, 40))
+
+
+def test_predict_with_the_server_down_is_one_line(tmp_path):
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    args = ["predict", str(_sar_tif(tmp_path / "in.tif")), "--out", str(tmp_path / "mask.tif"), "--url", url]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (
+        result.output,
+        result.exception,
+    )
+    assert "cannot connect to" in result.output and "is the server running" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_predict_url_must_be_http(tmp_path):
+    args = [
+        "predict",
+        str(_sar_tif(tmp_path / "in.tif")),
+        "--out",
+        str(tmp_path / "m.tif"),
+        "--url",
+        "file:///etc",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "must start with http://" in result.output
