@@ -170,7 +170,9 @@ def decode_mask(body: bytes, accept: str, shape: tuple[int, int] | None = None) 
 
     driver, magics = ("PNG", (PNG_MAGIC,)) if accept == PNG else ("GTiff", TIFF_MAGICS)
     if accept not in MASK_TYPES or not body.startswith(magics):
-        raise PredictError(f"the response is not a {accept} mask ({len(body)} bytes starting {body[:16]!r})")
+        raise PredictError(
+            f"the response is not a readable {accept} mask: wrong signature ({len(body)} bytes starting {body[:16]!r})"
+        )
     try:
         with warnings.catch_warnings(), Env(**SAFE_GDAL_OPTIONS), MemoryFile(body) as mem:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
