@@ -19,9 +19,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from launcher.cli import cli
-from launcher.plan import Plan, make_plan
-from launcher.search import dedupe
-from launcher.synthetic import synthetic_items
+from launcher.ndvi.plan import Plan, make_plan
+from launcher.ndvi.search import dedupe
+from launcher.ndvi.synthetic import synthetic_items
 
 
 def best_of(repeat: int, fn) -> float:

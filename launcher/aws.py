@@ -1,20 +1,28 @@
-"""AWS edge: boto3 clients with adaptive retries and a client-side rate limit, plus small S3 helpers.
+"""The AWS edge shared by both workflows: boto3 clients with adaptive retries and a client-side rate limit, the
+one S3 URI type, the S3 endpoint lookup, the one SageMaker SDK `LocalSession` builder, and the SageMaker naming
+rules every request builder checks (job/endpoint names, role ARNs).
 
 Every AWS call of the launcher goes through `client()`. Endpoints come from the standard environment variables
 (`AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_<SERVICE>`, honoured natively by boto3 >= 1.28), so every command works
-against a local moto server. boto3 is imported lazily so `launcher --help` stays instant.
+against a local moto server. boto3 and sagemaker are imported lazily so `launcher --help` stays instant.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import re
+import shutil
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from launcher.errors import RequestError
 
 DEFAULT_MAX_ATTEMPTS = (
     10  # retries after the first attempt (botocore's `max_attempts`); override EARTHMON_AWS_MAX_ATTEMPTS
@@ -116,16 +124,84 @@ def region_name() -> str | None:
     return session().region_name
 
 
+def s3_endpoint_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The S3 endpoint the standard variables name (`AWS_ENDPOINT_URL_S3`, else `AWS_ENDPOINT_URL`), or None. boto3
+    reads them itself; this is for what does not (SageMaker SDK local mode's S3 client)."""
+    env = os.environ if environ is None else environ
+    return env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or None
+
+
+# ------------------------------------------------------------------------------------------ SageMaker rules
+
+# Job, tuning job, model, endpoint config and endpoint names (the API's pattern; the length differs per API).
+JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
+ROLE_ARN_MAX = 2048
+
+
+def is_job_name(name: object, max_length: int = 63) -> bool:
+    return isinstance(name, str) and len(name) <= max_length and bool(JOB_NAME.match(name))
+
+
+def check_name(name: str, max_length: int = 63, what: str = "name") -> str:
+    """`name` when SageMaker accepts it as a job/endpoint name of at most `max_length` characters, else
+    RequestError."""
+    if not is_job_name(name, max_length):
+        raise RequestError(
+            f"invalid {what} {name!r}: 1-{max_length} letters, digits and hyphens, starting and ending with a "
+            "letter or digit"
+        )
+    return name
+
+
+def is_role_arn(arn: object) -> bool:
+    return isinstance(arn, str) and len(arn) <= ROLE_ARN_MAX and bool(ROLE_ARN.match(arn))
+
+
+def role_arn_problem(arn: object, what: str = "RoleArn") -> str | None:
+    """Why `arn` is not an IAM role ARN SageMaker accepts (None when it is)."""
+    if is_role_arn(arn):
+        return None
+    return f"{what} must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME), got {arn!r}"
+
+
+def check_role(arn: str, what: str = "--role") -> str:
+    problem = role_arn_problem(arn, what)
+    if problem:
+        raise RequestError(problem)
+    return arn
+
+
 # ----------------------------------------------------------------------------------------------- S3 helpers
+
+
+# S3 URLs of objects as STAC items write them: virtual-hosted and path style.
+_VHOST = re.compile(r"^https?://([a-z0-9][a-z0-9.\-]*?)\.s3(?:[.\-][a-z0-9\-]+)?\.amazonaws\.com/(.+)$")
+_PATH = re.compile(r"^https?://s3(?:[.\-][a-z0-9\-]+)?\.amazonaws\.com/([a-z0-9][a-z0-9.\-]*)/(.+)$")
 
 
 @dataclass(frozen=True)
 class S3Uri:
+    """The one S3 location type of the launcher: a bucket and a key (a prefix when it ends in '/')."""
+
     bucket: str
     key: str
 
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def uri(self) -> str:
+        return str(self)
+
+    @classmethod
+    def from_url(cls, url: str) -> S3Uri | None:
+        """`s3://b/k` or an S3 https URL (virtual-hosted or path style) of an object -> its location, else None."""
+        if url.startswith("s3://"):
+            bucket, _, key = url[5:].partition("/")
+            return cls(bucket, key) if bucket and key else None
+        m = _VHOST.match(url) or _PATH.match(url)
+        return cls(m.group(1), m.group(2)) if m else None
 
     def join(self, *parts: str) -> S3Uri:
         key = self.key
@@ -142,6 +218,7 @@ class S3Uri:
 
 
 def parse_s3_uri(uri: str) -> S3Uri:
+    """`s3://bucket[/key]` -> S3Uri; ValueError for anything else."""
     if not uri.startswith("s3://"):
         raise ValueError(f"not an S3 URI (expected s3://bucket/key): {uri!r}")
     rest = uri[len("s3://") :]
@@ -149,6 +226,17 @@ def parse_s3_uri(uri: str) -> S3Uri:
     if not bucket:
         raise ValueError(f"S3 URI without a bucket: {uri!r}")
     return S3Uri(bucket, key)
+
+
+def is_s3_uri(value: object, max_length: int | None = None, allow_https: bool = False) -> bool:
+    """Whether `value` is an `s3://bucket[/key]` URI (a bucket, no white space, at most `max_length`
+    characters); `allow_https`: also an `https://host/...` URL (what CreateProcessingJob's pattern admits)."""
+    if not isinstance(value, str) or any(c.isspace() for c in value):
+        return False
+    if max_length is not None and len(value) > max_length:
+        return False
+    scheme = "https://" if allow_https and value.startswith("https://") else "s3://"
+    return value.startswith(scheme) and bool(value[len(scheme) :].split("/", 1)[0])
 
 
 def put_json(s3: Any, uri: S3Uri, obj: Any) -> None:
@@ -167,9 +255,25 @@ def list_objects(s3: Any, prefix: S3Uri) -> Iterator[dict[str, Any]]:
         yield from page.get("Contents", [])
 
 
+def list_prefixes(s3: Any, prefix: S3Uri) -> set[str]:
+    """The names of the "folders" right under a prefix (all pages)."""
+    paginator = s3.get_paginator("list_objects_v2")
+    found = set()
+    for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key, Delimiter="/"):
+        for common in page.get("CommonPrefixes", []):
+            found.add(common["Prefix"][len(prefix.key) :].strip("/"))
+    return found
+
+
 def is_not_found(error: Exception) -> bool:
     code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
     return code in {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
+
+
+def short(message: str, limit: int = 200) -> str:
+    """One line of an error message (HTML error pages from proxies or local servers reduced to their text)."""
+    text = " ".join(re.sub(r"<[^>]+>", " ", message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def error_code(error: Exception) -> str:
@@ -178,3 +282,42 @@ def error_code(error: Exception) -> str:
 
 def error_message(error: Exception) -> str:
     return str(getattr(error, "response", {}).get("Error", {}).get("Message", error))
+
+
+# ------------------------------------------------------------------------------------ SageMaker SDK local mode
+
+TELEMETRY_OPT_OUT = {
+    "SchemaVersion": "1.0",
+    "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
+}
+
+
+@contextlib.contextmanager
+def local_mode_scratch() -> Iterator[str]:
+    """A folder for all SageMaker local mode writes on the host (downloaded channels and models, the compose file,
+    the containers' /opt/ml trees), removed afterwards: set as ``local.container_root``. Without it local mode leaves
+    its S3 downloads in the system temp folder (the size of the data or model, every run)."""
+    root = tempfile.mkdtemp(prefix="earthmon-local-mode-")
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)  # files a container wrote as another user may stay
+
+
+def local_session(
+    container_root: str | None = None,
+) -> Any:  # pragma: no cover - needs the sagemaker SDK + Docker
+    """The one SageMaker SDK `LocalSession` of the launcher (both workflows): the launcher's boto3 session, the S3
+    endpoint of the standard variables if any, telemetry off, local code, local mode's host files under
+    ``container_root`` (see `local_mode_scratch`)."""
+    from sagemaker.local import LocalSession
+
+    kwargs: dict[str, Any] = {"boto_session": session(), "sagemaker_config": TELEMETRY_OPT_OUT}
+    endpoint = s3_endpoint_url()
+    if endpoint:
+        kwargs["s3_endpoint_url"] = endpoint
+    sess = LocalSession(**kwargs)
+    sess.config = {
+        "local": {"local_code": True, **({"container_root": container_root} if container_root else {})}
+    }
+    return sess

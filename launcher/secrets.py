@@ -1,4 +1,4 @@
-"""Environment variables for the worker that hold secrets: never stored, printed, logged or put on a command line.
+"""Environment variables for the containers that hold secrets: never stored, printed, logged or put on a command line.
 
 `--env NAME=VALUE` whose NAME looks like a secret (`is_secret`), and every `--env NAME` without a value, are kept by
 name only (`Submission.env_from_caller` in plan.json); their values are read from the caller's environment when the
@@ -14,7 +14,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.plan import ENV_NAME_PATTERN, ArgumentError
+from launcher.errors import ArgumentError
+
+# What SageMaker accepts as an Environment key (and a shell as a variable name), up to 256 characters.
+ENV_NAME_PATTERN = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,255}")
 
 # Names that usually carry credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, GITHUB_TOKEN, DB_PASSWORD,
 # API_KEY, ...). A false positive only means the value is read from your environment instead of stored.

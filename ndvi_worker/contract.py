@@ -1,7 +1,9 @@
 """The SageMaker Processing contract's paths, resolved lazily.
 
 ``SAGEMAKER_BASE_DIR`` (default ``/opt/ml``, the training toolkit's convention) relocates every path, for tests and
-runs outside a container. Nothing else in the package reads ``/opt/ml`` or the environment for paths.
+runs outside a container. Nothing else in the package reads ``/opt/ml`` or the environment for paths; the launcher
+builds its requests and its simulated instances (``launcher local``) from this module too (``CONTAINER``,
+``ProcessingPaths.tree_dirs``). Importable without the worker's dependencies (no numpy, GDAL).
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ class ProcessingPaths:
         return cls(Path(env.get("SAGEMAKER_BASE_DIR") or DEFAULT_BASE_DIR))
 
     @property
+    def processing_dir(self) -> Path:
+        """Where a Processing job's inputs and outputs are mounted (every LocalPath lies under it)."""
+        return self.base / "processing"
+
+    @property
     def input_dir(self) -> Path:
         return self.base / "processing" / "input"
 
@@ -45,6 +52,10 @@ class ProcessingPaths:
     def message_file(self) -> Path:
         """Text written here (first 1 KB) becomes the job's ExitMessage."""
         return self.base / "output" / "message"
+
+    def tree_dirs(self) -> tuple[Path, ...]:
+        """The folders an instance's tree has before the container starts (input, output, config, output/)."""
+        return (self.input_dir, self.output_dir, self.resource_config.parent, self.message_file.parent)
 
     def in_processing_job(self) -> bool:
         """True inside a SageMaker Processing job (SageMaker, its local mode and ``launcher local`` all write
@@ -69,6 +80,10 @@ class ProcessingPaths:
         """The instance's host name (``algo-3``) from resourceconfig.json, else this machine's host name."""
         host = self.resource().get("current_host") or socket.gethostname() or "localhost"
         return safe_host(str(host))
+
+
+#: The paths inside the container (SageMaker mounts the job there; the launcher's requests name them).
+CONTAINER = ProcessingPaths(Path(DEFAULT_BASE_DIR))
 
 
 def safe_host(host: str) -> str:

@@ -1,58 +1,24 @@
-"""The launcher's model commands: ``train``, ``tune``, ``deploy`` and ``predict`` (segmentation model workflow).
+"""The model workflow's commands: ``train``, ``tune``, ``deploy`` and ``predict`` (the segmentation model).
 
-Thin: options -> typed specs -> pure request builders (:mod:`launcher.model_jobs`, :mod:`launcher.model_tiles`)
+Thin: options -> typed specs -> pure request builders (:mod:`launcher.model.requests`, :mod:`launcher.model.tiles`)
 -> the AWS edge (:mod:`launcher.aws` clients: adaptive retries, rate limit, ``AWS_ENDPOINT_URL``). ``--dry-run``
 prints the requests instead of sending them; ``--local`` uses SageMaker SDK local mode (Docker).
 """
 
 from __future__ import annotations
 
-import functools
-import json
-import sys
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import click
 
+from launcher.aws import check_name
+from launcher.cli.console import console as _console
+from launcher.cli.console import friendly_errors, pairs, print_json, with_options
+
 TERMINAL_TRAINING = {"Completed", "Failed", "Stopped"}
 TERMINAL_TUNING = {"Completed", "Failed", "Stopped"}
-
-
-def _console():
-    from rich.console import Console
-
-    return Console(stderr=True, highlight=False)
-
-
-def _print_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
-
-
-def _friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Every failure becomes one clear line: a request SageMaker would reject (the options) exits 2 like any usage
-    error, a prediction failure 1; AWS errors get the launcher's hints; anything else one line too."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from launcher.model_jobs import RequestError
-        from launcher.model_predict import PredictError
-
-        try:
-            return fn(*args, **kwargs)
-        except RequestError as exc:
-            raise click.UsageError(str(exc)) from None
-        except PredictError as exc:
-            raise click.ClickException(str(exc)) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort):
-            raise
-        except Exception as exc:
-            from launcher.cli import one_line
-
-            raise one_line(exc) from None
-
-    return wrapper
 
 
 def _sagemaker():
@@ -61,86 +27,57 @@ def _sagemaker():
     return client("sagemaker")
 
 
-def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
-    out = {}
-    for value in values:
-        key, sep, val = value.partition("=")
-        if not sep or not key:
-            raise click.UsageError(f"{what} {value!r} is not NAME=VALUE")
-        out[key.strip()] = val.strip()
-    return out
-
-
 # ----------------------------------------------------------------------------------------------- shared options
-def training_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    options = [
-        click.option(
-            "--image", required=True, help="Training image URI (ECR), e.g. ACCOUNT.dkr.ecr.REGION..."
-        ),
-        click.option("--role", required=True, help="IAM role ARN SageMaker assumes for the job."),
-        click.option(
-            "--channels",
-            default=None,
-            help="s3://BUCKET/PREFIX of prepared data: train/, validation/, train_annotation/, "
-            "validation_annotation/ and, when present, label_map/, pretrained/, model/.",
-        ),
-        click.option(
-            "--channel",
-            "channel_pairs",
-            multiple=True,
-            metavar="NAME=URI",
-            help="A channel explicitly (repeatable; overrides --channels for that name).",
-        ),
-        click.option(
-            "--hp", "hp_pairs", multiple=True, metavar="KEY=VALUE", help="Hyperparameter (repeatable)."
-        ),
-        click.option("--output", default=None, help="s3:// output path [default: <channels>/output/]."),
-        click.option(
-            "--checkpoint", default=None, help="s3:// checkpoint URI [default: <output>/<job>/checkpoints/]."
-        ),
-        click.option("--instance-type", default="ml.g4dn.xlarge", show_default=True),
-        click.option("--instance-count", type=int, default=1, show_default=True),
-        click.option("--volume-gb", type=int, default=50, show_default=True),
-        click.option("--max-runtime", type=int, default=24 * 3600, show_default=True, help="Seconds."),
-        click.option("--spot/--no-spot", default=False, show_default=True, help="Managed spot training."),
-        click.option("--max-wait", type=int, default=None, help="Spot: seconds to wait for capacity + run."),
-        click.option(
-            "--data-format",
-            type=click.Choice(["jpg", "geotiff"]),
-            default="jpg",
-            show_default=True,
-            help="Image channels' content: built-in JPG/PNG, or GeoTIFF (prepare-sn6 --format).",
-        ),
-        click.option("--name", default=None, help="Job name [default: a prefix and the time]."),
-        click.option("--tag", "tag_pairs", multiple=True, metavar="KEY=VALUE", help="Tag (repeatable)."),
-        click.option("--dry-run", is_flag=True, help="Print the request, send nothing."),
-        click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the job to its end."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
-
-
-def _existing_channels(prefix: str) -> set[str]:
-    """Sub-folders of the channels prefix (optional channels are used only when present)."""
-    from launcher.aws import client, parse_s3_uri
-
-    uri = parse_s3_uri(prefix).as_prefix()
-    paginator = client("s3").get_paginator("list_objects_v2")
-    found = set()
-    for page in paginator.paginate(Bucket=uri.bucket, Prefix=uri.key, Delimiter="/"):
-        for common in page.get("CommonPrefixes", []):
-            found.add(common["Prefix"][len(uri.key) :].strip("/"))
-    return found
+TRAINING_OPTIONS = [
+    click.option("--image", required=True, help="Training image URI (ECR), e.g. ACCOUNT.dkr.ecr.REGION..."),
+    click.option("--role", required=True, help="IAM role ARN SageMaker assumes for the job."),
+    click.option(
+        "--channels",
+        default=None,
+        help="s3://BUCKET/PREFIX of prepared data: train/, validation/, train_annotation/, "
+        "validation_annotation/ and, when present, label_map/, pretrained/, model/.",
+    ),
+    click.option(
+        "--channel",
+        "channel_pairs",
+        multiple=True,
+        metavar="NAME=URI",
+        help="A channel explicitly (repeatable; overrides --channels for that name).",
+    ),
+    click.option("--hp", "hp_pairs", multiple=True, metavar="KEY=VALUE", help="Hyperparameter (repeatable)."),
+    click.option("--output", default=None, help="s3:// output path [default: <channels>/output/]."),
+    click.option(
+        "--checkpoint", default=None, help="s3:// checkpoint URI [default: <output>/<job>/checkpoints/]."
+    ),
+    click.option("--instance-type", default="ml.g4dn.xlarge", show_default=True),
+    click.option("--instance-count", type=int, default=1, show_default=True),
+    click.option("--volume-gb", type=int, default=50, show_default=True),
+    click.option("--max-runtime", type=int, default=24 * 3600, show_default=True, help="Seconds."),
+    click.option("--spot/--no-spot", default=False, show_default=True, help="Managed spot training."),
+    click.option("--max-wait", type=int, default=None, help="Spot: seconds to wait for capacity + run."),
+    click.option(
+        "--data-format",
+        type=click.Choice(["jpg", "geotiff"]),
+        default="jpg",
+        show_default=True,
+        help="Image channels' content: built-in JPG/PNG, or GeoTIFF (prepare-sn6 --format).",
+    ),
+    click.option("--name", default=None, help="Job name [default: a prefix and the time]."),
+    click.option("--tag", "tag_pairs", multiple=True, metavar="KEY=VALUE", help="Tag (repeatable)."),
+    click.option("--dry-run", is_flag=True, help="Print the request, send nothing."),
+    click.option("--wait/--no-wait", default=True, show_default=True, help="Follow the job to its end."),
+]
 
 
 def _training_spec(opts: Mapping[str, Any], discover: bool):
-    from launcher.model_jobs import OPTIONAL_CHANNELS, REQUIRED_CHANNELS, TrainingSpec, channels_under
-    from launcher.model_jobs import parse_hyperparameters as parse_hp
+    from launcher.aws import client
+    from launcher.model.channels import existing_channels
+    from launcher.model.requests import OPTIONAL_CHANNELS, REQUIRED_CHANNELS, TrainingSpec, channels_under
+    from launcher.model.requests import parse_hyperparameters as parse_hp
 
     channels: dict[str, str] = {}
     if opts["channels"]:
-        present = _existing_channels(opts["channels"]) if discover else set()
+        present = existing_channels(client("s3"), opts["channels"]) if discover else set()
         if discover:
             missing = [c for c in REQUIRED_CHANNELS if c not in present]
             if missing:
@@ -149,7 +86,7 @@ def _training_spec(opts: Mapping[str, Any], discover: bool):
                     "(python -m segmentation_trainer prepare-sn6) and upload the whole folder"
                 )
         channels = channels_under(opts["channels"], present & set(OPTIONAL_CHANNELS))
-    channels.update(_pairs(opts["channel_pairs"], "--channel"))
+    channels.update(pairs(opts["channel_pairs"], "--channel"))
     if not channels:
         raise click.UsageError("give the data: --channels s3://BUCKET/PREFIX (or --channel NAME=URI ...)")
     output = opts["output"]
@@ -171,7 +108,7 @@ def _training_spec(opts: Mapping[str, Any], discover: bool):
         max_wait_s=opts["max_wait"],
         checkpoint_s3_uri=opts["checkpoint"],
         data_format=opts["data_format"],
-        tags=_pairs(opts["tag_pairs"], "--tag"),
+        tags=pairs(opts["tag_pairs"], "--tag"),
     )
 
 
@@ -199,10 +136,10 @@ def _poll(
 
 # ----------------------------------------------------------------------------------------------- train
 @click.command("train")
-@training_options
+@with_options(TRAINING_OPTIONS)
 @click.option("--local", is_flag=True, help="Run in SageMaker SDK local mode on this machine (Docker).")
 @click.option("--poll", type=float, default=30.0, show_default=True, help="Seconds between status checks.")
-@_friendly
+@friendly_errors
 def train(local: bool, poll: float, **opts: Any) -> None:
     """Train the segmentation model: a SageMaker training job of the training image.
 
@@ -214,22 +151,22 @@ def train(local: bool, poll: float, **opts: Any) -> None:
     The job logs metrics the built-in way; MetricDefinitions publish train:loss, validation:mIOU and
     validation:pixel_accuracy to CloudWatch. Checkpoints go to --checkpoint (spot restarts resume from them).
     """
-    from launcher import model_jobs as mj
+    from launcher.model import requests as mj
 
     spec = _training_spec(opts, discover=not opts["dry_run"] and not local)
-    name = mj.check_name(opts["name"], 63, "job name") if opts["name"] else mj.job_name("segmentation")
+    name = check_name(opts["name"], 63, "job name") if opts["name"] else mj.job_name("segmentation")
     if local:
-        from launcher.model_local import estimator_arguments, train_local
+        from launcher.model.local_mode import estimator_arguments, train_local
 
         if opts["dry_run"]:
-            _print_json(estimator_arguments(spec, name))
+            print_json(estimator_arguments(spec, name))
             return
         model_data = train_local(spec, name)
         click.echo(model_data)
         return
     request = mj.training_job_request(spec, name)
     if opts["dry_run"]:
-        _print_json(request)
+        print_json(request)
         return
     sm = _sagemaker()
     sm.create_training_job(**request)
@@ -251,7 +188,7 @@ def train(local: bool, poll: float, **opts: Any) -> None:
         "final_metrics": {m["MetricName"]: m["Value"] for m in desc.get("FinalMetricDataList", [])},
         "billable_seconds": desc.get("BillableTimeInSeconds"),
     }
-    _print_json(report)
+    print_json(report)
     if desc.get("TrainingJobStatus") != "Completed":
         raise click.ClickException(
             f"training job {name} {desc.get('TrainingJobStatus')}: {desc.get('FailureReason')}"
@@ -260,7 +197,7 @@ def train(local: bool, poll: float, **opts: Any) -> None:
 
 # ----------------------------------------------------------------------------------------------- tune
 @click.command("tune")
-@training_options
+@with_options(TRAINING_OPTIONS)
 @click.option(
     "--range",
     "range_specs",
@@ -282,12 +219,12 @@ def train(local: bool, poll: float, **opts: Any) -> None:
 @click.option("--strategy", type=click.Choice(["Bayesian", "Random", "Hyperband"]), default="Bayesian")
 @click.option("--early-stopping", is_flag=True, help="Let SageMaker stop unpromising training jobs.")
 @click.option("--poll", type=float, default=60.0, show_default=True, help="Seconds between status checks.")
-@_friendly
+@friendly_errors
 def tune(
     range_specs, only_ranges, objective, max_jobs, max_parallel, strategy, early_stopping, poll, **opts
 ) -> None:
     """Tune hyperparameters: a tuning job maximising validation:mIOU, then report the best training job."""
-    from launcher import model_jobs as mj
+    from launcher.model import requests as mj
 
     spec = _training_spec(opts, discover=not opts["dry_run"])
     custom = [mj.parse_range(r) for r in range_specs]
@@ -296,7 +233,7 @@ def tune(
     if not ranges:
         raise click.UsageError("nothing to tune: give --range or drop --only-ranges")
     name = (
-        mj.check_name(opts["name"], mj.TUNING_JOB_NAME_MAX, "tuning job name")
+        check_name(opts["name"], mj.TUNING_JOB_NAME_MAX, "tuning job name")
         if opts["name"]
         else mj.job_name("seg-tune", max_length=mj.TUNING_JOB_NAME_MAX)
     )
@@ -304,7 +241,7 @@ def tune(
         spec, name, ranges, objective, max_jobs, max_parallel, strategy, early_stopping=early_stopping
     )
     if opts["dry_run"]:
-        _print_json(request)
+        print_json(request)
         return
     sm = _sagemaker()
     sm.create_hyper_parameter_tuning_job(**request)
@@ -318,7 +255,7 @@ def tune(
 
     desc = _poll(describe, "HyperParameterTuningJobStatus", TERMINAL_TUNING, poll, name)
     report = mj.best_job_report(desc)
-    _print_json(report)
+    print_json(report)
     if report["status"] != "Completed":
         raise click.ClickException(f"tuning job {name} {report['status']}: {desc.get('FailureReason')}")
     if not report["best_training_job"]:
@@ -350,17 +287,17 @@ def tune(
     "--wait/--no-wait", default=True, show_default=True, help="Wait until the endpoint is InService."
 )
 @click.option("--poll", type=float, default=30.0, show_default=True)
-@_friendly
+@friendly_errors
 def deploy(name, image, role, model_data, training_job, instance_type, instance_count, env_pairs, tag_pairs, local,
            dry_run, wait, poll) -> None:  # fmt: skip
     """Host the model: CreateModel, CreateEndpointConfig and CreateEndpoint (all named NAME)."""
-    from launcher import model_jobs as mj
+    from launcher.model import requests as mj
 
     if bool(model_data) == bool(training_job):
         raise click.UsageError(
             "give exactly one of --model-data s3://.../model.tar.gz or --training-job NAME"
         )
-    environment = _pairs(env_pairs, "--env")
+    environment = pairs(env_pairs, "--env")
     if training_job and not dry_run:
         desc = _sagemaker().describe_training_job(TrainingJobName=training_job)
         if desc.get("TrainingJobStatus") != "Completed":
@@ -371,12 +308,12 @@ def deploy(name, image, role, model_data, training_job, instance_type, instance_
     elif training_job:
         model_data = f"s3://<model.tar.gz of {training_job}>/model.tar.gz"
     if local:
-        from launcher.model_local import deploy_local, model_arguments
+        from launcher.model.local_mode import deploy_local, model_arguments
 
         if dry_run:
             from launcher.secrets import redact_request
 
-            _print_json(redact_request(model_arguments(image, model_data, role, environment)))
+            print_json(redact_request(model_arguments(image, model_data, role, environment)))
             return
         _console().print("serving on http://localhost:8080 (SDK local mode); Ctrl-C stops it")
         deploy_local(image, model_data, role, environment)
@@ -389,13 +326,13 @@ def deploy(name, image, role, model_data, training_job, instance_type, instance_
         instance_type=instance_type,
         instance_count=instance_count,
         environment=environment,
-        tags=_pairs(tag_pairs, "--tag"),
+        tags=pairs(tag_pairs, "--tag"),
     )
     requests = mj.deploy_requests(spec)
     if dry_run:
         from launcher.secrets import redact_request
 
-        _print_json(redact_request(requests))
+        print_json(redact_request(requests))
         return
     sm = _sagemaker()
     from launcher.aws import error_code, error_message
@@ -450,7 +387,7 @@ def deploy(name, image, role, model_data, training_job, instance_type, instance_
 )
 @click.option("--margin", type=int, default=64, show_default=True, help="Context pixels around each tile.")
 @click.option("--concurrency", type=int, default=2, show_default=True, help="Requests in flight.")
-@_friendly
+@friendly_errors
 def predict(
     image, out, endpoint, url, local, content_type, accept, max_payload_mb, margin, concurrency
 ) -> None:
@@ -458,7 +395,7 @@ def predict(
     keeping IMAGE's CRS and transform."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from launcher import model_predict as mp
+    from launcher.model import predict as mp
 
     if sum(bool(x) for x in (endpoint, url, local)) != 1:
         raise click.UsageError("give exactly one of --endpoint NAME, --url URL or --local")
@@ -480,15 +417,7 @@ def predict(
         summary = mp.predict_file(
             image, out, invoke, content_type, accept, max_payload_mb, margin, concurrency, on_tile=on_tile
         )
-    _print_json(summary.as_dict())
+    print_json(summary.as_dict())
 
 
-def register(group: click.Group) -> None:
-    """Add the model commands to the launcher's click group."""
-    for command in (train, tune, deploy, predict):
-        group.add_command(command)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    group = click.Group(commands={c.name: c for c in (train, tune, deploy, predict)})
-    sys.exit(group())
+COMMANDS = (train, tune, deploy, predict)

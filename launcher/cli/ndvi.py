@@ -1,135 +1,28 @@
-"""`launcher`: search, plan, submit, watch, resume and run locally the planetary NDVI job.
+"""The planetary NDVI job's commands: search, plan, upload, submit, status, watch, resume and local.
 
-Thin: arguments -> config objects -> the pure core (search/plan/jobs/watch) and the I/O edges (aws/store/submit/
-local). Heavy modules (boto3, pystac-client, folium, sagemaker) are imported inside the commands.
+Thin: arguments -> config objects -> `launcher.ndvi` (the pure core: search, plan, requests, watch; its I/O edges:
+store, submit, status, local_run) -> printed results. Heavy modules (boto3, pystac-client, folium, sagemaker) are
+imported inside the commands.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import os
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
-from launcher.model_commands import register
-
-
-def _console(stderr: bool = True):
-    from rich.console import Console
-
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
-
-
-def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn every failure into one clear line with what to do, instead of a traceback: argument problems exit 2
-    (usage), everything else 1. An unexpected error still gets one line (EARTHMON_DEBUG=1 shows the traceback)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from launcher.jobs import RequestError
-        from launcher.plan import ArgumentError, PlanError
-        from launcher.submit import SubmitError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ArgumentError, RequestError) as exc:  # RequestError: the options make an invalid API request
-            raise click.UsageError(str(exc)) from None
-        except (PlanError, SubmitError) as exc:
-            raise click.ClickException(str(exc)) from None
-        except (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            raise one_line(exc) from None
-
-    return wrapper
-
-
-def one_line(exc: Exception) -> click.ClickException:
-    """The one line an unexpected failure becomes: an AWS hint, the OS error with its file, else the error itself
-    (EARTHMON_DEBUG=1 re-raises it, for the traceback)."""
-    hint = _aws_hint(exc)
-    if hint is not None:
-        return click.ClickException(hint)
-    if isinstance(exc, OSError):
-        where = f" ({exc.filename})" if exc.filename else ""
-        return click.ClickException(f"{exc.strerror or exc}{where}")
-    if os.environ.get("EARTHMON_DEBUG"):
-        raise exc
-    text = " ".join(str(exc).split())[:300]
-    return click.ClickException(
-        f"unexpected error ({type(exc).__name__}: {text}); run again with EARTHMON_DEBUG=1 for the traceback "
-        "and report it"
-    )
-
-
-def _aws_hint(exc: Exception) -> str | None:
-    if not type(exc).__module__.startswith(("botocore", "boto3")):
-        return None
-    name = type(exc).__name__
-    if name == "NoRegionError":
-        import botocore
-
-        # botocore reads AWS_DEFAULT_REGION (and the profile's `region`); AWS_REGION alone is not read by it
-        return (
-            "no AWS region configured: export AWS_DEFAULT_REGION=us-west-2 (or set `region` in ~/.aws/config for "
-            f"your profile); botocore {botocore.__version__} does not read AWS_REGION"
-        )
-    if name in {"NoCredentialsError", "PartialCredentialsError"}:
-        return (
-            "no AWS credentials found: configure them (aws configure, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
-            "AWS_SECRET_ACCESS_KEY)"
-        )
-    if name == "EndpointConnectionError":
-        return f"cannot reach the AWS endpoint ({exc}); check AWS_ENDPOINT_URL and the network"
-    from botocore.exceptions import ClientError
-
-    if isinstance(exc, ClientError):
-        from launcher.aws import error_code, error_message
-        from launcher.submit import short
-
-        code = error_code(exc)
-        msg = short(error_message(exc), 400)
-        if code == "ResourceLimitExceeded":
-            return (
-                f"AWS error {code}: {msg}. An account quota is reached: request an increase in Service Quotas or "
-                "wait for running jobs; submitting again is safe (existing jobs are skipped)"
-            )
-        if code in {"NoSuchBucket"}:
-            return f"S3 bucket not found ({msg}): create it or fix --s3-prefix"
-        if code in {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"}:
-            return f"AWS denied the request ({code}: {msg}); check the IAM permissions of your credentials"
-        return f"AWS error {code}: {msg}"
-    return None
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
-@click.version_option(package_name="earthmon", message="%(prog)s %(version)s")
-def cli() -> None:
-    """Plan, submit, watch and resume sharded SageMaker Processing jobs of the NDVI worker, or run them locally.
-
-    \b
-    Typical run:
-      launcher search --bbox=-179.03,-55.97,179.37,83.78 --datetime 2023-12-01/2023-12-07 --out items.jsonl
-      launcher plan --items items.jsonl --jobs 25 --instances-per-job 20 --s3-prefix s3://BUCKET/ndvi --out run/
-      launcher submit --plan run/plan.json --image URI --role ARN
-      launcher watch --plan run/plan.json
-      launcher resume --plan run/plan.json
-
-    AWS endpoints follow AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_<SERVICE> (e.g. a local moto server).
-    """
-
+from launcher.cli.console import aws_hint, friendly_errors, with_options
+from launcher.cli.console import console as _console
 
 # ------------------------------------------------------------------------------------------------- search
 
 
-@cli.command()
+@click.command()
 @click.option("--stac-url", default=None, help="STAC API root [default: Earth Search v1].")
 @click.option("--collection", default="sentinel-2-l2a", show_default=True, help="STAC collection id.")
 @click.option(
@@ -170,7 +63,7 @@ def search(
     stac_url, collection, bbox, intersects, datetime_, max_cloud, dedupe, source, page_size, max_items, out
 ) -> None:
     """Search scenes (all pages), keep one per MGRS tile, write them as JSON lines."""
-    from launcher import search as s
+    from launcher.ndvi import search as s
 
     if bbox is None and intersects is None:
         raise click.UsageError("give an area: --bbox=W,S,E,N or --intersects FILE")
@@ -222,7 +115,7 @@ def search(
         try:
             kept, stats = s.dedupe(found, dedupe, collection=collection)
         except Exception as exc:
-            if source == "stac" and _aws_hint(exc) is None:
+            if source == "stac" and aws_hint(exc) is None:
                 raise click.ClickException(
                     f"the STAC search at {url} failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]}); "
                     "check --stac-url and the network, then run the search again"
@@ -245,14 +138,7 @@ def search(
 # --------------------------------------------------------------------------------------------------- plan
 
 
-def _default_run_id(items: list[dict[str, Any]]) -> str:
-    import hashlib
-
-    digest = hashlib.sha1("\n".join(sorted(str(i["id"]) for i in items)).encode()).hexdigest()[:6]
-    return f"ndvi-{dt.datetime.now(dt.UTC):%Y%m%d-%H%M}-{digest}"
-
-
-@cli.command()
+@click.command()
 @click.option(
     "--items", "items_path", type=click.Path(exists=True, dir_okay=False), required=True, help="JSONL."
 )
@@ -308,9 +194,9 @@ def plan(
     ITEMS may be JSON lines (what `launcher search` writes), a STAC item, an ItemCollection or a list of items,
     as the worker reads them. Items whose id cannot name a file (e.g. '../x') are reported and left out.
     """
-    from launcher import plan as p
-    from launcher import store
-    from launcher.search import read_items
+    from launcher.ndvi import plan as p
+    from launcher.ndvi import store
+    from launcher.ndvi.search import read_items
 
     console = _console()
     out = Path(out_dir)
@@ -342,7 +228,7 @@ def plan(
     t0 = time.perf_counter()
     the_plan, manifests, to_write = p.make_plan(
         items,
-        run_id=run_id or _default_run_id(items),
+        run_id=run_id or p.default_run_id(items),
         created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         s3_prefix=s3_prefix,
         jobs=jobs,
@@ -360,7 +246,7 @@ def plan(
         store.save_items(to_write, out)  # for `launcher upload` later
     path = store.save_plan(the_plan, out)
     if map_path:
-        from launcher.mapview import write_map
+        from launcher.ndvi.mapview import write_map
 
         drawn = write_map(the_plan, items, map_path)
         console.print(f"map of {drawn} footprint(s) -> {map_path}")
@@ -395,8 +281,8 @@ def _upload(console, the_plan, manifests, to_write, planning: bool = True) -> No
     to plan without uploading."""
     from rich.progress import Progress
 
-    from launcher import store
     from launcher.aws import client
+    from launcher.ndvi import store
 
     try:
         s3 = client("s3")
@@ -405,7 +291,7 @@ def _upload(console, the_plan, manifests, to_write, planning: bool = True) -> No
             task = bar.add_task("uploading item JSONs", total=len(to_write))
             store.upload_run(s3, the_plan, manifests, to_write, uris, on_item=lambda: bar.advance(task))
     except Exception as exc:
-        hint = _aws_hint(exc)
+        hint = aws_hint(exc)
         if hint is None:
             raise
         if not planning:
@@ -416,12 +302,12 @@ def _upload(console, the_plan, manifests, to_write, planning: bool = True) -> No
         ) from None
 
 
-@cli.command()
+@click.command()
 @click.option("--plan", "plan_path", required=True, help="DIR/plan.json of `launcher plan --no-upload`.")
 @friendly_errors
 def upload(plan_path) -> None:
     """Upload a run planned with --no-upload: its item JSONs, manifests and plan.json, to its S3 prefix."""
-    from launcher import store
+    from launcher.ndvi import store
 
     console = _console()
     the_plan = _load_plan(plan_path)
@@ -436,44 +322,26 @@ def upload(plan_path) -> None:
 
 
 def _load_plan(plan_path: str):
-    from launcher.store import load_plan
+    from launcher.ndvi.store import load_plan
 
     return load_plan(plan_path)
 
 
 def _plan_file(plan_path: str) -> Path:
-    p = Path(plan_path)
-    return p / "plan.json" if p.is_dir() else p
+    from launcher.ndvi.store import plan_file
+
+    return plan_file(plan_path)
 
 
 def _submission(the_plan, image, role, instance_type, volume_gb, max_runtime, env, worker_args):
     """The submission settings (the plan's, overridden by the options) and the secret values given on this
     command line (used for this invocation only, never stored)."""
-    from launcher.plan import Submission, check_instance_type
+    from launcher.ndvi.submit import merge_submission
     from launcher.secrets import parse_env_options
 
-    previous = the_plan.submission
-    if image is None and previous is None:
-        raise click.UsageError("--image is required (the processing image URI)")
-    if role is None and previous is None:
-        raise click.UsageError("--role is required (the IAM role ARN the jobs run as)")
-    if instance_type is not None:
-        check_instance_type(instance_type)
     options = parse_env_options(env)
-    base = previous or Submission(image=image, role=role, instance_type=the_plan.instance_type)
-    environment = {k: v for k, v in base.environment.items() if k not in options.from_caller}
-    environment.update(options.plain)
-    from_caller = [n for n in base.env_from_caller if n not in options.plain]
-    from_caller += [n for n in options.from_caller if n not in from_caller]
-    submission = Submission(
-        image=image or base.image,
-        role=role or base.role,
-        instance_type=instance_type or base.instance_type,
-        volume_gb=volume_gb if volume_gb is not None else base.volume_gb,
-        max_runtime_seconds=max_runtime if max_runtime is not None else base.max_runtime_seconds,
-        environment=environment,
-        worker_args=tuple(worker_args) if worker_args else base.worker_args,
-        env_from_caller=tuple(from_caller),
+    submission = merge_submission(
+        the_plan, options, image, role, instance_type, volume_gb, max_runtime, worker_args
     )
     return submission, options.given
 
@@ -481,7 +349,7 @@ def _submission(the_plan, image, role, instance_type, volume_gb, max_runtime, en
 def _secret_values(names, given, console, when: str, dry_run: bool = False) -> dict[str, str]:
     """The values of the variables kept by name (secrets): from this command line, else the caller's
     environment. Missing ones: a usage error (a placeholder in a dry run)."""
-    from launcher.plan import ArgumentError
+    from launcher.errors import ArgumentError
     from launcher.secrets import missing_message, resolve
 
     names = list(names)
@@ -503,8 +371,8 @@ def _secret_values(names, given, console, when: str, dry_run: bool = False) -> d
 
 def _submit_jobs(the_plan, jobs, submission, secrets, dry_run: bool, skip_preflight: bool, console) -> None:
     from launcher.aws import client
+    from launcher.ndvi.submit import build_requests, preflight, submit_requests
     from launcher.secrets import redact_request
-    from launcher.submit import build_requests, preflight, submit_requests
 
     requests = build_requests(the_plan, jobs, submission, secrets)
     if dry_run:
@@ -551,18 +419,9 @@ _submit_options = [
 ]
 
 
-def _with_options(options):
-    def deco(fn):
-        for option in reversed(options):
-            fn = option(fn)
-        return fn
-
-    return deco
-
-
-@cli.command()
+@click.command()
 @click.option("--plan", "plan_path", required=True, help="DIR/plan.json from `launcher plan`.")
-@_with_options(_submit_options)
+@with_options(_submit_options)
 @click.option("--round", "round_", type=int, default=None, help="Submit only this round [default: all].")
 @click.option("--dry-run", is_flag=True, help="Print the CreateProcessingJob requests as JSON; send nothing.")
 @click.option("--skip-preflight", is_flag=True, help="Do not read the instance quota first.")
@@ -581,7 +440,7 @@ def submit(
     skip_preflight,
 ) -> None:
     """Create one Processing job per manifest (idempotent: existing jobs are left alone)."""
-    from launcher import store
+    from launcher.ndvi import store
 
     console = _console()
     the_plan = _load_plan(plan_path)
@@ -595,7 +454,7 @@ def submit(
     if not dry_run:
         import dataclasses
 
-        from launcher.submit import build_requests
+        from launcher.ndvi.submit import build_requests
 
         build_requests(the_plan, jobs, submission, secrets)  # invalid settings are never recorded
         # recorded before sending, so `resume` knows them even if this submission is interrupted
@@ -606,36 +465,11 @@ def submit(
 # ------------------------------------------------------------------------------------------ status / watch
 
 
-def _local_status(plan_path: str, job_name: str) -> dict[str, Any] | None:
-    """The status of a job run by `launcher local` (never submitted), as a DescribeProcessingJob-like dict."""
-    from launcher.watch import LOCAL_SUFFIX
-
-    path = _plan_file(plan_path).parent / "local" / job_name / "local-status.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    messages = [i.get("message", "").strip() for i in data.get("instances", []) if i.get("exit_code")]
-    return {
-        "ProcessingJobStatus": f"{data.get('status', 'Unknown')}{LOCAL_SUFFIX}",
-        "ExitMessage": "; ".join(m for m in messages if m)[:1024] or None,
-    }
-
-
 def _gather(the_plan, plan_path: str):
-    from launcher import store
     from launcher.aws import client
-    from launcher.submit import describe_jobs
-    from launcher.watch import progress
+    from launcher.ndvi.status import gather
 
-    s3 = client("s3")
-    done, keys = store.done_scenes(s3, the_plan)
-    reports = store.read_reports(s3, the_plan, keys)
-    descriptions = describe_jobs(client("sagemaker"), [j.name for j in the_plan.jobs])
-    for name, description in descriptions.items():
-        if description is None:
-            descriptions[name] = _local_status(plan_path, name)
-    return progress(the_plan, descriptions, done, reports), done
+    return gather(client("s3"), client("sagemaker"), the_plan, _plan_file(plan_path).parent)
 
 
 def _print_status(prog, the_plan, console, verbose: bool, plan_path: str = "DIR/plan.json") -> None:
@@ -658,12 +492,12 @@ def _print_status(prog, the_plan, console, verbose: bool, plan_path: str = "DIR/
         )
         console.print(line + (f"  {reason[:300]}" if reason else ""))
     if prog.failures:
-        from launcher.watch import summarize_errors
+        from launcher.ndvi.watch import summarize_errors
 
         console.print(f"[red]{len(prog.failures)} failed scene(s)[/] (from the per-host reports):")
         for line in summarize_errors(prog.failures):
             console.print(f"  {line}")
-    from launcher.watch import NOT_SUBMITTED
+    from launcher.ndvi.watch import NOT_SUBMITTED
 
     missing = prog.scenes - prog.done
     never = [j for j in prog.jobs if j.status == NOT_SUBMITTED]
@@ -681,7 +515,7 @@ def _print_status(prog, the_plan, console, verbose: bool, plan_path: str = "DIR/
         )
 
 
-@cli.command()
+@click.command()
 @click.option("--plan", "plan_path", required=True, help="DIR/plan.json.")
 @click.option("--jobs", "show_jobs", is_flag=True, help="List every job.")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
@@ -691,36 +525,14 @@ def status(plan_path, show_jobs, as_json) -> None:
     the_plan = _load_plan(plan_path)
     prog, _ = _gather(the_plan, plan_path)
     if as_json:
-        click.echo(
-            json.dumps(
-                {
-                    "run_id": the_plan.run_id,
-                    "scenes": prog.scenes,
-                    "done": prog.done,
-                    "jobs_by_status": prog.by_status,
-                    "cost_usd": prog.cost_usd,
-                    "instance_hours": prog.instance_hours,
-                    "failed_scenes": [f.__dict__ for f in prog.failures],
-                    "jobs": [
-                        {
-                            "name": j.name,
-                            "status": j.status,
-                            "scenes": j.scenes,
-                            "done": j.done,
-                            "failure_reason": j.failure_reason,
-                            "exit_message": j.exit_message,
-                        }
-                        for j in prog.jobs
-                    ],
-                },
-                indent=2,
-            )
-        )
+        from launcher.ndvi.status import status_dict
+
+        click.echo(json.dumps(status_dict(the_plan, prog), indent=2))
         return
     _print_status(prog, the_plan, _console(stderr=False), show_jobs, plan_path)
 
 
-@cli.command()
+@click.command()
 @click.option("--plan", "plan_path", required=True, help="DIR/plan.json.")
 @click.option("--interval", type=float, default=30.0, show_default=True, help="Seconds between polls.")
 @click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
@@ -769,10 +581,10 @@ def watch(plan_path, interval, timeout) -> None:
 # ------------------------------------------------------------------------------------------------- resume
 
 
-@cli.command()
+@click.command()
 @click.option("--plan", "plan_path", required=True, help="DIR/plan.json.")
 @click.option("--jobs", type=int, default=None, help="Jobs for the new round [default: keep scenes per job].")
-@_with_options(_submit_options)
+@with_options(_submit_options)
 @click.option(
     "--dry-run", is_flag=True, help="Show what would be planned and print the requests; change nothing."
 )
@@ -805,36 +617,26 @@ def resume(
     """Plan and submit a new round for the scenes without a valid output only."""
     import dataclasses
 
-    from launcher import store
     from launcher.aws import client
-    from launcher.plan import add_round
-    from launcher.submit import describe_jobs
-    from launcher.watch import active_jobs, missing_scenes
+    from launcher.ndvi import store
+    from launcher.ndvi.plan import add_round
+    from launcher.ndvi.status import resume_selection, running_jobs
 
     if jobs is not None and jobs < 1:
         raise click.UsageError(f"--jobs must be >= 1, got {jobs}")
     console = _console()
     the_plan = _load_plan(plan_path)
     s3 = client("s3")
-    done, keys = store.done_scenes(s3, the_plan)
-    missing = missing_scenes(the_plan, done)
-    if skip_failed:
-        from launcher.watch import failures_from_reports
-
-        failed = {f.item_id for f in failures_from_reports(store.read_reports(s3, the_plan, keys), done)}
-        skipped = [m for m in missing if m.item_id in failed]
-        missing = [m for m in missing if m.item_id not in failed]
-        if skipped:
-            console.print(f"--skip-failed: leaving out {len(skipped)} scene(s) that failed: " + ", ".join(
-                m.item_id for m in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))  # fmt: skip
-    console.print(
-        f"{len(done & set(the_plan.scenes()))}/{the_plan.scene_count} scene(s) done, {len(missing)} missing"
-    )
+    selection = resume_selection(s3, the_plan, skip_failed)
+    missing, skipped = selection.missing, selection.skipped
+    if skipped:
+        console.print(f"--skip-failed: leaving out {len(skipped)} scene(s) that failed: " + ", ".join(
+            m.item_id for m in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))  # fmt: skip
+    console.print(f"{selection.done}/{the_plan.scene_count} scene(s) done, {len(missing)} missing")
     if not missing:
         console.print("nothing to resume")
         return
-    descriptions = describe_jobs(client("sagemaker"), [j.name for j in the_plan.jobs])
-    running = active_jobs(the_plan, descriptions)
+    running = running_jobs(client("sagemaker"), the_plan)
     if running and not force:
         raise click.ClickException(
             f"{len(running)} job(s) still running ({', '.join(running[:3])}{' ...' if len(running) > 3 else ''}): "
@@ -866,7 +668,7 @@ def resume(
 # -------------------------------------------------------------------------------------------------- local
 
 
-@cli.command()
+@click.command()
 @click.option("--plan", "plan_path", required=True, help="DIR/plan.json.")
 @click.option("--instances", type=int, default=2, show_default=True, help="Simulated instances per job.")
 @click.option(
@@ -911,41 +713,22 @@ def local(
     role,
 ) -> None:
     """Run a plan on this machine the way SageMaker would (sharded instances, own /opt/ml trees)."""
-    import dataclasses
-
-    from launcher import local as runner
     from launcher.aws import client
-    from launcher.jobs import processing_request
-    from launcher.plan import Submission
+    from launcher.ndvi import local_run as runner
+    from launcher.ndvi.requests import processing_request
     from launcher.secrets import parse_env_options
 
     if instances < 1 or instances > 100:
         raise click.UsageError(f"--instances must be within 1..100, got {instances}")
     if parallel is not None and parallel < 1:
         raise click.UsageError(f"--parallel must be >= 1, got {parallel}")
-    for volume in volumes:
-        if volume.count(":") not in (1, 2) or not all(volume.split(":")[:2]):
-            raise click.UsageError(f"--volume takes HOST:CONTAINER[:ro], got {volume!r}")
+    runner.check_volumes(volumes)
     options = parse_env_options(env)
     console = _console()
     the_plan = _load_plan(plan_path)
-    jobs = [
-        j
-        for j in the_plan.jobs
-        if (not job_names or j.name in job_names) and (round_ is None or j.round == round_)
-    ]
-    unknown = set(job_names) - {j.name for j in the_plan.jobs}
-    if unknown:
-        raise click.UsageError(f"no such job(s) in the plan: {', '.join(sorted(unknown))[:300]}")
-    if not jobs:
-        raise click.UsageError(f"no jobs selected (rounds of the plan: {the_plan.rounds})")
-    submission = the_plan.submission or Submission(image=image or runner.DEFAULT_IMAGE, role=role)
-    if image:
-        submission = dataclasses.replace(submission, image=image)
-    names = [
-        *submission.env_from_caller,
-        *(n for n in options.from_caller if n not in submission.env_from_caller),
-    ]
+    jobs = runner.select_jobs(the_plan, job_names, round_)
+    submission = runner.local_submission(the_plan, image, role)
+    names = runner.secret_names(submission, options)
     secrets = _secret_values(names, options.given, console, "launcher local")
     if not no_docker:
         problem = runner.docker_problem()
@@ -1014,8 +797,4 @@ def local(
         sys.exit(1)
 
 
-register(cli)
-
-
-def main() -> None:
-    cli(prog_name="launcher")
+COMMANDS = (search, plan, upload, submit, status, watch, resume, local)

@@ -9,14 +9,14 @@ The keyword arguments are built by pure functions (tested); the functions that s
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import threading
 from collections.abc import Mapping
 from typing import Any
 
-from launcher.model_jobs import METRIC_DEFINITIONS, TrainingSpec
+from launcher.aws import local_mode_scratch, local_session
+from launcher.model.requests import METRIC_DEFINITIONS, TrainingSpec
 
 LOCAL_PORT = 8080
 
@@ -48,30 +48,8 @@ def model_arguments(image: str, model_data: str, role: str, environment: Mapping
     }
 
 
-def local_session(container_root: str | None = None):  # pragma: no cover - exercised by the container tests
-    """A LocalSession using the launcher's boto3 session, a local S3 endpoint if configured, no telemetry; local
-    mode's host files under ``container_root`` (see ``launcher.local.local_mode_scratch``)."""
-    from sagemaker.local import LocalSession
-
-    from launcher.aws import session
-    from launcher.local import TELEMETRY_OPT_OUT
-
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    kwargs: dict[str, Any] = {"boto_session": session()}
-    if endpoint:
-        kwargs["s3_endpoint_url"] = endpoint
-    sess = LocalSession(**kwargs)
-    sess.config = {
-        "local": {"local_code": True, **({"container_root": container_root} if container_root else {})}
-    }
-    sess.sagemaker_config = TELEMETRY_OPT_OUT
-    return sess
-
-
 def train_local(spec: TrainingSpec, name: str) -> Any:  # pragma: no cover - needs Docker
     from sagemaker.estimator import Estimator
-
-    from launcher.local import local_mode_scratch
 
     args = estimator_arguments(spec, name)
     with local_mode_scratch() as scratch:
@@ -100,8 +78,6 @@ def deploy_local(
     this endpoint's health."""
     from sagemaker.model import Model
     from sagemaker.predictor import Predictor
-
-    from launcher.local import local_mode_scratch
 
     if port_in_use(LOCAL_PORT):
         raise RuntimeError(

@@ -12,6 +12,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from launcher.aws import check_name, check_role, is_s3_uri
+from launcher.errors import RequestError
+
 # Log lines of the training image (and of the built-in algorithm), e.g.
 #   #quality_metric. host: algo-1, epoch: 0, train loss: 1.4757 .
 #   #quality_metric. host: algo-1, epoch: 0, validation mIOU: 0.5063 .
@@ -33,7 +36,7 @@ METRIC_DEFINITIONS: tuple[dict[str, str], ...] = (
 )
 OBJECTIVES = ("validation:mIOU", "validation:pixel_accuracy")
 
-# The built-in algorithm's channel layout (DOMAIN.md section 5) plus this image's extra channels.
+# The built-in algorithm's channel layout (docs/domain.md section 5) plus this image's extra channels.
 REQUIRED_CHANNELS = ("train", "validation", "train_annotation", "validation_annotation")
 OPTIONAL_CHANNELS = ("label_map", "pretrained", "model")
 CHANNEL_CONTENT_TYPES = {
@@ -42,13 +45,8 @@ CHANNEL_CONTENT_TYPES = {
 }
 ANNOTATION_CONTENT_TYPE = "image/png"
 
-JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 TUNING_JOB_NAME_MAX = 32
 ENDPOINT_NAME_MAX = 63
-
-
-class RequestError(ValueError):
-    """A request that SageMaker would reject, caught before anything is sent."""
 
 
 def job_name(prefix: str, now: float | None = None, max_length: int = 63) -> str:
@@ -57,15 +55,6 @@ def job_name(prefix: str, now: float | None = None, max_length: int = 63) -> str
     base = re.sub(r"[^a-zA-Z0-9-]+", "-", prefix).strip("-") or "earthmon"
     base = base[: max(1, max_length - len(stamp) - 1)].rstrip("-")
     return check_name(f"{base}-{stamp}", max_length)
-
-
-def check_name(name: str, max_length: int = 63, what: str = "name") -> str:
-    if len(name) > max_length or not JOB_NAME.match(name):
-        raise RequestError(
-            f"invalid {what} {name!r}: 1-{max_length} letters, digits and hyphens, starting and ending with a "
-            "letter or digit"
-        )
-    return name
 
 
 def parse_hyperparameters(pairs: Iterable[str]) -> dict[str, str]:
@@ -83,17 +72,9 @@ def parse_hyperparameters(pairs: Iterable[str]) -> dict[str, str]:
 
 
 def _s3_uri(uri: str, what: str) -> str:
-    if not uri.startswith("s3://") or len(uri) <= len("s3://") or uri[5] == "/":
+    if not is_s3_uri(uri):
         raise RequestError(f"{what} must be an s3://bucket/prefix URI, got {uri!r}")
     return uri
-
-
-def _role(arn: str) -> str:
-    if not re.match(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$", arn):
-        raise RequestError(
-            f"--role must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME), got {arn!r}"
-        )
-    return arn
 
 
 def channels_under(prefix: str, present: Iterable[str] | None = None) -> dict[str, str]:
@@ -186,7 +167,7 @@ def _training_definition(spec: TrainingSpec, checkpoint_uri: str) -> dict[str, A
             "TrainingInputMode": "File",
             "MetricDefinitions": [dict(m) for m in METRIC_DEFINITIONS],
         },
-        "RoleArn": _role(spec.role),
+        "RoleArn": check_role(spec.role),
         "InputDataConfig": input_data_config(spec.channels, spec.data_format),
         "OutputDataConfig": {"S3OutputPath": _s3_uri(spec.output_path, "--output")},
         "ResourceConfig": {
@@ -382,7 +363,7 @@ def deploy_requests(spec: DeploySpec) -> dict[str, dict[str, Any]]:
             "ModelDataUrl": spec.model_data,
             "Environment": {k: str(v) for k, v in spec.environment.items()},
         },
-        "ExecutionRoleArn": _role(spec.role),
+        "ExecutionRoleArn": check_role(spec.role),
     }
     config = {
         "EndpointConfigName": spec.name,

@@ -1,19 +1,14 @@
 """Pure helpers on STAC item dicts: MGRS tile, where the item JSON lives in S3, cloud cover, footprint.
 
-Both Earth Search schemas are handled (DOMAIN.md section 1): v1 (`grid:code`, `mgrs:*`) and v0 (`sentinel:*`).
+Both Earth Search schemas are handled (docs/domain.md section 1): v1 (`grid:code`, `mgrs:*`) and v0 (`sentinel:*`).
 """
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
 from typing import Any
 
+from launcher.aws import S3Uri
 from ndvi_worker.stac import mgrs_tile  # noqa: F401 - re-exported: one MGRS rule for search and worker
-
-# https://BUCKET.s3.REGION.amazonaws.com/KEY, https://BUCKET.s3.amazonaws.com/KEY, https://s3.REGION.amazonaws.com/BUCKET/KEY
-_VHOST = re.compile(r"^https?://([a-z0-9][a-z0-9.\-]*?)\.s3(?:[.\-][a-z0-9\-]+)?\.amazonaws\.com/(.+)$")
-_PATH = re.compile(r"^https?://s3(?:[.\-][a-z0-9\-]+)?\.amazonaws\.com/([a-z0-9][a-z0-9.\-]*)/(.+)$")
 
 
 def cloud_cover(item: dict[str, Any]) -> float | None:
@@ -43,31 +38,10 @@ def item_datetime(item: dict[str, Any]) -> str:
     return str(props.get("datetime") or props.get("start_datetime") or "")
 
 
-@dataclass(frozen=True)
-class S3Location:
-    bucket: str
-    key: str
-
-    @property
-    def uri(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-
-def s3_location_of_url(url: str) -> S3Location | None:
-    """`s3://b/k` or an S3 https URL (virtual-hosted or path style) -> bucket and key."""
-    if url.startswith("s3://"):
-        bucket, _, key = url[5:].partition("/")
-        return S3Location(bucket, key) if bucket and key else None
-    m = _VHOST.match(url) or _PATH.match(url)
-    if m:
-        return S3Location(m.group(1), m.group(2))
-    return None
-
-
 _RED_ASSETS = ("red", "B04")
 
 
-def item_location(item: dict[str, Any]) -> S3Location | None:
+def item_location(item: dict[str, Any]) -> S3Uri | None:
     """Where the item's own JSON lives in S3, or None when it lives in no bucket (an API-only item).
 
     Sources, in order: a `canonical` link into a bucket (Earth Search v1 and v0), `earthsearch:s3_path` plus
@@ -76,23 +50,23 @@ def item_location(item: dict[str, Any]) -> S3Location | None:
     item_id = item.get("id")
     for link in item.get("links") or []:
         if link.get("rel") == "canonical" and isinstance(link.get("href"), str):
-            loc = s3_location_of_url(link["href"])
+            loc = S3Uri.from_url(link["href"])
             if loc and loc.key.endswith(".json"):
                 return loc
     props = item.get("properties") or {}
     s3_path = props.get("earthsearch:s3_path")
     if isinstance(s3_path, str) and item_id:
-        loc = s3_location_of_url(s3_path.rstrip("/") + f"/{item_id}.json")
+        loc = S3Uri.from_url(s3_path.rstrip("/") + f"/{item_id}.json")
         if loc:
             return loc
     assets = item.get("assets") or {}
     for name in _RED_ASSETS:
         href = (assets.get(name) or {}).get("href")
         if isinstance(href, str) and item_id and href.lower().endswith(".tif"):
-            loc = s3_location_of_url(href)
+            loc = S3Uri.from_url(href)
             if loc and loc.bucket == "sentinel-cogs" and f"/{item_id}/" in f"/{loc.key}":
                 folder = loc.key.rsplit("/", 1)[0]
-                return S3Location(loc.bucket, f"{folder}/{item_id}.json")
+                return S3Uri(loc.bucket, f"{folder}/{item_id}.json")
     return None
 
 

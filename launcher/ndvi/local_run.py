@@ -7,32 +7,77 @@ once per instance with `docker run` (bind mounts, `--network host`), or, with `-
 `python -m ndvi_worker` with `SAGEMAKER_BASE_DIR` pointing at the instance's tree (the same isolation). When the
 instances exit, their outputs are copied to the job's output prefix. A job fails if any instance exits non-zero.
 
-SageMaker SDK local mode cannot do ManifestFile, ShardedByS3Key or Continuous (DOMAIN.md section 7), hence this
+SageMaker SDK local mode cannot do ManifestFile, ShardedByS3Key or Continuous (docs/domain.md section 7), hence this
 runner; `run_sdk_local` offers the profile local mode supports (S3Prefix, FullyReplicated, EndOfJob).
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.aws import S3Uri, is_not_found, list_objects, parse_s3_uri
-from launcher.paths import inside
-from launcher.plan import JobPlan, Plan, PlanError, manifest_uris
-from launcher.secrets import redact_request
+from launcher.aws import S3Uri, is_not_found, list_objects, local_mode_scratch, local_session, parse_s3_uri
+from launcher.errors import ArgumentError, PlanError
+from launcher.ndvi.paths import inside
+from launcher.ndvi.plan import JobPlan, Plan, Submission, manifest_uris
+from launcher.ndvi.requests import INPUT_PATH, OUTPUT_PATH
+from launcher.secrets import EnvOptions, redact_request
+from ndvi_worker.contract import CONTAINER, DEFAULT_BASE_DIR
 
-CONTAINER_BASE = "/opt/ml"
+CONTAINER_BASE = DEFAULT_BASE_DIR
+# An instance's tree, relative to its /opt/ml (ndvi_worker.contract): mounted one by one into the container.
+TREE_DIRS = tuple(d.relative_to(CONTAINER.base).as_posix() for d in CONTAINER.tree_dirs())
 DEFAULT_IMAGE = "earthmon-processing:dev"
+DEFAULT_ROLE = "arn:aws:iam::000000000000:role/local"
+
+
+# ------------------------------------------------------------------------------------------------ selection
+
+
+def select_jobs(plan: Plan, job_names: Sequence[str] = (), round_: int | None = None) -> list[JobPlan]:
+    """The jobs of the plan to run: those named (all when none) of the round given (all when None).
+    ArgumentError for an unknown name or an empty selection."""
+    unknown = set(job_names) - {j.name for j in plan.jobs}
+    if unknown:
+        raise ArgumentError(f"no such job(s) in the plan: {', '.join(sorted(unknown))[:300]}")
+    jobs = [
+        j
+        for j in plan.jobs
+        if (not job_names or j.name in job_names) and (round_ is None or j.round == round_)
+    ]
+    if not jobs:
+        raise ArgumentError(f"no jobs selected (rounds of the plan: {plan.rounds})")
+    return jobs
+
+
+def check_volumes(volumes: Sequence[str]) -> None:
+    for volume in volumes:
+        if volume.count(":") not in (1, 2) or not all(volume.split(":")[:2]):
+            raise ArgumentError(f"--volume takes HOST:CONTAINER[:ro], got {volume!r}")
+
+
+def local_submission(plan: Plan, image: str | None, role: str = DEFAULT_ROLE) -> Submission:
+    """What a local run uses: the plan's submission (recorded by `submit`), else the image given (or the dev
+    image) with `role`; `image` replaces the plan's image."""
+    submission = plan.submission or Submission(image=image or DEFAULT_IMAGE, role=role)
+    return dataclasses.replace(submission, image=image) if image else submission
+
+
+def secret_names(submission: Submission, options: EnvOptions) -> list[str]:
+    """The variables whose values come from the caller (the plan's, then this command line's)."""
+    return [
+        *submission.env_from_caller,
+        *(n for n in options.from_caller if n not in submission.env_from_caller),
+    ]
 
 
 # --------------------------------------------------------------------------------------------------- pure
@@ -91,7 +136,7 @@ def docker_argv(
         argv += ["--name", name]
     if user:  # SageMaker runs images as root; as a non-root user, keep the tree's files yours
         argv += ["--user", user]
-    for sub in ("processing/input", "processing/output", "config", "output"):
+    for sub in TREE_DIRS:
         argv += ["-v", f"{os.path.abspath(os.path.join(tree, sub))}:{CONTAINER_BASE}/{sub}"]
     for volume in volumes:  # e.g. a local catalog the item hrefs point into
         argv += ["-v", volume]
@@ -169,7 +214,7 @@ class LocalJobResult:
 
 
 def _prepare_tree(tree: Path) -> None:
-    for sub in ("processing/input", "processing/output", "config", "output"):
+    for sub in TREE_DIRS:
         (tree / sub).mkdir(parents=True, exist_ok=True)
 
 
@@ -384,7 +429,7 @@ def sdk_local_arguments(plan: Plan, job: JobPlan, input_uri: str, image: str, ro
         "inputs": [
             {
                 "source": input_uri,
-                "destination": "/opt/ml/processing/input",
+                "destination": INPUT_PATH,
                 "input_name": "items",
                 "s3_data_type": "S3Prefix",
                 "s3_data_distribution_type": "FullyReplicated",
@@ -392,31 +437,13 @@ def sdk_local_arguments(plan: Plan, job: JobPlan, input_uri: str, image: str, ro
         ],
         "outputs": [
             {
-                "source": "/opt/ml/processing/output",
+                "source": OUTPUT_PATH,
                 "destination": plan.job_output_uri(job),
                 "output_name": "ndvi",
                 "s3_upload_mode": "EndOfJob",
             }
         ],
     }
-
-
-TELEMETRY_OPT_OUT = {
-    "SchemaVersion": "1.0",
-    "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
-}
-
-
-@contextlib.contextmanager
-def local_mode_scratch() -> Iterator[str]:
-    """A folder for all SageMaker local mode writes on the host (downloaded channels and models, the compose file,
-    the containers' /opt/ml trees), removed afterwards: set as ``local.container_root``. Without it local mode leaves
-    its S3 downloads in the system temp folder (the size of the data or model, every run)."""
-    root = tempfile.mkdtemp(prefix="earthmon-local-mode-")
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)  # files a container wrote as another user may stay
 
 
 def stage_sdk_input(s3: Any, job: JobPlan, plan: Plan) -> str:
@@ -436,23 +463,15 @@ def run_sdk_local(
     s3: Any, plan: Plan, job: JobPlan, image: str, role: str, environment: Mapping[str, str] | None = None
 ) -> None:  # pragma: no cover - needs Docker and docker compose (the container tests run it)
     """Run one job through SageMaker SDK local mode (one instance, S3Prefix, FullyReplicated, EndOfJob)."""
-    from sagemaker.local import LocalSession
     from sagemaker.processing import ProcessingInput, ProcessingOutput, Processor
-
-    from launcher.aws import session
 
     input_uri = stage_sdk_input(s3, job, plan)
     spec = sdk_local_arguments(plan, job, input_uri, image, role)
-    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    local_session = LocalSession(
-        boto_session=session(), s3_endpoint_url=endpoint, sagemaker_config=TELEMETRY_OPT_OUT
-    )
     with local_mode_scratch() as scratch:
-        local_session.config = {"local": {"local_code": True, "container_root": scratch}}
-        # no ContainerArguments: local mode raises KeyError on arguments without an entrypoint (DOMAIN.md section 7);
+        # no ContainerArguments: local mode raises KeyError on arguments without an entrypoint (docs/domain.md section 7);
         # the worker's defaults are the contract paths
         processor = Processor(
-            sagemaker_session=local_session, env=dict(environment or {}) or None, **spec["processor"]
+            sagemaker_session=local_session(scratch), env=dict(environment or {}) or None, **spec["processor"]
         )
         processor.run(
             inputs=[ProcessingInput(**i) for i in spec["inputs"]],

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from launcher.items import cloud_cover, footprint
-from launcher.plan import Plan
+from launcher.ndvi.items import cloud_cover, footprint
+from launcher.ndvi.plan import Plan
 
 PALETTE = (
     "#1f77b4",

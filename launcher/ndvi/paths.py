@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from launcher.plan import PlanError
+from launcher.errors import PlanError
 
 
 def inside(root: str | os.PathLike[str], *parts: str) -> Path:

@@ -13,6 +13,8 @@ S3 layout of a run under `s3_prefix` (`s3://bucket/prefix/<run_id>/`):
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import hashlib
 import math
 import re
 import types
@@ -21,7 +23,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from launcher.items import item_location, mgrs_tile
+from launcher.aws import is_job_name, is_s3_uri
+from launcher.errors import ArgumentError, PlanError
+from launcher.ndvi.items import item_location, mgrs_tile
+from launcher.secrets import ENV_NAME_PATTERN, is_secret
 from ndvi_worker.stac import ItemError, validate_item_id  # the worker's id rule: one rule for both
 
 PLAN_VERSION = 1
@@ -51,18 +56,6 @@ PRICES_USD_PER_HOUR = {
 }
 
 T = TypeVar("T")
-
-
-class PlanError(ValueError):
-    """A plan that cannot be built or read; the message says what to change."""
-
-
-class ArgumentError(PlanError):
-    """A command-line argument that cannot work (the CLI exits 2, as for any usage error)."""
-
-
-JOB_NAME_PATTERN = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")
-ENV_NAME_PATTERN = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]{0,255}")
 
 
 def check_item_id(item_id: object) -> str | None:
@@ -142,8 +135,7 @@ def _typed_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]
 
 
 def _check_s3(value: str, where: str) -> None:
-    bucket = value[5:].split("/", 1)[0] if value.startswith("s3://") else ""
-    if not bucket or any(c.isspace() for c in value):
+    if not is_s3_uri(value):
         raise PlanError(f"{where}: expected an s3://bucket/key URI, got {_show(value)}")
 
 
@@ -229,7 +221,7 @@ class JobPlan:
             raise PlanError(
                 f"{where}: scene_count {_show(count)} does not match its {len(values['scenes'])} scenes"
             )
-        if not JOB_NAME_PATTERN.fullmatch(values["name"]):
+        if not is_job_name(values["name"]):
             raise PlanError(
                 f"{where}.name: {_show(values['name'])} is not a Processing job name (1-63 letters, digits, hyphens)"
             )
@@ -289,8 +281,6 @@ class Submission:
         for key in [*values.get("environment", {}), *values.get("env_from_caller", ())]:
             if not ENV_NAME_PATTERN.fullmatch(key):
                 raise PlanError(f"{where}: {_show(key)} is not an environment variable name")
-        from launcher.secrets import is_secret
-
         stored = sorted(k for k in values.get("environment", {}) if is_secret(k))
         if stored:
             raise PlanError(
@@ -439,6 +429,12 @@ def manifest_uris(manifest: Sequence[Any]) -> list[str]:
 
 def job_name(run_id: str, round_: int, index: int) -> str:
     return f"{run_id}-r{round_}-{index:03d}"
+
+
+def default_run_id(items: Sequence[dict[str, Any]], now: dt.datetime | None = None) -> str:
+    """`ndvi-<UTC time>-<hash of the item ids>`: a new id per planning, the same hash for the same items."""
+    digest = hashlib.sha1("\n".join(sorted(str(i["id"]) for i in items)).encode()).hexdigest()[:6]
+    return f"ndvi-{(now or dt.datetime.now(dt.UTC)):%Y%m%d-%H%M}-{digest}"
 
 
 def validate_run_id(run_id: str) -> None:

@@ -1,6 +1,6 @@
 """Pure: a plan's job -> the CreateProcessingJob request dict, checked against the API's limits before sending.
 
-Limits (DOMAIN.md section 3 and the SageMaker API reference): job name 1-63 characters matching
+Limits (docs/domain.md section 3 and the SageMaker API reference): job name 1-63 characters matching
 `[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}`; InstanceCount 1-100; VolumeSizeInGB 1-16384; MaxRuntimeInSeconds
 1-777600; at most 10 inputs and 10 outputs; LocalPath under /opt/ml/processing/; Environment at most 100
 entries (keys `[a-zA-Z_][a-zA-Z0-9_]*` up to 256 characters, values up to 256); ContainerArguments at most 100,
@@ -13,25 +13,22 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from launcher.plan import JobPlan, Plan, Submission
+from launcher.aws import is_job_name, is_s3_uri, role_arn_problem
+from launcher.errors import RequestError
+from launcher.ndvi.plan import JobPlan, Plan, Submission
+from ndvi_worker.contract import CONTAINER
 
-INPUT_PATH = "/opt/ml/processing/input"
-OUTPUT_PATH = "/opt/ml/processing/output"
+# The processing image's layout (ndvi_worker.contract): where the job's inputs and outputs are mounted.
+INPUT_PATH = str(CONTAINER.input_dir)
+OUTPUT_PATH = str(CONTAINER.output_dir)
+PROCESSING_DIR = str(CONTAINER.processing_dir)
 DEFAULT_WORKER_ARGS = ("--input", INPUT_PATH, "--output", OUTPUT_PATH, "--on-error", "continue")
 TAG_RUN_ID = "earthmon:run-id"
 TAG_ROUND = "earthmon:round"
 TAG_JOB_INDEX = "earthmon:job-index"
 
-JOB_NAME = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-ROLE_ARN = re.compile(r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$")
 INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
-S3_URI = re.compile(r"^(https|s3)://([^/]+)/?(.*)$")
-IMAGE_URI = re.compile(r"^.{1,255}$")
-
-
-class RequestError(ValueError):
-    """A request that the API would reject; the message lists every problem."""
 
 
 def processing_request(
@@ -97,7 +94,7 @@ def _check_range(errors: list[str], name: str, value: Any, lo: int, hi: int) -> 
 
 
 def _check_s3(errors: list[str], name: str, uri: Any) -> None:
-    if not isinstance(uri, str) or not S3_URI.match(uri) or len(uri) > 1024:
+    if not is_s3_uri(uri, max_length=1024, allow_https=True):
         errors.append(f"{name} must be an s3:// URI of at most 1024 characters, got {uri!r}")
 
 
@@ -105,7 +102,7 @@ def request_errors(request: Mapping[str, Any]) -> list[str]:
     """Every reason the API would reject this CreateProcessingJob request (empty when it is valid)."""
     errors: list[str] = []
     name = request.get("ProcessingJobName", "")
-    if not isinstance(name, str) or not JOB_NAME.match(name):
+    if not is_job_name(name):
         errors.append(
             f"ProcessingJobName {name!r} must be 1-63 letters, digits and hyphens, starting and ending with a "
             "letter or digit"
@@ -133,9 +130,9 @@ def request_errors(request: Mapping[str, Any]) -> list[str]:
     for arg in args:
         if not isinstance(arg, str) or not 1 <= len(arg) <= 256:
             errors.append(f"each container argument must be 1-256 characters, got {arg!r}")
-    role = request.get("RoleArn")
-    if not isinstance(role, str) or not ROLE_ARN.match(role) or len(role) > 2048:
-        errors.append(f"RoleArn must be an IAM role ARN (arn:aws:iam::123456789012:role/NAME), got {role!r}")
+    role_problem = role_arn_problem(request.get("RoleArn"))
+    if role_problem:
+        errors.append(role_problem)
     env = request.get("Environment", {})
     if len(env) > 100:
         errors.append(f"at most 100 Environment entries, got {len(env)}")
@@ -155,8 +152,8 @@ def request_errors(request: Mapping[str, Any]) -> list[str]:
     for i, inp in enumerate(inputs):
         s3 = inp.get("S3Input", {})
         _check_s3(errors, f"ProcessingInputs[{i}].S3Uri", s3.get("S3Uri"))
-        if not str(s3.get("LocalPath", "")).startswith("/opt/ml/processing/"):
-            errors.append(f"ProcessingInputs[{i}].LocalPath must be under /opt/ml/processing/")
+        if not str(s3.get("LocalPath", "")).startswith(PROCESSING_DIR + "/"):
+            errors.append(f"ProcessingInputs[{i}].LocalPath must be under {PROCESSING_DIR}/")
         if s3.get("S3DataType") not in {"ManifestFile", "S3Prefix"}:
             errors.append(f"ProcessingInputs[{i}].S3DataType must be ManifestFile or S3Prefix")
         if s3.get("S3DataDistributionType") not in {"ShardedByS3Key", "FullyReplicated"}:
@@ -166,8 +163,8 @@ def request_errors(request: Mapping[str, Any]) -> list[str]:
     for i, out in enumerate(outputs):
         s3 = out.get("S3Output", {})
         _check_s3(errors, f"Outputs[{i}].S3Uri", s3.get("S3Uri"))
-        if not str(s3.get("LocalPath", "")).startswith("/opt/ml/processing/"):
-            errors.append(f"Outputs[{i}].LocalPath must be under /opt/ml/processing/")
+        if not str(s3.get("LocalPath", "")).startswith(PROCESSING_DIR + "/"):
+            errors.append(f"Outputs[{i}].LocalPath must be under {PROCESSING_DIR}/")
         if s3.get("S3UploadMode") not in {"Continuous", "EndOfJob"}:
             errors.append(f"Outputs[{i}].S3UploadMode must be Continuous or EndOfJob")
     tags = request.get("Tags", [])
@@ -188,17 +185,6 @@ def validate_requests(requests: Sequence[Mapping[str, Any]]) -> None:
         problems.extend(f"{name}: {e}" for e in request_errors(request))
     if problems:
         raise RequestError("invalid CreateProcessingJob request(s):\n  " + "\n  ".join(problems))
-
-
-def parse_env(pairs: Sequence[str]) -> dict[str, str]:
-    """`K=V` strings -> dict; a clear error for a pair without '='."""
-    env: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise RequestError(f"--env takes KEY=VALUE, got {pair!r}")
-        env[key] = value
-    return env
 
 
 def same_job(existing: Mapping[str, Any], request: Mapping[str, Any]) -> bool:

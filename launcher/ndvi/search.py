@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.items import cloud_cover, item_datetime, mgrs_tile, nodata_percentage
+from launcher.ndvi.items import cloud_cover, item_datetime, mgrs_tile, nodata_percentage
 
 EARTH_SEARCH_V1 = "https://earth-search.aws.element84.com/v1"
 DEFAULT_COLLECTION = "sentinel-2-l2a"

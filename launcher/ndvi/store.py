@@ -11,14 +11,20 @@ from pathlib import Path
 from typing import Any
 
 from launcher.aws import S3Uri, get_json, list_objects, parse_s3_uri, put_json
-from launcher.paths import inside
-from launcher.plan import Plan, PlanError
-from launcher.watch import done_item_ids, is_report_key
+from launcher.ndvi.paths import inside
+from launcher.ndvi.plan import Plan, PlanError
+from launcher.ndvi.watch import done_item_ids, is_report_key
 
 PLAN_FILE = "plan.json"
 
 
 MAX_PLAN_BYTES = 512 * 1024 * 1024
+
+
+def plan_file(path: str | os.PathLike[str]) -> Path:
+    """The plan.json a `--plan` option names (a folder means its plan.json)."""
+    p = Path(path)
+    return p / PLAN_FILE if p.is_dir() else p
 
 
 def load_plan(path: str | os.PathLike[str]) -> Plan:

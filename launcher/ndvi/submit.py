@@ -7,21 +7,49 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.aws import error_code, error_message
-from launcher.jobs import processing_request, same_job, validate_requests
-from launcher.plan import JobPlan, Plan, Submission
+from launcher.aws import error_code, error_message, short
+from launcher.errors import ArgumentError, SubmitError
+from launcher.ndvi.plan import JobPlan, Plan, Submission, check_instance_type
+from launcher.ndvi.requests import processing_request, same_job, validate_requests
+from launcher.secrets import EnvOptions
 
 _EXISTS = re.compile(r"(already exists|must be unique|in use)", re.IGNORECASE)
 
 
-class SubmitError(RuntimeError):
-    pass
-
-
-def short(message: str, limit: int = 200) -> str:
-    """One line of an error message (HTML error pages from proxies or local servers reduced to their text)."""
-    text = " ".join(re.sub(r"<[^>]+>", " ", message).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+def merge_submission(
+    plan: Plan,
+    options: EnvOptions,
+    image: str | None = None,
+    role: str | None = None,
+    instance_type: str | None = None,
+    volume_gb: int | None = None,
+    max_runtime: int | None = None,
+    worker_args: Sequence[str] = (),
+) -> Submission:
+    """The submission settings: the plan's (recorded by an earlier submit), overridden by the options given. Secret
+    values given on the command line (`options.given`) are not part of it: they serve one invocation only."""
+    previous = plan.submission
+    if image is None and previous is None:
+        raise ArgumentError("--image is required (the processing image URI)")
+    if role is None and previous is None:
+        raise ArgumentError("--role is required (the IAM role ARN the jobs run as)")
+    if instance_type is not None:
+        check_instance_type(instance_type)
+    base = previous or Submission(image=image, role=role, instance_type=plan.instance_type)
+    environment = {k: v for k, v in base.environment.items() if k not in options.from_caller}
+    environment.update(options.plain)
+    from_caller = [n for n in base.env_from_caller if n not in options.plain]
+    from_caller += [n for n in options.from_caller if n not in from_caller]
+    return Submission(
+        image=image or base.image,
+        role=role or base.role,
+        instance_type=instance_type or base.instance_type,
+        volume_gb=volume_gb if volume_gb is not None else base.volume_gb,
+        max_runtime_seconds=max_runtime if max_runtime is not None else base.max_runtime_seconds,
+        environment=environment,
+        worker_args=tuple(worker_args) if worker_args else base.worker_args,
+        env_from_caller=tuple(from_caller),
+    )
 
 
 @dataclass(frozen=True)

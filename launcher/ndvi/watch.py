@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from launcher.plan import Plan, SceneRef
+from launcher.ndvi.plan import Plan, SceneRef
 
 DONE_SUFFIX = "_ndvi.json"
 TIF_SUFFIX = "_ndvi.tif"

@@ -136,7 +136,7 @@ def test_launcher_local_two_instances_with_docker(processing_image: str, aws: st
 
     from launcher.aws import client
     from launcher.cli import cli
-    from launcher.store import load_plan
+    from launcher.ndvi.store import load_plan
 
     scenes_root = tmp_path / "scenes"
     ids = [*GOOD, "S2A_32UMC_20231205_0_L2A", BAD]

@@ -136,7 +136,7 @@ def test_launcher_local_sdk_local_runs_a_plan(
     from click.testing import CliRunner
 
     from launcher.cli import cli
-    from launcher.store import load_plan
+    from launcher.ndvi.store import load_plan
     from ndvi_worker import synthetic
 
     scenes = tmp_path / "scenes"

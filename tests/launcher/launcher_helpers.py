@@ -42,4 +42,4 @@ def extra_page_items() -> list[dict[str, Any]]:
     return out
 
 
-from launcher.synthetic import synthetic_items  # noqa: E402,F401  (re-exported for the tests)
+from launcher.ndvi.synthetic import synthetic_items  # noqa: E402,F401  (re-exported for the tests)

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 from launcher_helpers import free_port, synthetic_items
 
 from launcher.cli import cli
-from launcher.plan import Plan, PlanError, make_plan
-from launcher.store import load_plan
+from launcher.ndvi.plan import Plan, PlanError, make_plan
+from launcher.ndvi.store import load_plan
 
 BUCKET = "earthmon-test"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/earthmon-processing:1"
@@ -70,11 +70,11 @@ def _hostile_items() -> list[dict[str, Any]]:
 
 _REAL_POPEN = (
     subprocess.Popen
-)  # launcher.local.subprocess is the module: patching Popen patches it everywhere
+)  # launcher.ndvi.local_run.subprocess is the module: patching Popen patches it everywhere
 
 
 class FakePopen:
-    """Stands in for subprocess.Popen in launcher.local: records argv and env, runs a no-op process."""
+    """Stands in for subprocess.Popen in launcher.ndvi.local_run: records argv and env, runs a no-op process."""
 
     calls: list[tuple[list[str], dict[str, str] | None]] = []
 
@@ -117,7 +117,7 @@ def test_hostile_ids_are_left_out_at_plan_time_and_nothing_escapes(aws, tmp_path
     )
     client("s3").put_object(Bucket=BUCKET, Key="escaped-from-manifest.json", Body=b"{}")
     FakePopen.calls = []
-    monkeypatch.setattr("launcher.local.subprocess.Popen", FakePopen)
+    monkeypatch.setattr("launcher.ndvi.local_run.subprocess.Popen", FakePopen)
     r = _run("local", "--plan", str(run), "--no-docker", "--instances", "1")
     assert r.exit_code == 1, r.output
     assert "leads outside" in r.output and "Traceback" not in r.output
@@ -191,15 +191,15 @@ def test_secrets_never_reach_plan_json_or_dry_run_output(aws, planned: Path, mon
 
 
 def test_local_passes_secrets_by_name_never_on_the_command_line(aws, planned: Path, monkeypatch) -> None:
-    from launcher.local import docker_argv
+    from launcher.ndvi.local_run import docker_argv
 
     argv = docker_argv("img", "/t", {"API_TOKEN": SECRET, "A": "1"}, [])
     assert SECRET not in " ".join(argv) and "1" not in argv
     assert argv[argv.index("API_TOKEN") - 1] == "-e" and argv[argv.index("A") - 1] == "-e"
 
     FakePopen.calls = []
-    monkeypatch.setattr("launcher.local.subprocess.Popen", FakePopen)
-    monkeypatch.setattr("launcher.local.docker_problem", lambda: None)
+    monkeypatch.setattr("launcher.ndvi.local_run.subprocess.Popen", FakePopen)
+    monkeypatch.setattr("launcher.ndvi.local_run.docker_problem", lambda: None)
     monkeypatch.setenv("DB_PASSWORD", SECRET)
     r = _run("local", "--plan", str(planned), "--instances", "1", "--env", "DB_PASSWORD", "--env",
              f"API_TOKEN={SECRET}", "--env", "GDAL_NUM_THREADS=1")  # fmt: skip
@@ -436,8 +436,8 @@ def test_local_reports_the_reason_from_the_log_when_the_instance_wrote_none(
         code = "import sys; print('docker: Cannot connect to the Docker daemon at unix:///x.sock.'); sys.exit(125)"
         return _REAL_POPEN([sys.executable, "-c", code], stdout=stdout, stderr=stderr)
 
-    monkeypatch.setattr("launcher.local.subprocess.Popen", failing)
-    monkeypatch.setattr("launcher.local.docker_problem", lambda: None)
+    monkeypatch.setattr("launcher.ndvi.local_run.subprocess.Popen", failing)
+    monkeypatch.setattr("launcher.ndvi.local_run.docker_problem", lambda: None)
     r = _run("local", "--plan", str(planned), "--instances", "1")
     assert r.exit_code == 1
     assert "exited 125" in r.output and "Cannot connect to the Docker daemon" in r.output, r.output
@@ -506,7 +506,7 @@ def test_plan_reads_what_the_worker_reads(aws, tmp_path: Path) -> None:
 def test_no_region_hint_names_what_botocore_reads() -> None:
     from botocore.exceptions import NoRegionError
 
-    from launcher.cli import _aws_hint
+    from launcher.cli.console import aws_hint as _aws_hint
 
     hint = _aws_hint(NoRegionError())
     assert "export AWS_DEFAULT_REGION=" in hint and "does not read AWS_REGION" in hint
@@ -516,7 +516,7 @@ def test_no_region_hint_names_what_botocore_reads() -> None:
 
 
 def _valid_plan_dict() -> dict[str, Any]:
-    from launcher.plan import Submission
+    from launcher.ndvi.plan import Submission
 
     plan, _, _ = make_plan(synthetic_items(5), run_id="run-1", created="2023-12-08T00:00:00+00:00",
                            s3_prefix="s3://b/p", jobs=2, instances_per_job=2)  # fmt: skip

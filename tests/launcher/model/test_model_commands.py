@@ -277,7 +277,7 @@ def test_predict_needs_exactly_one_target(tmp_path):
 
 
 def test_npy_tiles_round_trip():
-    from launcher.model_predict import encode_tile
+    from launcher.model.predict import encode_tile
 
     tile = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     np.testing.assert_array_equal(np.load(io.BytesIO(encode_tile(tile, "application/x-npy"))), tile)
@@ -304,7 +304,8 @@ def test_local_mode_is_importable():
     from sagemaker.local import LocalSagemakerRuntimeClient, LocalSession  # noqa: F401
     from sagemaker.model import Model  # noqa: F401
 
-    from launcher import model_local, model_predict
+    from launcher.model import local_mode as model_local
+    from launcher.model import predict as model_predict
 
     assert callable(model_local.train_local) and callable(model_local.deploy_local)
     assert callable(model_predict.local_invoker)
@@ -316,7 +317,7 @@ def test_model_commands_import_no_heavy_modules():
     import sys
 
     code = (
-        "import sys, launcher.model_commands; "
+        "import sys, launcher.cli.model; "
         "print(sorted(m for m in ('boto3', 'sagemaker', 'rasterio', 'numpy', 'requests') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
@@ -327,7 +328,7 @@ def test_deploy_local_refuses_a_taken_port(monkeypatch):
     """Local mode would take another server's /ping for its own: the port is checked first, with what to do."""
     import socket
 
-    from launcher import model_local
+    from launcher.model import local_mode as model_local
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1,4 +1,4 @@
-"""Pure request builders of the model workflow (launcher.model_jobs) and tiling (launcher.model_tiles)."""
+"""Pure request builders of the model workflow (launcher.model.requests) and tiling (launcher.model.tiles)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import re
 import numpy as np
 import pytest
 
-from launcher import model_jobs as mj
-from launcher.model_tiles import max_tile_side, plan_tiles, stitch
+from launcher.aws import JOB_NAME, check_name
+from launcher.model import requests as mj
+from launcher.model.tiles import max_tile_side, plan_tiles, stitch
 
 ROLE = "arn:aws:iam::123456789012:role/SageMakerRole"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/earthmon-training:latest"
@@ -114,14 +115,14 @@ def test_training_job_errors(changes, message):
 @pytest.mark.parametrize("name", ["-bad", "has_underscore", "x" * 64, ""])
 def test_bad_names(name):
     with pytest.raises(mj.RequestError, match="invalid"):
-        mj.check_name(name)
+        check_name(name)
 
 
 def test_job_name_is_valid_and_bounded():
     name = mj.job_name("segmentation training!", now=0)
     assert name == "segmentation-training-19700101-000000"
     short = mj.job_name("a-very-long-tuning-prefix-name", now=0, max_length=32)
-    assert len(short) <= 32 and mj.JOB_NAME.match(short)
+    assert len(short) <= 32 and JOB_NAME.match(short)
 
 
 def test_hyperparameters_parsing():

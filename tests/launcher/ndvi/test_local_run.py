@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from launcher_helpers import require, synthetic_items
 
 from launcher.cli import cli
-from launcher.local import (
+from launcher.ndvi.local_run import (
     docker_argv,
     rebase_args,
     resource_config,
@@ -18,8 +18,8 @@ from launcher.local import (
     split_keys,
     upload_outputs,
 )
-from launcher.plan import make_plan
-from launcher.store import load_plan
+from launcher.ndvi.plan import make_plan
+from launcher.ndvi.store import load_plan
 
 # --------------------------------------------------------------------------------------------------- pure
 

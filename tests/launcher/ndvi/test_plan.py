@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from launcher_helpers import fixture_items, synthetic_items
 
 from launcher.cli import cli
-from launcher.plan import (
+from launcher.ndvi.plan import (
     Plan,
     PlanError,
     SceneRef,

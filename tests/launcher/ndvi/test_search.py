@@ -11,9 +11,10 @@ import pytest
 from click.testing import CliRunner
 from launcher_helpers import DATA, extra_page_items, fixture_items, load_json
 
+from launcher.aws import S3Uri
 from launcher.cli import cli
-from launcher.items import item_location, mgrs_tile, s3_location_of_url
-from launcher.search import (
+from launcher.ndvi.items import item_location, mgrs_tile
+from launcher.ndvi.search import (
     SearchQuery,
     dedupe,
     geometry_from_geojson,
@@ -74,11 +75,11 @@ def test_item_location_derived_from_cog_hrefs_and_none_for_api_only_items() -> N
 
 
 def test_s3_urls() -> None:
-    assert s3_location_of_url("https://sentinel-cogs.s3.us-west-2.amazonaws.com/a/b.json").uri == (
+    assert S3Uri.from_url("https://sentinel-cogs.s3.us-west-2.amazonaws.com/a/b.json").uri == (
         "s3://sentinel-cogs/a/b.json"
     )
-    assert s3_location_of_url("https://s3.us-west-2.amazonaws.com/bkt/a/b.json").uri == "s3://bkt/a/b.json"
-    assert s3_location_of_url("https://earth-search.aws.element84.com/v1/collections/x/items/y") is None
+    assert S3Uri.from_url("https://s3.us-west-2.amazonaws.com/bkt/a/b.json").uri == "s3://bkt/a/b.json"
+    assert S3Uri.from_url("https://earth-search.aws.element84.com/v1/collections/x/items/y") is None
 
 
 # ------------------------------------------------------------------------------------------------- dedupe

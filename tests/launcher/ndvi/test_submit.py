@@ -12,16 +12,15 @@ from launcher_helpers import synthetic_items
 
 from launcher.aws import RateLimiter
 from launcher.cli import cli
-from launcher.jobs import (
+from launcher.ndvi.plan import Submission, make_plan
+from launcher.ndvi.requests import (
     RequestError,
-    parse_env,
     processing_request,
     request_errors,
     validate_requests,
 )
-from launcher.plan import Submission, make_plan
-from launcher.store import load_plan, save_plan
-from launcher.submit import quota_checks
+from launcher.ndvi.store import load_plan, save_plan
+from launcher.ndvi.submit import quota_checks
 
 ROLE = "arn:aws:iam::123456789012:role/earthmon-processing"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/earthmon-processing:1.0"
@@ -97,9 +96,17 @@ def test_requests_are_checked_against_api_limits() -> None:
         assert needle in errors, needle
     with pytest.raises(RequestError, match="used twice"):
         validate_requests([good, good])
-    with pytest.raises(RequestError, match="KEY=VALUE"):
-        parse_env(["NOVALUE"])
-    assert parse_env(["A=1", "B=x=y"]) == {"A": "1", "B": "x=y"}
+
+
+def test_name_value_options_are_parsed_once():
+    """One helper for every NAME=VALUE option (--hp, --channel, --tag, deploy's --env)."""
+    import click
+
+    from launcher.cli.console import pairs
+
+    with pytest.raises(click.UsageError, match="--tag 'NOVALUE' is not NAME=VALUE"):
+        pairs(("NOVALUE",), "--tag")
+    assert pairs(("A=1", "B=x=y"), "--tag") == {"A": "1", "B": "x=y"}
 
 
 def test_rate_limiter_spaces_requests() -> None:
@@ -339,7 +346,7 @@ def test_an_interrupted_submission_resumes_with_the_recorded_settings(aws, tmp_p
 
 
 def test_error_pages_shrink_to_one_line() -> None:
-    from launcher.submit import short
+    from launcher.ndvi.submit import short
 
     page = "<!doctype html>\n<html lang=en>\n<title>500 Internal Server Error</title>\n<h1>Internal Server Error</h1>"
     assert short(page) == "500 Internal Server Error Internal Server Error"

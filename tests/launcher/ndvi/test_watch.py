@@ -10,10 +10,10 @@ from click.testing import CliRunner
 from launcher_helpers import synthetic_items
 
 from launcher.cli import cli
-from launcher.jobs import processing_request
-from launcher.plan import Submission, make_plan
-from launcher.store import load_plan, save_plan
-from launcher.watch import done_item_ids, failures_from_reports, missing_scenes, progress
+from launcher.ndvi.plan import Submission, make_plan
+from launcher.ndvi.requests import processing_request
+from launcher.ndvi.store import load_plan, save_plan
+from launcher.ndvi.watch import done_item_ids, failures_from_reports, missing_scenes, progress
 
 ROLE = "arn:aws:iam::123456789012:role/earthmon-processing"
 IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/earthmon-processing:1.0"

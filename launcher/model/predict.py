@@ -1,6 +1,6 @@
 """The I/O edge of ``launcher predict``: read an image tile by tile, invoke the model, write the stitched mask.
 
-The tiling itself is pure (:mod:`launcher.model_tiles`). Invokers send one tile and return the response body:
+The tiling itself is pure (:mod:`launcher.model.tiles`). Invokers send one tile and return the response body:
 a SageMaker endpoint (``sagemaker-runtime`` InvokeEndpoint), an HTTP server (``--url``, e.g. the image's
 ``serve`` on this machine) or SageMaker SDK local mode (``--local``: the endpoint ``launcher deploy --local``
 started on localhost:8080).
@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from launcher.model_tiles import Tile, max_tile_side, plan_tiles, stitch
+from launcher.errors import PredictError
+from launcher.model.tiles import Tile, max_tile_side, plan_tiles, stitch
 
 TIFF = "image/tiff"
 NPY = "application/x-npy"
@@ -27,10 +28,6 @@ REQUEST_TYPES = (TIFF, NPY)
 MASK_TYPES = (PNG, TIFF)
 
 Invoker = Callable[[bytes, str, str], bytes]
-
-
-class PredictError(RuntimeError):
-    """A tile the model could not predict (the message says which and why)."""
 
 
 # ----------------------------------------------------------------------------------------------- invokers

@@ -21,7 +21,7 @@ from earthmon_testing import free_port, require
 
 from launcher.cli import cli
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 TRAINER_PYTHON = ROOT / ".venv-trainer" / "bin" / "python"
 
 
@@ -209,7 +209,7 @@ def test_predict_refuses_hostile_answers_without_reading_or_fetching(tmp_path, s
 
 
 def test_decode_mask_checks_the_header_before_reading():
-    from launcher.model_predict import PredictError, decode_mask
+    from launcher.model.predict import PredictError, decode_mask
 
     with pytest.raises(PredictError, match="500 band"):
         decode_mask(_sparse_tiff(), "image/tiff", (40, 40))
