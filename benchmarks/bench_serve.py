@@ -1,6 +1,6 @@
 """Load benchmark of the inference server: requests/s and p50/p99 latency for 512 x 512 requests on loopback.
 
-Starts the real server (``python -m segmentation_trainer.serve``: gunicorn, the image's entry point) on a
+Starts the real server (``python -m segmentation_trainer.serving``: gunicorn, the image's entry point) on a
 model directory with a DeepLabV3 network of the production size (random weights: the compute is the same),
 drives it with concurrent clients for a fixed time, and prints one line per server layout with its ratio
 to the baseline layout measured in the same run (baseline: a single worker using every vCPU, i.e. no
@@ -63,7 +63,7 @@ def start_server(base: Path, workers: int, threads: int) -> tuple[subprocess.Pop
         "PYTHONPATH": str(ROOT),
     }
     log = (base / f"server-{workers}x{threads}.log").open("wb")
-    cmd = [sys.executable, "-m", "segmentation_trainer.serve", "--host", "127.0.0.1"]
+    cmd = [sys.executable, "-m", "segmentation_trainer.serving", "--host", "127.0.0.1"]
     cmd += ["--workers", str(workers), "--threads-per-worker", str(threads)]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     return proc, f"http://127.0.0.1:{port}"
@@ -145,7 +145,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    from segmentation_trainer.serve import default_workers
+    from segmentation_trainer.serving.config import default_workers
 
     cpus = len(os.sched_getaffinity(0))
     workers = default_workers(cpus)

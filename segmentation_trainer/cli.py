@@ -2,7 +2,7 @@
 
 Thin: arguments -> the orchestration modules, imported inside each command so ``--help`` is instant.
 ``train`` with no options is the SageMaker training contract (``docker run IMAGE train``); ``serve`` is the
-inference contract (``docker run IMAGE serve``, see :mod:`segmentation_trainer.serve`).
+inference contract (``docker run IMAGE serve``, see :mod:`segmentation_trainer.serving`).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def train(base_dir: Path | None, verbose: bool) -> None:
 @_one_line_errors
 def serve(ctx: click.Context) -> None:
     """Serve a model over HTTP (SageMaker inference contract; `serve --help` for the options)."""
-    from segmentation_trainer.serve import main as serve_main
+    from segmentation_trainer.serving.server import main as serve_main
 
     sys.exit(serve_main(list(ctx.args)))
 

@@ -29,7 +29,9 @@ import numpy as np
 import pytest
 
 from segmentation_trainer import codecs
-from segmentation_trainer.serve import LoadedModel, ServeConfig, create_app
+from segmentation_trainer.serving.app import create_app
+from segmentation_trainer.serving.config import ServeConfig
+from segmentation_trainer.serving.model import LoadedModel
 
 REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC, JPEG_MAGIC, NPY_MAGIC = b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"\x93NUMPY"

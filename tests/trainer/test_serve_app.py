@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from segmentation_trainer import codecs
-from segmentation_trainer.serve import LoadedModel, ServeConfig, create_app, load_model_dir
+from segmentation_trainer.serving.app import create_app
+from segmentation_trainer.serving.config import ServeConfig
+from segmentation_trainer.serving.model import LoadedModel, load_model_dir
 
 pytest.importorskip("mxnet")
 

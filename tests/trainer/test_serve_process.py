@@ -1,4 +1,4 @@
-"""`python -m segmentation_trainer.serve` as a real server process (gunicorn workers) on loopback."""
+"""`python -m segmentation_trainer.serving` as a real server process (gunicorn workers) on loopback."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Server:
         }
         self.log = base_dir / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "segmentation_trainer.serve", "--host", "127.0.0.1"],
+            [sys.executable, "-m", "segmentation_trainer.serving", "--host", "127.0.0.1"],
             env=env,
             stdout=self.log.open("wb"),
             stderr=subprocess.STDOUT,
@@ -222,8 +222,8 @@ def test_missing_model_dir_fails_fast(tmp_path):
 def test_the_master_process_never_imports_mxnet():
     """Workers import MXNet after the fork: the module the master runs must not pull it in."""
     code = (
-        "import sys; from segmentation_trainer import serve; "
-        "serve.ServeConfig.from_env({}); serve.gunicorn_options(serve.ServeConfig.from_env({})); "
+        "import sys; from segmentation_trainer.serving import server; "
+        "server.ServeConfig.from_env({}); server.gunicorn_options(server.ServeConfig.from_env({})); "
         "print('mxnet' in sys.modules, 'gluoncv' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

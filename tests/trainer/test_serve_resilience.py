@@ -21,7 +21,10 @@ import numpy as np
 import pytest
 from earthmon_testing import free_port, require
 
-from segmentation_trainer.serve import LoadedModel, ServeConfig, create_app, find_nginx, load_model_dir
+from segmentation_trainer.serving.app import create_app
+from segmentation_trainer.serving.config import ServeConfig
+from segmentation_trainer.serving.front import find_nginx
+from segmentation_trainer.serving.model import LoadedModel, load_model_dir
 
 requests = pytest.importorskip("requests")
 pytest.importorskip("gunicorn")
@@ -124,7 +127,7 @@ def test_deadline_settings_are_validated(tmp_path):
 
 # ----------------------------------------------------------------------------------------------- the process
 class Server:
-    """``python -m segmentation_trainer.serve`` (the image's `serve`) with nginx in front, on loopback."""
+    """``python -m segmentation_trainer.serving`` (the image's `serve`) with nginx in front, on loopback."""
 
     def __init__(self, base_dir: Path, env: dict[str, str], front: str = "nginx"):
         if front == "nginx":
@@ -133,7 +136,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = base_dir / f"server-{self.port}.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "segmentation_trainer.serve", "--host", "127.0.0.1", "--front", front],
+            [sys.executable, "-m", "segmentation_trainer.serving", "--host", "127.0.0.1", "--front", front],
             env={
                 **os.environ,
                 "SAGEMAKER_BASE_DIR": str(base_dir),
