@@ -131,22 +131,51 @@ class CompositeOptions:
     quicklook: bool = True
 
 
-def open_stack(inputs: list[core.ProductInput], side: int):
-    """A lazy (time, y, x) float32 NDVI stack of the inputs' band 1, each decoded with its own nodata and scale,
-    chunked (1, side, side) with rioxarray: nothing is read until a window is computed."""
+def open_inputs(inputs: list[core.ProductInput], side: int) -> list:
+    """Every input's band 1 opened lazily with rioxarray (dask chunks of ``side`` x ``side``), with the nodata,
+    scale and offset that decode it: (dask array, nodata, scale, offset) per input. Nothing is read yet."""
     import rioxarray
-    import xarray as xr
 
-    layers = []
+    decoded = []
     for p in inputs:
         da = rioxarray.open_rasterio(
-            p.cog_path, chunks={"band": 1, "y": side, "x": side}, mask_and_scale=False, lock=False
+            p.cog_path, chunks={"band": 1, "y": side, "x": side}, mask_and_scale=False, lock=None
         ).isel(band=0, drop=True)
         nodata = da.rio.nodata
         scale = float(da.attrs.get("scale_factor", 1.0) or 1.0)
         offset = float(da.attrs.get("add_offset", 0.0) or 0.0)
-        layers.append(core.decode_ndvi(da, nodata, scale, offset))
-    return xr.concat(layers, dim="time", coords="minimal", compat="override", join="override")
+        decoded.append((da.data, nodata, scale, offset))
+    return decoded
+
+
+def _window_block(raw, r0: int, c0: int):
+    """The dask chunk starting at (r0, c0): windows and chunks share one grid, so a window is one block."""
+    side_y, side_x = raw.chunks[0][0], raw.chunks[1][0]
+    return raw.blocks[r0 // side_y, c0 // side_x]
+
+
+def window_stack(decoded: list, window: tuple[int, int, int, int]):
+    """The (time, y, x) float32 NDVI stack of one window across all inputs, each decoded with its own nodata and
+    scale: a small dask graph (one chunk per input), so computing a window never touches the rest of the tile."""
+    import dask.array as dsa
+    import xarray as xr
+
+    r0, r1, c0, c1 = window
+    data = dsa.stack(
+        [
+            _window_block(raw, r0, c0).map_blocks(
+                core.decode_ndvi,
+                nodata,
+                scale,
+                offset,
+                dtype="float32",
+                meta=np.empty((0, 0), dtype="float32"),
+                name=f"decode-{k}-{r0}-{c0}-{raw.name}",
+            )
+            for k, (raw, nodata, scale, offset) in enumerate(decoded)
+        ]
+    )
+    return xr.DataArray(data, dims=("time", "y", "x"))
 
 
 def composite_tile(
@@ -169,8 +198,7 @@ def composite_tile(
     start, end = opts.period or (min(dates), max(dates))
     days = [(p.date - start).days if p.date else 0 for p in inputs]
     side = core.window_side(len(inputs), opts.memory_mb * 2**20, blocksize=opts.blocksize)
-    stack = open_stack(inputs, side)
-    result = core.composite_stack(stack, days, opts.method)
+    opened = open_inputs(inputs, side)
     bands = core.BANDS[opts.method]
     stem = core.composite_stem(tile, start, end, opts.method)
     nodata = INT16_NODATA if opts.dtype == "int16" else float("nan")
@@ -208,7 +236,8 @@ def composite_tile(
             for r0, r1, c0, c1 in core.windows(grid.shape, side):
                 with dask.config.set(scheduler="threads", num_workers=opts.workers):
                     try:
-                        part = result.isel(y=slice(r0, r1), x=slice(c0, c1)).compute()
+                        stack = window_stack(opened, (r0, r1, c0, c1))
+                        part = core.composite_stack(stack, days, opts.method).compute()
                     except Exception as exc:
                         raise BadInputs(_find_bad_inputs(inputs, (r0, r1, c0, c1)), exc) from exc
                 if on_window:
