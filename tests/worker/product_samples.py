@@ -21,6 +21,7 @@ def write_product(
     dtype: str = "int16",
     nodata: float | None = None,
     blocksize: int = 256,
+    quicklook: bool = False,
 ) -> Path:
     """Write ``<item_id>_ndvi.tif`` + ``.json`` (NaN in ``ndvi`` = masked); returns the item path.
 
@@ -69,6 +70,10 @@ def write_product(
             COMPRESS="ZSTD",
             OVERVIEW_RESAMPLING="AVERAGE",
         )
+    if quicklook:
+        from ndvi_worker.io import write_quicklook
+
+        write_quicklook(folder / f"{stem}.tif", folder / f"{stem}.png")
     right, bottom = origin[0] + pixel * cols, origin[1] - pixel * rows
     xs = [origin[0], right, right, origin[0]]
     ys = [origin[1], origin[1], bottom, bottom]
@@ -109,7 +114,7 @@ def write_product(
         item_id,
         f"{stem}.tif",
         (folder / f"{stem}.tif").stat().st_size,
-        None,
+        f"{stem}.png" if quicklook else None,
         f"../items/{item_id}.json",
         stats,
         [0, 1, 3, 8, 9, 10],
