@@ -1,14 +1,18 @@
-"""The SageMaker training contract: paths, config files, channels, failure file, checkpoints.
+"""The SageMaker training contract: paths, config files, channels, failure file, checkpoints, metric lines,
+hyperparameter choices, the ignore label.
 
 Every path hangs off one base directory, resolved lazily: ``SAGEMAKER_BASE_DIR`` (default ``/opt/ml``), so a
 test or a local run relocates all of them at once. Nothing else in the package reads ``/opt/ml`` or the
-environment for these paths.
+environment for these paths. The launcher builds its training requests from this module too (channel names,
+``MetricDefinitions``, the checkpoint path), so it stays importable without MXNet or numpy (standard library only).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
+import string
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +30,75 @@ CHANNELS = (
     "model",
     "pretrained",
 )
+# The built-in algorithm's four channels (docs/domain.md section 5); the others are used when present.
+REQUIRED_CHANNELS = CHANNELS[:4]
+OPTIONAL_CHANNELS = CHANNELS[4:]
+
+IGNORE_LABEL = 255  # label value of pixels that count for no class (the built-in's convention)
+
+# Hyperparameter choices (validated by segmentation_trainer.hyperparameters, offered by the launcher).
+ALGORITHMS = ("fcn", "psp", "deeplab")
+BACKBONES = ("resnet-50", "resnet-101", "tiny")
+OPTIMIZERS = ("sgd", "adam", "adagrad", "nag", "rmsprop")
+LR_SCHEDULERS = ("poly", "cosine", "step")
+
+# ----------------------------------------------------------------------------------------------- metric lines
+# The built-in algorithm's log lines, byte for byte, e.g.
+#   #quality_metric. host: algo-1, epoch: 0, train loss: 1.4757 .
+#   #throughput_metric. host: algo-1, epoch: 0, train throughput: 55.04 samples/sec.
+# The trainer writes them with these formats and the MetricDefinitions' regexes are built from the same formats.
+QUALITY_LINE = "#quality_metric. host: {host}, epoch: {epoch}, {name}: {value:.4f} ."
+THROUGHPUT_LINE = "#throughput_metric. host: {host}, epoch: {epoch}, {name}: {value:.2f} samples/sec."
+# SageMaker metric name -> (line format, the name in the line)
+METRICS: dict[str, tuple[str, str]] = {
+    "train:loss": (QUALITY_LINE, "train loss"),
+    "validation:pixel_accuracy": (QUALITY_LINE, "validation pixel_accuracy"),
+    "validation:mIOU": (QUALITY_LINE, "validation mIOU"),
+    "train:throughput": (THROUGHPUT_LINE, "train throughput"),
+}
+OBJECTIVES = ("validation:mIOU", "validation:pixel_accuracy")  # what a tuning job may maximise
+_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+_FIELD_PATTERNS = {"host": r"\S+", "epoch": r"\d+"}
+
+
+def metric_line(metric: str, host: str, epoch: int, value: float) -> str:
+    """The log line of one metric (``metric``: a key of METRICS, e.g. ``validation:mIOU``)."""
+    fmt, name = METRICS[metric]
+    return fmt.format(host=host, epoch=epoch, name=name, value=value)
+
+
+def _escape(text: str) -> str:
+    """Regex metacharacters escaped, spaces and '#' kept as they are (readable in the job's description)."""
+    return re.sub(r"([.^$*+?()\[\]{}|\\])", r"\\\1", text)
+
+
+def metric_regex(metric: str) -> str:
+    """The MetricDefinitions regex of one metric, built from its line format: the literal text escaped, host and
+    epoch matched loosely, the value as the one group (any float notation)."""
+    fmt, name = METRICS[metric]
+    parts = []
+    for literal, field_name, _spec, _conv in string.Formatter().parse(fmt):
+        parts.append(_escape(literal))
+        if field_name == "name":
+            parts.append(_escape(name))
+        elif field_name == "value":
+            parts.append(_NUMBER)
+        elif field_name is not None:
+            parts.append(_FIELD_PATTERNS[field_name])
+    return "".join(parts)
+
+
+METRIC_DEFINITIONS: tuple[dict[str, str], ...] = tuple(
+    {"Name": metric, "Regex": metric_regex(metric)} for metric in METRICS
+)
 
 
 class ContractError(ValueError):
     """The job's configuration or inputs do not follow the contract; the message says what to fix."""
+
+
+#: The paths inside the container (where SageMaker puts them; the launcher's requests name them).
+CONTAINER_BASE = DEFAULT_BASE_DIR
 
 
 def base_dir(environ: dict[str, str] | None = None) -> Path:

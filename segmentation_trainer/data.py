@@ -25,9 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from segmentation_trainer.contract import IGNORE_LABEL
+
 log = logging.getLogger(__name__)
 
-IGNORE_LABEL = 255
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 ANNOTATION_SUFFIXES = (".png", ".tif", ".tiff")
 GEOTIFF_SUFFIXES = (".tif", ".tiff")

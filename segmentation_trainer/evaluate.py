@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segmentation_trainer.contract import IGNORE_LABEL
 from segmentation_trainer.data import (
     DataError,
     label_lut,
@@ -26,7 +27,6 @@ from segmentation_trainer.data import (
     read_label_map,
 )
 from segmentation_trainer.metrics import (
-    IGNORE_LABEL,
     SPACENET_MIN_AREA,
     F1Result,
     confusion_matrix,

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from segmentation_trainer.contract import IGNORE_LABEL
 from segmentation_trainer.model import NetworkConfig
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ BEST_PARAMS = "model_best.params"
 HYPERPARAMS_FILE = "hyperparams.json"
 SYMBOL_PREFIX = "model"
 ONNX_FILE = "model.onnx"
-IGNORE_LABEL = 255
+
 FORMAT_VERSION = 1
 # ImageNet statistics on [0, 1]: what GluonCV (and so the built-in algorithm) normalises RGB images with
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

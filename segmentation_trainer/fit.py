@@ -29,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segmentation_trainer.data import IGNORE_LABEL, Dataset, training_batches, validation_batches
+from segmentation_trainer.contract import IGNORE_LABEL, METRIC_DEFINITIONS, QUALITY_LINE, THROUGHPUT_LINE
+from segmentation_trainer.data import Dataset, training_batches, validation_batches
 from segmentation_trainer.hyperparameters import Hyperparameters
 from segmentation_trainer.metrics import confusion_matrix, mean_iou, pixel_accuracy
 
@@ -43,30 +44,17 @@ PROGRESS_EVERY_S = 30.0
 
 
 # ----------------------------------------------------------------------------------------------- metric lines
+# The formats and the MetricDefinitions that read them live in segmentation_trainer.contract (the launcher sends
+# the same definitions); METRIC_DEFINITIONS is re-exported here for the tests.
+__all__ = ["METRIC_DEFINITIONS", "quality_line", "throughput_line"]
+
+
 def quality_line(host: str, epoch: int, name: str, value: float) -> str:
-    return f"#quality_metric. host: {host}, epoch: {epoch}, {name}: {value:.4f} ."
+    return QUALITY_LINE.format(host=host, epoch=epoch, name=name, value=value)
 
 
 def throughput_line(host: str, epoch: int, samples_per_sec: float) -> str:
-    return f"#throughput_metric. host: {host}, epoch: {epoch}, train throughput: {samples_per_sec:.2f} samples/sec."
-
-
-# The MetricDefinitions that read these lines (the built-in algorithm's names).
-METRIC_DEFINITIONS = [
-    {"Name": "train:loss", "Regex": r"#quality_metric. host: \S+, epoch: \d+, train loss: (\S+) \."},
-    {
-        "Name": "validation:pixel_accuracy",
-        "Regex": r"#quality_metric. host: \S+, epoch: \d+, validation pixel_accuracy: (\S+) \.",
-    },
-    {
-        "Name": "validation:mIOU",
-        "Regex": r"#quality_metric. host: \S+, epoch: \d+, validation mIOU: (\S+) \.",
-    },
-    {
-        "Name": "train:throughput",
-        "Regex": r"#throughput_metric. host: \S+, epoch: \d+, train throughput: (\S+) samples/sec\.",
-    },
-]
+    return THROUGHPUT_LINE.format(host=host, epoch=epoch, name="train throughput", value=samples_per_sec)
 
 
 def _emit(line: str) -> None:

@@ -20,10 +20,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-ALGORITHMS = ("fcn", "psp", "deeplab")
-BACKBONES = ("resnet-50", "resnet-101", "tiny")
-OPTIMIZERS = ("sgd", "adam", "adagrad", "nag", "rmsprop")
-LR_SCHEDULERS = ("poly", "cosine", "step")
+from segmentation_trainer.contract import ALGORITHMS, BACKBONES, LR_SCHEDULERS, OPTIMIZERS
+
 PRECISIONS = ("float32", "float16")
 IGNORED_PREFIXES = ("_tuning_objective_metric", "sagemaker_")
 

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-IGNORE_LABEL = 255
 SPACENET_MIN_AREA = 80.0
 SPACENET_IOU = 0.5
 

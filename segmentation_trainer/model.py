@@ -43,8 +43,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-ALGORITHMS = ("deeplab", "fcn", "psp")
-BACKBONES = ("resnet-50", "resnet-101", "tiny")
+from segmentation_trainer.contract import ALGORITHMS, BACKBONES
+
 AUX_WEIGHT = 0.5
 HEAD_LR_MULT = 10.0  # GluonCV trains the freshly initialised heads with 10x the backbone's learning rate
 

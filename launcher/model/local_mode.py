@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from launcher.aws import local_mode_scratch, local_session
-from launcher.model.requests import METRIC_DEFINITIONS, TrainingSpec
+from launcher.model.requests import TrainingSpec
+from segmentation_trainer.contract import METRIC_DEFINITIONS
 
 LOCAL_PORT = 8080
 

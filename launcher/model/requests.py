@@ -10,35 +10,24 @@ import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from launcher.aws import check_name, check_role, is_s3_uri
 from launcher.errors import RequestError
-
-# Log lines of the training image (and of the built-in algorithm), e.g.
-#   #quality_metric. host: algo-1, epoch: 0, train loss: 1.4757 .
-#   #quality_metric. host: algo-1, epoch: 0, validation mIOU: 0.5063 .
-_NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
-METRIC_DEFINITIONS: tuple[dict[str, str], ...] = (
-    {"Name": "train:loss", "Regex": r"#quality_metric\. host: \S+, epoch: \d+, train loss: " + _NUMBER},
-    {
-        "Name": "validation:mIOU",
-        "Regex": r"#quality_metric\. host: \S+, epoch: \d+, validation mIOU: " + _NUMBER,
-    },
-    {
-        "Name": "validation:pixel_accuracy",
-        "Regex": r"#quality_metric\. host: \S+, epoch: \d+, validation pixel_accuracy: " + _NUMBER,
-    },
-    {
-        "Name": "train:throughput",
-        "Regex": r"#throughput_metric\. host: \S+, epoch: \d+, train throughput: " + _NUMBER + " samples/sec",
-    },
+from segmentation_trainer.contract import (
+    CONTAINER_BASE,
+    METRIC_DEFINITIONS,
+    OBJECTIVES,
+    OPTIONAL_CHANNELS,
+    REQUIRED_CHANNELS,
+    TrainingPaths,
 )
-OBJECTIVES = ("validation:mIOU", "validation:pixel_accuracy")
 
-# The built-in algorithm's channel layout (docs/domain.md section 5) plus this image's extra channels.
-REQUIRED_CHANNELS = ("train", "validation", "train_annotation", "validation_annotation")
-OPTIONAL_CHANNELS = ("label_map", "pretrained", "model")
+# The training image's contract (segmentation_trainer.contract, importable without MXNet): the channels (the
+# built-in algorithm's four, docs/domain.md section 5, plus this image's optional ones), the MetricDefinitions built
+# from the very formats the trainer writes its metric lines with, the tuning objectives, the checkpoint path.
+CHECKPOINT_PATH = str(TrainingPaths(Path(CONTAINER_BASE)).checkpoint_dir)
 CHANNEL_CONTENT_TYPES = {
     "jpg": {"train": "image/jpeg", "validation": "image/jpeg"},
     "geotiff": {"train": "image/tiff", "validation": "image/tiff"},
@@ -179,7 +168,7 @@ def _training_definition(spec: TrainingSpec, checkpoint_uri: str) -> dict[str, A
         "EnableManagedSpotTraining": bool(spec.spot),
         "CheckpointConfig": {
             "S3Uri": _s3_uri(checkpoint_uri, "--checkpoint"),
-            "LocalPath": "/opt/ml/checkpoints",
+            "LocalPath": CHECKPOINT_PATH,
         },
     }
 
