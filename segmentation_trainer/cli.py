@@ -105,13 +105,17 @@ def train(base_dir: Path | None, verbose: bool) -> None:
     (model.tar.gz of an earlier job, for incremental training). Writes the model to model/, the failure reason to
     output/failure, checkpoints every epoch to checkpoints/ (a restarted job resumes). Metric lines use the
     built-in's format (validation:mIOU, validation:pixel_accuracy).
+
+    Script mode: when the hyperparameter sagemaker_program (or SAGEMAKER_PROGRAM) names a script, the SageMaker
+    training toolkit runs that script instead (its code from sagemaker_submit_directory or the 'code' channel),
+    with the SM_* variables and the hyperparameters as arguments; its exit status is the job's.
     """
     _logging(verbose)
     from segmentation_trainer.contract import TrainingPaths
-    from segmentation_trainer.train import run_training
+    from segmentation_trainer.job import run_job
 
     paths = TrainingPaths.resolve(base_dir)
-    sys.exit(run_training(paths))
+    sys.exit(run_job(paths))
 
 
 @cli.command(

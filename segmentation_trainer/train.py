@@ -19,6 +19,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from segmentation_trainer.contract import (
     ContractError,
@@ -26,9 +27,6 @@ from segmentation_trainer.contract import (
     check_channels,
     extract_model_channel,
     missing_contract,
-    read_hyperparameters,
-    read_input_data_config,
-    read_resource_config,
     write_failure,
 )
 from segmentation_trainer.data import (
@@ -41,6 +39,9 @@ from segmentation_trainer.data import (
     read_label_map,
 )
 from segmentation_trainer.hyperparameters import HyperparameterError, Hyperparameters, parse_hyperparameters
+
+if TYPE_CHECKING:
+    from segmentation_trainer.toolkit import Job
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,11 @@ def _class_names(paths: TrainingPaths, hp: Hyperparameters) -> list[str] | None:
     return None
 
 
-def run_training(paths: TrainingPaths | None = None, options: RunOptions | None = None) -> int:
-    """Run a training job; returns the process exit status (0 = success)."""
+def run_training(
+    paths: TrainingPaths | None = None, options: RunOptions | None = None, job: Job | None = None
+) -> int:
+    """Run a training job; returns the process exit status (0 = success). ``job``: the contract as the SageMaker
+    training toolkit read it (:func:`segmentation_trainer.toolkit.read_job`; read here when not given)."""
     paths = paths or TrainingPaths.resolve()
     options = options or RunOptions()
     missing = missing_contract(paths)
@@ -134,7 +138,7 @@ def run_training(paths: TrainingPaths | None = None, options: RunOptions | None 
 
         previous = signal.signal(signal.SIGTERM, on_term)
     try:
-        _train(paths, options, stop)
+        _train(paths, options, stop, job)
         return 0
     except USER_ERRORS as exc:
         message = f"ClientError: {exc}"
@@ -151,7 +155,7 @@ def run_training(paths: TrainingPaths | None = None, options: RunOptions | None 
             signal.signal(signal.SIGTERM, previous)
 
 
-def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event) -> None:
+def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event, job: Job | None = None) -> None:
     from segmentation_trainer.data import compute_stats
     from segmentation_trainer.devices import contexts, describe
     from segmentation_trainer.export import (
@@ -163,23 +167,29 @@ def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event) -> 
     )
     from segmentation_trainer.fit import FitConfig, fingerprint, fit
     from segmentation_trainer.model import NetworkConfig, build_network
+    from segmentation_trainer.toolkit import CODE_CHANNEL, read_job
 
     started = time.monotonic()
-    resources = read_resource_config(paths)
-    if len(resources.hosts) > 1:
+    job = job or read_job(paths)  # hyperparameters, channels, hosts and GPUs as the toolkit reads them
+    if len(job.hosts) > 1:
         raise ClientError(
-            f"this algorithm trains on one instance (it uses every GPU of it); the job has {len(resources.hosts)} "
+            f"this algorithm trains on one instance (it uses every GPU of it); the job has {len(job.hosts)} "
             "hosts: set InstanceCount=1"
         )
-    hp = parse_hyperparameters(read_hyperparameters(paths))
-    channels = check_channels(paths, read_input_data_config(paths))
+    hp = parse_hyperparameters(job.hyperparameters)
+    if CODE_CHANNEL in job.input_data_config:
+        raise ClientError(
+            "the job has a 'code' channel but names no script: set the sagemaker_program hyperparameter (or "
+            "SAGEMAKER_PROGRAM) to the script to run, or drop the channel to train the built-in algorithm"
+        )
+    channels = check_channels(paths, job.input_data_config)
     log.info("channels: %s", ", ".join(channels) or "none")
     if "train" not in channels:
         raise ClientError(f"the train channel is missing ({paths.channel('train')})")
     ctxs = options.ctxs or contexts()
     if hp.precision_dtype == "float16" and all(c.device_type == "cpu" for c in ctxs):
         raise ClientError("precision_dtype=float16 needs a GPU instance; use float32 on CPU instances")
-    log.info("training on %s", describe(ctxs))
+    log.info("training on %s (the toolkit sees %d GPU(s))", describe(ctxs), job.num_gpus)
 
     label_dir = paths.channel("label_map")
     train_pairs = pair_channel(paths.channel("train"), paths.channel("train_annotation"))
@@ -265,7 +275,7 @@ def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event) -> 
 
     config = FitConfig(
         hp=hp,
-        host=resources.current_host,
+        host=job.current_host,
         checkpoint_dir=paths.checkpoint_dir,
         workers=options.workers,
         max_batches_per_epoch=options.max_batches_per_epoch,
