@@ -1,4 +1,5 @@
-"""The planetary NDVI job's commands: search, plan, upload, submit, status, watch, resume and local.
+"""The planetary NDVI job's commands: search, plan, upload, submit, status, watch, resume and local; stage 2:
+composite and mosaic.
 
 Thin: arguments -> config objects -> `launcher.ndvi` (the pure core: search, plan, requests, watch; its I/O edges:
 store, submit, status, local_run) -> printed results. Heavy modules (boto3, pystac-client, folium, sagemaker) are
@@ -369,12 +370,17 @@ def _secret_values(names, given, console, when: str, dry_run: bool = False) -> d
     return values
 
 
-def _submit_jobs(the_plan, jobs, submission, secrets, dry_run: bool, skip_preflight: bool, console) -> None:
+def _submit_jobs(
+    the_plan, jobs, submission, secrets, dry_run: bool, skip_preflight: bool, console, requests=None
+) -> None:
+    """Validate and send (or print, for a dry run) the requests of `jobs` (`requests`: already built, for stage-2
+    jobs); the quota preflight first."""
     from launcher.aws import client
     from launcher.ndvi.submit import build_requests, preflight, submit_requests
     from launcher.secrets import redact_request
 
-    requests = build_requests(the_plan, jobs, submission, secrets)
+    if requests is None:
+        requests = build_requests(the_plan, jobs, submission, secrets)
     if dry_run:
         shown = [redact_request(r, submission.env_from_caller) for r in requests]
         click.echo(json.dumps(shown, indent=2))
@@ -497,6 +503,8 @@ def _print_status(prog, the_plan, console, verbose: bool, plan_path: str = "DIR/
         console.print(f"[red]{len(prog.failures)} failed scene(s)[/] (from the per-host reports):")
         for line in summarize_errors(prog.failures):
             console.print(f"  {line}")
+    if prog.products:
+        _print_products(prog, the_plan, console, verbose, plan_path)
     from launcher.ndvi.watch import NOT_SUBMITTED
 
     missing = prog.scenes - prog.done
@@ -513,6 +521,34 @@ def _print_status(prog, the_plan, console, verbose: bool, plan_path: str = "DIR/
         console.print(
             f"{missing} scene(s) without output: `launcher resume --plan {plan_path}` runs them again"
         )
+
+
+def _print_products(prog, the_plan, console, verbose: bool, plan_path: str) -> None:
+    """Stage 2 of `status`/`watch`: composite and mosaic jobs, and what is missing."""
+    from collections import Counter
+
+    states = ", ".join(f"{n} {s}" for s, n in sorted(Counter(j.status for j in prog.products).items()))
+    console.print(f"stage 2 (composites, mosaic): {len(prog.products)} job(s): {states}")
+    for j in prog.products:
+        failed = j.status.startswith(("Failed", "Stopped"))
+        if not verbose and not failed:
+            continue
+        reason = " / ".join(x for x in (j.failure_reason, j.exit_message) if x)
+        found = the_plan.product_job(j.name)
+        if found is not None and found[0].kind == "mosaic":
+            counts = "mosaic written" if j.done else "no mosaic yet"
+        else:
+            counts = f"{j.done}/{j.scenes} tiles"
+        line = f"  [{'red' if failed else 'default'}]{j.name}  {j.status}[/]  {counts}"
+        console.print(line + (f"  {reason[:300]}" if reason else ""))
+    if prog.products_missing:
+        console.print(
+            f"stage 2: {prog.products_missing} product(s) not written (tiles of the latest composites, the mosaic)"
+        )
+        if prog.finished:
+            console.print(
+                f"`launcher resume --plan {plan_path}` reruns them (stage 1 first, if scenes are missing)"
+            )
 
 
 @click.command()
@@ -540,7 +576,8 @@ def status(plan_path, show_jobs, as_json) -> None:
 def watch(plan_path, interval, timeout) -> None:
     """Follow the run: a progress bar of scenes done with ETA, until every job has ended.
 
-    Exits 1 when every job has ended but some scenes have no output (then `launcher resume`).
+    Covers stage 2 (composites, mosaic) too. Exits 1 when every job has ended but some scenes, composites or the
+    mosaic have no output (then `launcher resume`).
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -574,7 +611,7 @@ def watch(plan_path, interval, timeout) -> None:
                 console.print("[yellow]stopped watching; the jobs keep running[/]")
                 break
     _print_status(prog, the_plan, console, verbose=False, plan_path=plan_path)
-    if prog.finished and prog.done < prog.scenes:
+    if prog.finished and (prog.done < prog.scenes or prog.products_missing):
         sys.exit(1)
 
 
@@ -614,7 +651,11 @@ def resume(
     skip_preflight,
     skip_failed,
 ) -> None:
-    """Plan and submit a new round for the scenes without a valid output only."""
+    """Plan and submit a new round for the scenes without a valid output only.
+
+    Once every scene has its output, stage 2: jobs of the latest composite or mosaic round never submitted are
+    submitted, else a retry round (same options) runs the composites missing tiles, then the mosaic.
+    """
     import dataclasses
 
     from launcher.aws import client
@@ -634,7 +675,13 @@ def resume(
             m.item_id for m in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))  # fmt: skip
     console.print(f"{selection.done}/{the_plan.scene_count} scene(s) done, {len(missing)} missing")
     if not missing:
-        console.print("nothing to resume")
+        if the_plan.products:
+            _resume_products(
+                the_plan, plan_path, jobs, (image, role, instance_type, volume_gb, max_runtime, env), dry_run,
+                no_submit, force, skip_preflight, console,
+            )  # fmt: skip
+        else:
+            console.print("nothing to resume")
         return
     running = running_jobs(client("sagemaker"), the_plan)
     if running and not force:
@@ -674,7 +721,12 @@ def resume(
 @click.option(
     "--parallel", type=int, default=None, help="Instances running at once [default: all, as on SageMaker]."
 )
-@click.option("--job", "job_names", multiple=True, help="Run only these jobs (repeatable) [default: all].")
+@click.option(
+    "--job",
+    "job_names",
+    multiple=True,
+    help="Run only these jobs (repeatable; composite and mosaic jobs too) [default: every NDVI job].",
+)
 @click.option("--round", "round_", type=int, default=None, help="Run only this round [default: all].")
 @click.option("--no-docker", is_flag=True, help="Run the worker as a local process instead of the image.")
 @click.option(
@@ -726,7 +778,9 @@ def local(
     options = parse_env_options(env)
     console = _console()
     the_plan = _load_plan(plan_path)
-    jobs = runner.select_jobs(the_plan, job_names, round_)
+    product_names = [n for n in job_names if the_plan.product_job(n) is not None]
+    ndvi_names = [n for n in job_names if n not in product_names]
+    jobs = runner.select_jobs(the_plan, ndvi_names, round_) if ndvi_names or not product_names else []
     submission = runner.local_submission(the_plan, image, role)
     names = runner.secret_names(submission, options)
     secrets = _secret_values(names, options.given, console, "launcher local")
@@ -763,20 +817,50 @@ def local(
         if failed:
             sys.exit(1)
         return
+    from launcher.ndvi.requests import product_request
+
     workdir_path = Path(workdir) if workdir else _plan_file(plan_path).parent / "local"
+    runs = [(job, processing_request(the_plan, job, submission, secrets), instances) for job in jobs]
+    for name in product_names:  # stage 2: one instance, as submitted
+        product_round, product_job = the_plan.product_job(name)
+        runs.append(
+            (product_job, product_request(the_plan, product_round, product_job, submission, secrets), 1)
+        )
+    failed = _run_locally(
+        s3,
+        the_plan,
+        runs,
+        workdir_path,
+        no_docker,
+        submission.image,
+        options.plain,
+        names,
+        volumes,
+        parallel,
+        console,
+    )
+    if failed:
+        sys.exit(1)
+
+
+def _run_locally(
+    s3, the_plan, runs, workdir, no_docker, image, extra_env, names, volumes, parallel, console
+) -> int:
+    """Run (job, request, instances) triples with `launcher.ndvi.local_run`; returns how many failed."""
+    from launcher.ndvi import local_run as runner
+
     failed = 0
-    for job in jobs:
-        request = processing_request(the_plan, job, submission, secrets)
+    for job, request, instances in runs:
         result = runner.run_job(
             s3,
             the_plan,
             job,
             request,
-            workdir_path,
+            Path(workdir),
             instances,
             docker=not no_docker,
-            image=submission.image,
-            extra_env=options.plain,
+            image=image,
+            extra_env=extra_env,
             redact=names,
             volumes=volumes,
             parallel=parallel,
@@ -791,10 +875,380 @@ def local(
         console.print(f"{job.name}: {result.status}")
         failed += result.status != "Completed"
     console.print(
-        f"{len(jobs) - failed}/{len(jobs)} job(s) completed; outputs under {the_plan.output_prefix}"
+        f"{len(runs) - failed}/{len(runs)} job(s) completed; outputs under {the_plan.output_prefix}"
     )
-    if failed:
-        sys.exit(1)
+    return failed
 
 
-COMMANDS = (search, plan, upload, submit, status, watch, resume, local)
+# ------------------------------------------------------------------------------------ stage 2: composite, mosaic
+
+
+_stage2_options = [
+    click.option("--plan", "plan_path", required=True, help="DIR/plan.json of the run (stage 1 done)."),
+    click.option(
+        "--dtype",
+        type=click.Choice(["int16", "float32"]),
+        default=None,
+        help="Product encoding [default: the worker's, int16 NDVI x 10000].",
+    ),
+    click.option(
+        "--partial",
+        is_flag=True,
+        help="Go on although some inputs have no output yet (scenes of stage 1, or tiles of the composites).",
+    ),
+    click.option(
+        "--volume-gb",
+        type=int,
+        default=None,
+        help="EBS volume per job [default: twice its inputs + 10, >= 30].",
+    ),
+    click.option("--image", default=None, help="Processing image URI [default: the plan's submission]."),
+    click.option("--role", default=None, help="IAM role ARN [default: the plan's submission]."),
+    click.option("--instance-type", default=None, help="[default: the plan's submission, else the plan's]"),
+    click.option(
+        "--max-runtime", type=int, default=None, help="Seconds per job [default: the submission's]."
+    ),
+    click.option("--env", multiple=True, help="KEY=VALUE for the container (repeatable; secrets by name)."),
+    click.option(
+        "--dry-run", is_flag=True, help="Print the CreateProcessingJob requests as JSON; change nothing."
+    ),
+    click.option(
+        "--local",
+        "run_local",
+        is_flag=True,
+        help="Run the jobs on this machine (like `launcher local`) instead of submitting them.",
+    ),
+    click.option(
+        "--no-docker", is_flag=True, help="With --local: run the worker as a process, not the image."
+    ),
+    click.option(
+        "--workdir", type=click.Path(file_okay=False), default=None, help="[default: <plan dir>/local]"
+    ),
+    click.option("--force", is_flag=True, help="Plan a new round even while jobs of the run are running."),
+    click.option("--skip-preflight", is_flag=True, help="Do not read the instance quota first."),
+]
+
+
+def _check_int(name: str, value, lo: int, hi: int) -> None:
+    if value is not None and not lo <= value <= hi:
+        raise click.UsageError(f"{name} must be within {lo}..{hi}, got {value}")
+
+
+def _stage2(kind: str, o: dict, make_round, needs) -> None:
+    """Plan a stage-2 round from the run's outputs, record it in plan.json, then submit it, run it here (--local) or
+    print its requests (--dry-run). `make_round(plan, outputs)` plans it (launcher.ndvi.products); `needs(plan,
+    outputs)` says what is missing for it (refused unless --partial)."""
+    import dataclasses
+
+    from launcher.aws import client
+    from launcher.ndvi import local_run as runner
+    from launcher.ndvi import store
+    from launcher.ndvi.status import describe_all, scan
+    from launcher.ndvi.submit import build_product_requests
+    from launcher.ndvi.watch import ACTIVE
+    from launcher.secrets import parse_env_options, redact_request
+
+    _check_int("--volume-gb", o["volume_gb"], 1, 16384)
+    _check_int("--max-runtime", o["max_runtime"], 1, 777600)
+    if o["no_docker"] and not o["run_local"]:
+        raise click.UsageError("--no-docker goes with --local")
+    console = _console()
+    the_plan = _load_plan(o["plan_path"])
+    plan_dir = _plan_file(o["plan_path"]).parent
+    when = f"launcher {kind}"
+    extra_env: dict[str, str] = {}
+    if o["run_local"]:
+        options = parse_env_options(o["env"])
+        extra_env = options.plain
+        submission = runner.local_submission(the_plan, o["image"], o["role"] or runner.DEFAULT_ROLE)
+        if o["instance_type"] or o["max_runtime"]:
+            submission = dataclasses.replace(
+                submission,
+                instance_type=o["instance_type"] or submission.instance_type,
+                max_runtime_seconds=o["max_runtime"] or submission.max_runtime_seconds,
+            )
+        names = runner.secret_names(submission, options)
+        secrets = _secret_values(names, options.given, console, when, o["dry_run"])
+        if not o["no_docker"] and not o["dry_run"]:
+            problem = runner.docker_problem()
+            if problem:
+                raise click.ClickException(
+                    f"no Docker engine to run {submission.image} ({problem}): start Docker, or add --no-docker"
+                )
+    else:
+        submission, given = _submission(
+            the_plan, o["image"], o["role"], o["instance_type"], None, o["max_runtime"], o["env"], ()
+        )
+        names = list(submission.env_from_caller)
+        secrets = _secret_values(names, given, console, when, o["dry_run"])
+    s3 = client("s3")
+    outputs = scan(s3, the_plan)
+    missing = needs(the_plan, outputs)
+    if missing and not o["partial"]:
+        raise click.ClickException(
+            f"{missing}: wait for the jobs (`launcher watch`) or rerun them (`launcher resume`), or pass --partial "
+            "to go on without them"
+        )
+    if missing:
+        console.print(f"[yellow]--partial: {missing}[/]")
+    descriptions = describe_all(client("sagemaker"), the_plan, plan_dir)
+    active = [n for n, d in descriptions.items() if d and d.get("ProcessingJobStatus") in ACTIVE]
+    if active and not o["force"]:
+        raise click.ClickException(
+            f"{len(active)} job(s) of the run still running ({', '.join(active[:3])}"
+            f"{' ...' if len(active) > 3 else ''}): wait for them (`launcher watch`), or pass --force"
+        )
+    new_plan, round_, manifests = make_round(the_plan, outputs)
+    requests = build_product_requests(new_plan, round_, round_.jobs, submission, secrets)
+    _describe_round(console, round_)
+    if o["dry_run"]:
+        click.echo(json.dumps([redact_request(r, names) for r in requests], indent=2))
+        return
+    store.upload_manifests(s3, new_plan, manifests)
+    store.save_manifests(manifests, plan_dir)
+    if not o["run_local"] and the_plan.submission is None:
+        new_plan = dataclasses.replace(new_plan, submission=submission)  # what `resume` reuses
+    store.save_plan(new_plan, _plan_file(o["plan_path"]))
+    console.print(f"{kind} round {round_.round} recorded in {_plan_file(o['plan_path'])}")
+    if o["run_local"]:
+        workdir = Path(o["workdir"]) if o["workdir"] else plan_dir / "local"
+        runs = [(job, request, 1) for job, request in zip(round_.jobs, requests, strict=True)]
+        failed = _run_locally(
+            s3, new_plan, runs, workdir, o["no_docker"], submission.image, extra_env, names, (), None, console
+        )
+        if failed:
+            sys.exit(1)
+        return
+    _submit_jobs(new_plan, round_.jobs, submission, secrets, False, o["skip_preflight"], console, requests)
+
+
+def _describe_round(console, round_) -> None:
+    jobs = round_.jobs
+    gib = sum(j.input_bytes for j in jobs) / 2**30
+    if round_.kind == "composite":
+        tiles = [len(j.tiles) for j in jobs]
+        console.print(
+            f"composite round {round_.round}: {sum(tiles)} tile(s) in {len(jobs)} job(s) of {min(tiles)}-{max(tiles)} "
+            f"tiles (every date of a tile in one manifest, one instance per job), {sum(j.objects for j in jobs)} "
+            f"objects, {gib:.2f} GiB"
+        )
+    else:
+        console.print(
+            f"mosaic round {round_.round}: one job over {jobs[0].objects // 2} {round_.source} product(s), "
+            f"{gib:.2f} GiB"
+        )
+
+
+def _created() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _scenes_missing(the_plan, outputs) -> str | None:
+    n = the_plan.scene_count - len(outputs.scenes)
+    return f"{n} of {the_plan.scene_count} scene(s) have no output yet" if n else None
+
+
+@click.command()
+@click.option(
+    "--method",
+    type=click.Choice(["max", "median", "mean"]),
+    required=True,
+    help="Per-pixel reduction over time.",
+)
+@click.option(
+    "--period",
+    metavar="START/END",
+    default=None,
+    help="Dates kept, both inclusive (2023-12-01/2023-12-31) [default: each tile's first and last date].",
+)
+@click.option(
+    "--jobs", type=int, default=25, show_default=True, help="Jobs (tile groups; one instance each)."
+)
+@click.option(
+    "--memory-mb", type=int, default=None, help="The worker's budget for one window's stack [default: 256]."
+)
+@with_options(_stage2_options)
+@friendly_errors
+def composite(method, period, jobs, memory_mb, **o) -> None:
+    """Stage 2: temporal composites per MGRS tile of the run's per-scene outputs, as Processing jobs.
+
+    Tiles are grouped into --jobs jobs; each job's ManifestFile lists both files (<id>_ndvi.tif, <id>_ndvi.json) of
+    every date of its tiles and runs on one instance (FullyReplicated): ShardedByS3Key would split a tile's dates
+    across instances. The container runs `ndvi-worker composite --input ... --output ... --method ...`.
+    """
+    from launcher.ndvi.products import MAX_JOBS, plan_composites
+
+    _check_int("--jobs", jobs, 1, MAX_JOBS)
+    _check_int("--memory-mb", memory_mb, 8, 1_000_000)
+    args = ["--method", method]
+    if period is not None:
+        try:
+            from ndvi_worker.composite import parse_period
+
+            parse_period(period)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        args += ["--period", period.strip()]
+    if o["dtype"]:
+        args += ["--dtype", o["dtype"]]
+    if memory_mb is not None:
+        args += ["--memory-mb", str(memory_mb)]
+    _stage2(
+        "composite",
+        o,
+        lambda p, out: plan_composites(p, out, args, jobs, _created(), o["volume_gb"]),
+        _scenes_missing,
+    )
+
+
+@click.command()
+@click.option(
+    "--source",
+    type=click.Choice(["auto", "scenes", "composites"]),
+    default="auto",
+    show_default=True,
+    help="Mosaic the per-scene outputs or the latest composites (auto: composites when the plan has some).",
+)
+@click.option("--resolution", type=float, default=None, help="Pixel size in degrees [default: 0.01].")
+@click.option(
+    "--bbox", metavar="W,S,E,N", default=None, help="Extent in degrees [default: the inputs' extent]."
+)
+@with_options(_stage2_options)
+@friendly_errors
+def mosaic(source, resolution, bbox, **o) -> None:
+    """Stage 2: the EPSG:4326 mosaic of the run (with its STAC collection and offline viewer) as one Processing job.
+
+    Its ManifestFile lists every per-scene output of stage 1, or every composite of the latest composite round
+    (with its retries). The container runs `ndvi-worker mosaic --input ... --output ...`.
+    """
+    from launcher.ndvi.products import composite_done, latest_composite_family, plan_mosaic
+
+    args: list[str] = []
+    try:
+        from ndvi_worker.mosaic import check_resolution, parse_bbox
+
+        if resolution is not None:
+            check_resolution(resolution)
+            args += ["--resolution", repr(float(resolution))]
+        if bbox is not None:
+            parse_bbox(bbox)
+            args += ["--bbox", bbox.strip()]
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if o["dtype"]:
+        args += ["--dtype", o["dtype"]]
+
+    def chosen(the_plan) -> str:
+        if source != "auto":
+            return source
+        return "composites" if latest_composite_family(the_plan) is not None else "scenes"
+
+    def needs(the_plan, outputs) -> str | None:
+        if chosen(the_plan) == "scenes":
+            return _scenes_missing(the_plan, outputs)
+        family = latest_composite_family(the_plan)
+        if family is None:
+            return None  # plan_mosaic says what to do
+        wanted = [t for j in family.jobs for t in j.tiles]
+        n = len(set(wanted) - set(composite_done(the_plan, outputs, family)))
+        return (
+            f"{n} of {len(wanted)} tile(s) of composite round {family.round} have no composite yet"
+            if n
+            else None
+        )
+
+    _stage2(
+        "mosaic",
+        o,
+        lambda p, out: plan_mosaic(p, out, chosen(p), args, _created(), o["volume_gb"]),
+        needs,
+    )
+
+
+def _resume_products(
+    the_plan, plan_path, jobs, submit_opts, dry_run, no_submit, force, skip_preflight, console
+) -> None:
+    """`resume` once stage 1 is complete: the latest stage-2 round's jobs never submitted, else a retry round."""
+    import dataclasses
+
+    from launcher.aws import client
+    from launcher.ndvi import products as pr
+    from launcher.ndvi import store
+    from launcher.ndvi.status import describe_all, scan
+    from launcher.ndvi.submit import build_product_requests
+    from launcher.secrets import redact_request
+
+    s3 = client("s3")
+    plan_dir = _plan_file(plan_path).parent
+    outputs = scan(s3, the_plan)
+    todo = pr.product_resume(the_plan, outputs, describe_all(client("sagemaker"), the_plan, plan_dir))
+    if todo is None:
+        console.print("nothing to resume (stage 2 written too)")
+        return
+    if todo.active and not force:
+        raise click.ClickException(
+            f"{len(todo.active)} {todo.kind} job(s) still running ({', '.join(todo.active[:3])}): wait for them "
+            "(`launcher watch`), or pass --force"
+        )
+    submission, secrets = None, {}
+    if not no_submit:
+        image, role, instance_type, volume_gb, max_runtime, env = submit_opts
+        submission, given = _submission(the_plan, image, role, instance_type, None, max_runtime, env, ())
+        secrets = _secret_values(submission.env_from_caller, given, console, "launcher resume", dry_run)
+    if todo.unsubmitted:
+        new_plan, manifests = the_plan, {}
+        round_ = pr.family_rounds(the_plan, todo.original)[-1]
+        new_jobs = todo.unsubmitted
+        console.print(f"{todo.kind} round {round_.round}: {len(new_jobs)} job(s) never submitted")
+    else:
+        created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        if todo.kind == "composite":
+            n = jobs or len(todo.original.jobs)
+            new_plan, round_, manifests = pr.plan_composites(
+                the_plan,
+                outputs,
+                todo.original.args,
+                n,
+                created,
+                tiles=todo.missing,
+                retry_of=todo.original.round,
+            )
+            console.print(
+                f"composite round {round_.round} (retry of {todo.original.round}): {len(todo.missing)} tile(s) "
+                f"in {len(round_.jobs)} job(s)"
+            )
+        else:
+            new_plan, round_, manifests = pr.plan_mosaic(
+                the_plan,
+                outputs,
+                todo.original.source,
+                todo.original.args,
+                created,
+                retry_of=todo.original.round,
+            )
+            console.print(f"mosaic round {round_.round} (retry of {todo.original.round})")
+        new_jobs = round_.jobs
+    if dry_run:
+        if submission is not None:
+            requests = build_product_requests(new_plan, round_, new_jobs, submission, secrets)
+            click.echo(
+                json.dumps([redact_request(r, submission.env_from_caller) for r in requests], indent=2)
+            )
+        return
+    requests = None
+    if submission is not None:
+        requests = build_product_requests(new_plan, round_, new_jobs, submission, secrets)
+    if manifests:
+        store.upload_manifests(s3, new_plan, manifests)
+        store.save_manifests(manifests, plan_dir)
+    if submission is not None and new_plan.submission is None:
+        new_plan = dataclasses.replace(new_plan, submission=submission)
+    store.save_plan(new_plan, _plan_file(plan_path))
+    if submission is not None:
+        _submit_jobs(new_plan, new_jobs, submission, secrets, False, skip_preflight, console, requests)
+    else:
+        names = " ".join(f"--job {j.name}" for j in new_jobs)
+        console.print(f"--no-submit: `launcher local --plan {plan_path} {names}` runs them here")
+
+
+COMMANDS = (search, plan, upload, submit, status, watch, resume, local, composite, mosaic)

@@ -28,7 +28,7 @@ from typing import Any
 from launcher.aws import S3Uri, is_not_found, list_objects, local_mode_scratch, local_session, parse_s3_uri
 from launcher.errors import ArgumentError, PlanError
 from launcher.ndvi.paths import inside
-from launcher.ndvi.plan import JobPlan, Plan, Submission, manifest_uris
+from launcher.ndvi.plan import JobPlan, Plan, ProductJob, Submission, manifest_uris
 from launcher.ndvi.requests import INPUT_PATH, OUTPUT_PATH
 from launcher.secrets import EnvOptions, redact_request
 from ndvi_worker.contract import CONTAINER, DEFAULT_BASE_DIR
@@ -275,7 +275,7 @@ class _Running:
 def run_job(
     s3: Any,
     plan: Plan,
-    job: JobPlan,
+    job: JobPlan | ProductJob,
     request: Mapping[str, Any],
     workdir: Path,
     instances: int,
@@ -291,7 +291,7 @@ def run_job(
     on_event: Callable[[str], None] | None = None,
 ) -> LocalJobResult:
     """Run one job of the plan locally: each instance starts from a fresh tree (like a new SageMaker instance),
-    gets its share staged and runs; like Continuous upload, new output files are copied to the job's output
+    gets its share staged (all of the manifest when the request's input is FullyReplicated) and runs; like Continuous upload, new output files are copied to the job's output
     prefix every `upload_interval` seconds while it runs, and once more when it exits. At most `parallel`
     instances run at once (default: all, as on SageMaker). `redact`: names whose values are secrets (kept out of
     the files written into the trees)."""
@@ -323,7 +323,12 @@ def run_job(
         if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
             raise PlanError(f"the manifest {job.manifest_uri} lists {uri[:80]!r}, not an s3:// URI")
     all_hosts = hosts(instances)
-    pending = list(zip(all_hosts, split_keys(uris, instances), strict=True))
+    distribution = (
+        (request.get("ProcessingInputs") or [{}])[0].get("S3Input", {}).get("S3DataDistributionType")
+    )
+    # FullyReplicated (stage 2): every instance gets the whole manifest
+    shares = [sorted(uris)] * instances if distribution == "FullyReplicated" else split_keys(uris, instances)
+    pending = list(zip(all_hosts, shares, strict=True))
     job_dir = inside(workdir, job.name)
     args = list(request.get("AppSpecification", {}).get("ContainerArguments", []))
     environment = dict(request.get("Environment", {}))

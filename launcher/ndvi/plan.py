@@ -290,6 +290,113 @@ class Submission:
         return cls(**values)
 
 
+PRODUCT_KINDS = ("composite", "mosaic")
+PRODUCT_SOURCES = ("scenes", "composites")
+_PRODUCT_LETTER = {"composite": "c", "mosaic": "m"}
+
+
+@dataclass(frozen=True)
+class ProductJob:
+    """One stage-2 Processing job (a composite or the mosaic): one instance over one ManifestFile that lists every
+    input it needs (for a composite job, every date of each of its tiles; see launcher/ndvi/products.py)."""
+
+    name: str
+    index: int
+    manifest_uri: str
+    tiles: tuple[str, ...]
+    objects: int
+    input_bytes: int
+    volume_gb: int
+
+    instance_count = 1  # the inputs are not split: FullyReplicated on one instance
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["tiles"] = list(self.tiles)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "product job") -> ProductJob:
+        values = _typed_fields(cls, data, where)
+        if not is_job_name(values["name"]):
+            raise PlanError(
+                f"{where}.name: {_show(values['name'])} is not a Processing job name (1-63 letters, digits, hyphens)"
+            )
+        _check_range(values["index"], 0, 10**6, f"{where}.index")
+        _check_s3(values["manifest_uri"], f"{where}.manifest_uri")
+        _check_range(values["objects"], 1, 10**8, f"{where}.objects")
+        _check_range(values["input_bytes"], 0, 2**62, f"{where}.input_bytes")
+        _check_range(values["volume_gb"], 1, 16384, f"{where}.volume_gb")
+        for i, tile in enumerate(values["tiles"]):
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", tile):
+                raise PlanError(f"{where}.tiles[{i}]: {_show(tile)} is not a tile name")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ProductRound:
+    """A stage-2 round: composites (`kind` composite, one job per tile group) or the mosaic (one job), built from
+    the per-scene outputs (`source` scenes) or from composite rounds (`source` composites). `args` are the
+    worker command's options after `--input`/`--output` (e.g. `--method max --period ...`); `retry_of` names the
+    round a `resume` retry repeats (with the same args, for its missing tiles only)."""
+
+    kind: str
+    round: int
+    created: str
+    source: str
+    args: tuple[str, ...]
+    jobs: tuple[ProductJob, ...]
+    retry_of: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "round": self.round,
+            "created": self.created,
+            "source": self.source,
+            "args": list(self.args),
+            "retry_of": self.retry_of,
+            "jobs": [j.to_dict() for j in self.jobs],
+        }
+
+    @property
+    def family(self) -> int:
+        """The round this one repeats (itself when it is an original)."""
+        return self.round if self.retry_of is None else self.retry_of
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], where: str = "product round") -> ProductRound:
+        values = _typed_fields(cls, data, where)
+        if values["kind"] not in PRODUCT_KINDS:
+            raise PlanError(
+                f"{where}.kind: expected one of {', '.join(PRODUCT_KINDS)}, got {_show(values['kind'])}"
+            )
+        if values["source"] not in PRODUCT_SOURCES:
+            raise PlanError(
+                f"{where}.source: expected one of {', '.join(PRODUCT_SOURCES)}, got {_show(values['source'])}"
+            )
+        if values["kind"] == "composite" and values["source"] != "scenes":
+            raise PlanError(f"{where}.source: composites are made from scenes, got {_show(values['source'])}")
+        _check_range(values["round"], 0, 999, f"{where}.round")
+        if values["retry_of"] is not None and not 0 <= values["retry_of"] < values["round"]:
+            raise PlanError(f"{where}.retry_of: must name an earlier round, got {_show(values['retry_of'])}")
+        for i, arg in enumerate(values["args"]):
+            if not 1 <= len(arg) <= 256 or any(ord(c) < 32 for c in arg):
+                raise PlanError(
+                    f"{where}.args[{i}]: {_show(arg)} is not a container argument (1-256 characters)"
+                )
+        if not values["jobs"]:
+            raise PlanError(f"{where}.jobs: a round has at least one job")
+        if values["kind"] == "mosaic" and len(values["jobs"]) != 1:
+            raise PlanError(f"{where}.jobs: a mosaic round has exactly one job, got {len(values['jobs'])}")
+        return cls(**values)
+
+
+def product_job_name(run_id: str, kind: str, round_: int, index: int) -> str:
+    """`<run_id>-c<round>-<index>` (composites) or `<run_id>-m<round>-000` (the mosaic): never an NDVI job's name."""
+    return f"{run_id}-{_PRODUCT_LETTER[kind]}{round_}-{index:03d}"
+
+
 @dataclass(frozen=True)
 class Plan:
     run_id: str
@@ -302,6 +409,7 @@ class Plan:
     estimate: Estimate
     dedupe: str | None = None
     submission: Submission | None = None
+    products: tuple[ProductRound, ...] = ()
     version: int = PLAN_VERSION
 
     @property
@@ -323,10 +431,27 @@ class Plan:
                 out.setdefault(s.item_id, s)
         return out
 
-    def job_output_uri(self, job: JobPlan) -> str:
+    def job_output_uri(self, job: JobPlan | ProductJob) -> str:
         return f"{self.output_prefix.rstrip('/')}/{job.name}/"
 
+    def product_rounds(self, kind: str) -> list[ProductRound]:
+        return [r for r in self.products if r.kind == kind]
+
+    def product_job(self, name: str) -> tuple[ProductRound, ProductJob] | None:
+        for round_ in self.products:
+            for job in round_.jobs:
+                if job.name == name:
+                    return round_, job
+        return None
+
     def to_dict(self) -> dict[str, Any]:
+        d = self._to_dict()
+        if self.products:  # stage 2 (launcher/ndvi/products.py); a plan without it reads as before
+            d["summary"]["product_jobs"] = sum(len(r.jobs) for r in self.products)
+            d["products"] = [r.to_dict() for r in self.products]
+        return d
+
+    def _to_dict(self) -> dict[str, Any]:
         return {
             "version": self.version,
             "run_id": self.run_id,
@@ -375,6 +500,25 @@ class Plan:
             if job.name in names:
                 raise PlanError(f"plan.jobs[{i}].name: {job.name} is listed twice")
             names.add(job.name)
+        rounds: set[tuple[str, int]] = set()
+        for i, product in enumerate(values.get("products", ())):
+            if (product.kind, product.round) in rounds:
+                raise PlanError(f"plan.products[{i}]: {product.kind} round {product.round} is listed twice")
+            rounds.add((product.kind, product.round))
+            if product.retry_of is not None and (product.kind, product.retry_of) not in rounds:
+                raise PlanError(
+                    f"plan.products[{i}].retry_of: no earlier {product.kind} round {product.retry_of}"
+                )
+            for k, job in enumerate(product.jobs):
+                expected = product_job_name(values["run_id"], product.kind, product.round, job.index)
+                if job.name != expected:
+                    raise PlanError(
+                        f"plan.products[{i}].jobs[{k}].name: {_show(job.name)} is not {expected} "
+                        "(<run_id>-c<round>-<index> for composites, <run_id>-m<round>-000 for the mosaic)"
+                    )
+                if job.name in names:
+                    raise PlanError(f"plan.products[{i}].jobs[{k}].name: {job.name} is listed twice")
+                names.add(job.name)
         return cls(**values)
 
 

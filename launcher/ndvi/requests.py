@@ -15,7 +15,7 @@ from typing import Any
 
 from launcher.aws import is_job_name, is_s3_uri, role_arn_problem
 from launcher.errors import RequestError
-from launcher.ndvi.plan import JobPlan, Plan, Submission
+from launcher.ndvi.plan import JobPlan, Plan, ProductJob, ProductRound, Submission
 from ndvi_worker.contract import CONTAINER
 
 # The processing image's layout (ndvi_worker.contract): where the job's inputs and outputs are mounted.
@@ -26,6 +26,7 @@ DEFAULT_WORKER_ARGS = ("--input", INPUT_PATH, "--output", OUTPUT_PATH, "--on-err
 TAG_RUN_ID = "earthmon:run-id"
 TAG_ROUND = "earthmon:round"
 TAG_JOB_INDEX = "earthmon:job-index"
+TAG_STAGE = "earthmon:stage"
 
 ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
@@ -79,6 +80,72 @@ def processing_request(
         "Tags": [
             {"Key": TAG_RUN_ID, "Value": plan.run_id},
             {"Key": TAG_ROUND, "Value": str(job.round)},
+            {"Key": TAG_JOB_INDEX, "Value": str(job.index)},
+        ],
+    }
+    environment = {**submission.environment, **(secrets or {})}
+    if environment:
+        request["Environment"] = environment
+    return request
+
+
+def product_args(round_: ProductRound) -> list[str]:
+    """A stage-2 job's ContainerArguments, appended to the image's ENTRYPOINT (`ndvi-worker`):
+    `composite|mosaic --input /opt/ml/processing/input --output /opt/ml/processing/output <the round's options>`."""
+    return [round_.kind, "--input", INPUT_PATH, "--output", OUTPUT_PATH, *round_.args]
+
+
+def product_request(
+    plan: Plan,
+    round_: ProductRound,
+    job: ProductJob,
+    submission: Submission,
+    secrets: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The CreateProcessingJob request of a stage-2 job: one instance, its ManifestFile FullyReplicated (all of it
+    on that instance: the launcher grouped whole tiles into it), Continuous output to the job's own folder. The
+    stage-1 submission gives the image, role, instance type, run time and environment; its worker args do not
+    apply."""
+    request: dict[str, Any] = {
+        "ProcessingJobName": job.name,
+        "ProcessingResources": {
+            "ClusterConfig": {
+                "InstanceCount": job.instance_count,
+                "InstanceType": submission.instance_type,
+                "VolumeSizeInGB": job.volume_gb,
+            }
+        },
+        "StoppingCondition": {"MaxRuntimeInSeconds": submission.max_runtime_seconds},
+        "AppSpecification": {"ImageUri": submission.image, "ContainerArguments": product_args(round_)},
+        "ProcessingInputs": [
+            {
+                "InputName": "ndvi" if round_.source == "scenes" else "composites",
+                "S3Input": {
+                    "S3Uri": job.manifest_uri,
+                    "LocalPath": INPUT_PATH,
+                    "S3DataType": "ManifestFile",
+                    "S3InputMode": "File",
+                    "S3DataDistributionType": "FullyReplicated",
+                },
+            }
+        ],
+        "ProcessingOutputConfig": {
+            "Outputs": [
+                {
+                    "OutputName": "composites" if round_.kind == "composite" else "mosaic",
+                    "S3Output": {
+                        "S3Uri": plan.job_output_uri(job),
+                        "LocalPath": OUTPUT_PATH,
+                        "S3UploadMode": "Continuous",
+                    },
+                }
+            ]
+        },
+        "RoleArn": submission.role,
+        "Tags": [
+            {"Key": TAG_RUN_ID, "Value": plan.run_id},
+            {"Key": TAG_STAGE, "Value": round_.kind},
+            {"Key": TAG_ROUND, "Value": str(round_.round)},
             {"Key": TAG_JOB_INDEX, "Value": str(job.index)},
         ],
     }

@@ -3,6 +3,7 @@ status files of `launcher local`), put together by the pure `launcher.ndvi.watch
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections.abc import Sequence
@@ -10,13 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launcher.ndvi import store
+from launcher.ndvi import products, store
 from launcher.ndvi.plan import Plan, SceneRef
 from launcher.ndvi.submit import describe_jobs
 from launcher.ndvi.watch import (
     LOCAL_SUFFIX,
     Progress,
     active_jobs,
+    done_item_ids,
     failures_from_reports,
     missing_scenes,
     progress,
@@ -40,15 +42,33 @@ def local_status(plan_dir: str | os.PathLike[str], job_name: str) -> dict[str, A
     }
 
 
-def gather(s3: Any, sm: Any, plan: Plan, plan_dir: str | os.PathLike[str]) -> tuple[Progress, set[str]]:
-    """The run's progress (jobs by state, scenes done, failures, cost) and the ids of the scenes done."""
-    done, keys = store.done_scenes(s3, plan)
-    reports = store.read_reports(s3, plan, keys)
-    descriptions = describe_jobs(sm, [j.name for j in plan.jobs])
+def describe_all(sm: Any, plan: Plan, plan_dir: str | os.PathLike[str]) -> dict[str, dict[str, Any] | None]:
+    """Every job of the plan (stage 1 and 2) described, or its `launcher local` status, or None (never run)."""
+    names = [j.name for j in plan.jobs] + [j.name for r in plan.products for j in r.jobs]
+    descriptions = describe_jobs(sm, names)
     for name, description in descriptions.items():
         if description is None:
             descriptions[name] = local_status(plan_dir, name)
-    return progress(plan, descriptions, done, reports), done
+    return descriptions
+
+
+def gather(s3: Any, sm: Any, plan: Plan, plan_dir: str | os.PathLike[str]) -> tuple[Progress, set[str]]:
+    """The run's progress (jobs by state, scenes done, failures, cost; stage 2's jobs and missing products) and the
+    ids of the scenes done."""
+    objects = store.list_output_objects(s3, plan)
+    keys = list(objects)
+    done = done_item_ids(keys)
+    reports = store.read_reports(s3, plan, keys)
+    descriptions = describe_all(sm, plan, plan_dir)
+    prog = progress(plan, descriptions, done, reports)
+    if plan.products:
+        outputs = products.scan_outputs(plan, objects)
+        states, hours = products.product_states(plan, outputs, descriptions, dt.datetime.now(dt.UTC))
+        prog.products = states
+        prog.products_missing = products.products_missing(plan, outputs)
+        prog.instance_hours = round(prog.instance_hours + hours, 3)
+        prog.cost_usd = round(prog.instance_hours * plan.estimate.price_per_hour, 2)
+    return prog, done
 
 
 def status_dict(plan: Plan, prog: Progress) -> dict[str, Any]:
@@ -72,6 +92,30 @@ def status_dict(plan: Plan, prog: Progress) -> dict[str, Any]:
             }
             for j in prog.jobs
         ],
+        "products": {
+            "missing": prog.products_missing,
+            "rounds": [
+                {
+                    "kind": r.kind,
+                    "round": r.round,
+                    "retry_of": r.retry_of,
+                    "args": list(r.args),
+                    "source": r.source,
+                }
+                for r in plan.products
+            ],
+            "jobs": [
+                {
+                    "name": j.name,
+                    "status": j.status,
+                    "tiles": j.scenes,
+                    "done": j.done,
+                    "failure_reason": j.failure_reason,
+                    "exit_message": j.exit_message,
+                }
+                for j in prog.products
+            ],
+        },
     }
 
 
@@ -100,3 +144,8 @@ def resume_selection(s3: Any, plan: Plan, skip_failed: bool = False) -> ResumeSe
 def running_jobs(sm: Any, plan: Plan) -> Sequence[str]:
     """The plan's jobs still running (a new round would plan their scenes again)."""
     return active_jobs(plan, describe_jobs(sm, [j.name for j in plan.jobs]))
+
+
+def scan(s3: Any, plan: Plan) -> products.Outputs:
+    """The products under the run's output prefix (per-scene outputs, composites, mosaic files)."""
+    return products.scan_outputs(plan, store.list_output_objects(s3, plan))

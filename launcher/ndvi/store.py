@@ -152,16 +152,26 @@ def upload_run(
     put_json(s3, parse_s3_uri(plan.s3_prefix).join("plan.json"), plan.to_dict())
 
 
-def list_output_keys(s3: Any, plan: Plan) -> list[str]:
+def list_output_objects(s3: Any, plan: Plan) -> dict[str, int]:
+    """Every object under the plan's output prefix: key -> size in bytes."""
     prefix = parse_s3_uri(plan.output_prefix).as_prefix()
     try:
-        return [o["Key"] for o in list_objects(s3, prefix)]
+        return {o["Key"]: int(o.get("Size") or 0) for o in list_objects(s3, prefix)}
     except Exception as exc:  # a bucket that does not exist yet means nothing is done
         from launcher.aws import is_not_found
 
         if is_not_found(exc):
-            return []
+            return {}
         raise
+
+
+def list_output_keys(s3: Any, plan: Plan) -> list[str]:
+    return list(list_output_objects(s3, plan))
+
+
+def upload_manifests(s3: Any, plan: Plan, manifests: Mapping[str, list[Any]]) -> None:
+    """A new round's manifests, then plan.json, to the run's prefix."""
+    upload_run(s3, plan, manifests, [], {})
 
 
 def read_reports(s3: Any, plan: Plan, keys: Sequence[str]) -> dict[tuple[str, str], dict[str, Any]]:

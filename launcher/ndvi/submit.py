@@ -9,8 +9,8 @@ from typing import Any
 
 from launcher.aws import error_code, error_message, short
 from launcher.errors import ArgumentError, SubmitError
-from launcher.ndvi.plan import JobPlan, Plan, Submission, check_instance_type
-from launcher.ndvi.requests import processing_request, same_job, validate_requests
+from launcher.ndvi.plan import JobPlan, Plan, ProductJob, ProductRound, Submission, check_instance_type
+from launcher.ndvi.requests import processing_request, product_request, same_job, validate_requests
 from launcher.secrets import EnvOptions
 
 _EXISTS = re.compile(r"(already exists|must be unique|in use)", re.IGNORECASE)
@@ -63,6 +63,18 @@ def build_requests(
     plan: Plan, jobs: Sequence[JobPlan], submission: Submission, secrets: Mapping[str, str] | None = None
 ) -> list[dict[str, Any]]:
     requests = [processing_request(plan, job, submission, secrets) for job in jobs]
+    validate_requests(requests)
+    return requests
+
+
+def build_product_requests(
+    plan: Plan,
+    round_: ProductRound,
+    jobs: Sequence[ProductJob],
+    submission: Submission,
+    secrets: Mapping[str, str] | None = None,
+) -> list[dict[str, Any]]:
+    requests = [product_request(plan, round_, job, submission, secrets) for job in jobs]
     validate_requests(requests)
     return requests
 

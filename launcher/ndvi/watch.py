@@ -95,6 +95,10 @@ class Progress:
     failures: list[SceneFailure] = field(default_factory=list)
     cost_usd: float = 0.0
     instance_hours: float = 0.0
+    # stage 2 (launcher/ndvi/products.py): its jobs, and the tiles of the latest composites plus the latest mosaic
+    # not written yet (a retry round writing a tile counts for the round it repeats)
+    products: list[JobState] = field(default_factory=list)
+    products_missing: int = 0
 
     @property
     def by_status(self) -> dict[str, int]:
@@ -104,11 +108,11 @@ class Progress:
     def finished(self) -> bool:
         return all(
             j.status in TERMINAL or j.status == NOT_SUBMITTED or j.status.endswith(LOCAL_SUFFIX)
-            for j in self.jobs
+            for j in [*self.jobs, *self.products]
         )
 
 
-def _as_datetime(value: Any) -> dt.datetime | None:
+def as_datetime(value: Any) -> dt.datetime | None:
     if value is None:
         return None
     if isinstance(value, dt.datetime):
@@ -139,8 +143,8 @@ def progress(
     for job in plan.jobs:
         d = descriptions.get(job.name)
         status = NOT_SUBMITTED if d is None else str(d.get("ProcessingJobStatus", "Unknown"))
-        started = _as_datetime(d.get("ProcessingStartTime")) if d else None
-        ended = _as_datetime(d.get("ProcessingEndTime")) if d else None
+        started = as_datetime(d.get("ProcessingStartTime")) if d else None
+        ended = as_datetime(d.get("ProcessingEndTime")) if d else None
         if started is not None:
             end = ended or now
             instance_hours += job.instance_count * max(0.0, (end - started).total_seconds()) / 3600
