@@ -60,6 +60,57 @@ def test_training_job_in_sdk_local_mode(training_image: str, compose, aws: str, 
     assert {"hyperparams.json", "model_algo-1"} <= names, names
 
 
+def test_user_script_in_sdk_local_mode(training_image: str, compose, aws: str, tmp_path: Path) -> None:
+    """Script mode through the SDK's own Estimator (entry_point + source_dir, image_uri = the training image): the
+    toolkit in the image runs the script with its channel and hyperparameters; the model lands in S3."""
+    import boto3
+    from sagemaker.estimator import Estimator
+    from sagemaker.inputs import TrainingInput
+    from sagemaker.local import LocalSession
+
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=BUCKET, Key="script/train/tile.txt", Body=b"x")
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "fit.py").write_text(
+        "import argparse, json, os\n"
+        "import mxnet, rasterio, segmentation_trainer.contract\n"
+        "p = argparse.ArgumentParser(); p.add_argument('--epochs', type=int); a = p.parse_args()\n"
+        "names = sorted(os.listdir(os.environ['SM_CHANNEL_TRAIN']))\n"
+        "json.dump({'epochs': a.epochs, 'train': names}, open(os.path.join(os.environ['SM_MODEL_DIR'], 'report.json'), 'w'))\n"
+    )
+    session = LocalSession(
+        boto_session=boto3.Session(),
+        s3_endpoint_url=aws,
+        sagemaker_config={
+            "SchemaVersion": "1.0",
+            "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
+        },
+    )
+    scratch = tmp_path / "local-mode"
+    scratch.mkdir()
+    session.config = {"local": {"local_code": True, "container_root": str(scratch)}}
+    estimator = Estimator(
+        image_uri=training_image,
+        entry_point="fit.py",
+        source_dir=str(src),
+        role="arn:aws:iam::000000000000:role/local",
+        instance_count=1,
+        instance_type="local",
+        sagemaker_session=session,
+        hyperparameters={"epochs": 2},
+        output_path=f"s3://{BUCKET}/script-output/",
+    )
+    estimator.fit({"train": TrainingInput(f"s3://{BUCKET}/script/train/")}, wait=True, logs=False)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="script-output/").get("Contents", [])]
+    model_keys = [k for k in keys if k.endswith("model.tar.gz")]
+    assert model_keys, keys
+    body = s3.get_object(Bucket=BUCKET, Key=model_keys[0])["Body"].read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        report = json.loads(tar.extractfile("report.json").read())
+    assert report == {"epochs": 2, "train": ["tile.txt"]}
+
+
 def test_processing_job_in_sdk_local_mode(processing_image: str, compose, aws: str, tmp_path: Path) -> None:
     """The supported profile, with the SDK's own Processor: scenes (items with relative hrefs beside their
     COGs) under an S3 prefix, downloaded by local mode, NDVI uploaded at the end of the job."""

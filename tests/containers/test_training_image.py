@@ -314,3 +314,73 @@ def test_gpu_flavour_links_everything_but_the_driver() -> None:
     for lib in ("libcudnn.so.8", "libcublas.so.11", "libnccl.so.2", "libcudart.so.11.0", "libnvrtc.so.11.2"):
         assert f"{lib} => /opt/earthmon/lib/python3.11/site-packages/nvidia/" in out, lib
     assert out.strip().splitlines()[-1] == "1.9.1"
+
+
+USER_SCRIPT = """
+import json, os, sys
+import gluoncv, mxnet, rasterio, segmentation_trainer.contract  # the image's stack, importable by a user's script
+report = {"argv": sys.argv[1:], "hps": json.loads(os.environ["SM_HPS"]), "train": os.environ["SM_CHANNEL_TRAIN"],
+          "model_dir": os.environ["SM_MODEL_DIR"], "mxnet": mxnet.__version__}
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "report.json"), "w") as f:
+    json.dump(report, f)
+if os.environ.get("SM_HP_FAIL") == "yes":
+    print("ValueError: this script was asked to fail", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["succeeds", "fails"])
+def test_user_script_from_the_code_channel(training_image: str, tmp_path: Path, fail: bool) -> None:
+    """Script mode: sagemaker_program names a script delivered in the code channel; the toolkit runs it with the
+    SM_* variables and the hyperparameters as arguments; its exit code is the job's, its failure in output/failure."""
+    base = tmp_path / "job"
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    hps = {"sagemaker_program": "train.py", "epochs": "2", **({"fail": "yes"} if fail else {})}
+    (config / "hyperparameters.json").write_text(json.dumps(hps))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": ["algo-1"]}))
+    (config / "inputdataconfig.json").write_text(
+        json.dumps({c: {"TrainingInputMode": "File"} for c in ("train", "code")})
+    )
+    (base / "input" / "data" / "train").mkdir(parents=True)
+    (base / "input" / "data" / "train" / "tile.txt").write_text("x")
+    (base / "input" / "data" / "code").mkdir(parents=True)
+    (base / "input" / "data" / "code" / "train.py").write_text(USER_SCRIPT)
+    for sub in ("model", "output"):
+        (base / sub).mkdir()
+    proc = docker("run", "--rm", "-v", f"{base}:/opt/ml", training_image, "train", check=False)
+    logs = proc.stdout + proc.stderr
+    report = json.loads((base / "model" / "report.json").read_text())
+    expected_args = ["--epochs", "2"] + (["--fail", "yes"] if fail else [])
+    assert report["argv"] == expected_args and report["hps"]["epochs"] == 2, report
+    assert report["train"] == "/opt/ml/input/data/train" and report["model_dir"] == "/opt/ml/model"
+    if fail:
+        assert proc.returncode == 3, logs[-3000:]
+        failure = (base / "output" / "failure").read_text()
+        assert "ExitCode 3" in failure and "this script was asked to fail" in failure
+    else:
+        assert proc.returncode == 0, logs[-3000:]
+        assert (base / "output" / "success").exists() and not (base / "output" / "failure").exists()
+
+
+def test_a_hostile_program_name_is_one_line(training_image: str, tmp_path: Path) -> None:
+    base = tmp_path / "job"
+    config = base / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps({"sagemaker_program": "../../etc/passwd"}))
+    (base / "output").mkdir()
+    proc = docker("run", "--rm", "-v", f"{base}:/opt/ml", training_image, "train", check=False)
+    assert proc.returncode == 2, (proc.stdout + proc.stderr)[-2000:]
+    failure = (base / "output" / "failure").read_text()
+    assert failure.startswith("ClientError: sagemaker_program=") and "\n" not in failure
+
+
+def test_only_the_trainers_commands_are_installed(training_image: str) -> None:
+    out = docker("run", "--rm", training_image, "sh", "-c", "ls /opt/earthmon/bin").stdout.split()
+    assert {"train", "serve", "segmentation-trainer", "entrypoint", "nginx"} <= set(out)
+    assert not {"launcher", "ndvi-worker"} & set(out)
+    mods = docker(
+        "run", "--rm", training_image, "python", "-c",
+        "import importlib.util as u; print(*(u.find_spec(m) is not None for m in ('launcher', 'ndvi_worker', 'onnxruntime', 'rich')))",
+    ).stdout.split()  # fmt: skip
+    assert mods == ["False"] * 4
