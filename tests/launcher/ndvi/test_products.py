@@ -432,3 +432,42 @@ def test_local_no_docker_runs_stage_1_composites_and_the_mosaic(aws, scenes, tmp
     assert {j["status"] for j in status["products"]["jobs"]} == {"Completed (local)"}
     r = _run("resume", "--plan", str(run), "--no-submit")
     assert "nothing to resume" in r.output, r.output
+
+
+@pytest.mark.docker
+def test_stage_2_local_with_the_processing_image(aws, scenes, tmp_path: Path) -> None:
+    """`launcher composite|mosaic --local` with Docker: the image's ENTRYPOINT (ndvi-worker) gets the stage-2
+    ContainerArguments (`composite --input /opt/ml/processing/input ...`), as on SageMaker. Stage 1 runs as processes."""
+    import os
+    import subprocess
+
+    from launcher.aws import client
+    from launcher.ndvi.local_run import docker_problem
+
+    image = os.environ.get("EARTHMON_PROCESSING_IMAGE", "earthmon-processing:dev")
+    problem = docker_problem()
+    require(problem is None, f"no Docker engine ({problem})")
+    found = subprocess.run(["docker", "image", "inspect", image], capture_output=True, check=False)
+    require(found.returncode == 0, f"image {image} is not built: make build-processing")
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(i) + "\n" for i in scenes))
+    run = tmp_path / "run"
+    r = _run("plan", "--items", str(items), "--jobs", "1", "--instances-per-job", "1",
+             "--s3-prefix", f"s3://{BUCKET}/dk", "--run-id", "dk", "--out", str(run))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert _run("local", "--plan", str(run), "--no-docker", "--instances", "1").exit_code == 0
+    r = _run(
+        "composite", "--plan", str(run), "--method", "median", "--jobs", "1", "--local", "--image", image
+    )
+    assert r.exit_code == 0, r.output
+    r = _run("mosaic", "--plan", str(run), "--local", "--image", image)
+    assert r.exit_code == 0, r.output
+    keys = {o["Key"] for o in client("s3").list_objects_v2(Bucket=BUCKET, Prefix="dk/dk/output/")["Contents"]}
+    assert {
+        "dk/dk/output/dk-c0-000/31UFU_20231202_20231205_ndvi-median.tif",
+        "dk/dk/output/dk-c0-000/32ULC_20231202_20231205_ndvi-median.json",
+        "dk/dk/output/dk-m0-000/mosaic_ndvi.tif",
+        "dk/dk/output/dk-m0-000/index.html",
+    } <= keys, sorted(keys)
+    status = json.loads(_run("status", "--plan", str(run), "--json").stdout)
+    assert status["products"]["missing"] == 0
