@@ -13,7 +13,13 @@ from pathlib import Path
 import click
 
 from ndvi_worker import __version__
-from ndvi_worker.config import COMPRESSIONS, WorkerConfig, parse_mask_classes
+from ndvi_worker.config import (
+    COMPRESSIONS,
+    DEFAULT_READ_CONCURRENCY,
+    MAX_READ_CONCURRENCY,
+    WorkerConfig,
+    parse_mask_classes,
+)
 from ndvi_worker.contract import ProcessingPaths
 from ndvi_worker.ndvi import DEFAULT_MASK_CLASSES
 from ndvi_worker.products_cli import WithProductCommands  # routes `ndvi-worker composite|mosaic ...`
@@ -87,6 +93,16 @@ def _mask_classes(ctx, param, value):  # noqa: ARG001
     help="Scenes processed at the same time (overlaps one scene's reads with another's writes).",
 )
 @click.option(
+    "--read-concurrency",
+    type=click.IntRange(1, MAX_READ_CONCURRENCY),
+    default=DEFAULT_READ_CONCURRENCY,
+    show_default=True,
+    envvar="NDVI_READ_CONCURRENCY",
+    show_envvar=True,
+    help="Range requests in flight per scene, independent of --workers (reads wait on the network, the "
+    "compute threads do not wait for them); memory stays bounded by a window of chunks.",
+)
+@click.option(
     "--scheduler",
     metavar="ADDRESS",
     default=None,
@@ -157,6 +173,7 @@ def main(
     on_error,
     workers,
     scenes_in_flight,
+    read_concurrency,
     scheduler,
     dtype,
     compress,
@@ -200,6 +217,7 @@ def main(
             on_error=on_error,
             workers=workers or os.cpu_count() or 2,
             scenes_in_flight=scenes_in_flight,
+            read_concurrency=read_concurrency,
             scheduler=scheduler,
             dtype=dtype,
             compress=compress.upper(),

@@ -146,13 +146,20 @@ def ndvi_core(
     scl: np.ndarray | None,
     add_dn: int,
     mask_classes: Iterable[int],
+    cloud: np.ndarray | None = None,
+    scl_counts: list[int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, BlockStats]:
-    """NDVI (float32, finite everywhere), the invalid mask and block statistics, from DN on one grid.
+    """NDVI (float32, 0 where invalid), the invalid mask and block statistics, from DN on one grid.
 
     ``red`` and ``nir`` are integer DN (uint16 in the public COGs), ``scl`` the SCL classes already on the same
-    grid (or ``None`` to skip cloud masking), ``add_dn`` the BOA offset in DN. Values where ``invalid`` is True
-    are meaningless; :func:`compute_ndvi`, :func:`encode_int16` and :func:`encode_float32` apply the mask.
-    Written with whole-array arithmetic only (no boolean scatter), which is what keeps it fast.
+    grid (or ``None`` to skip cloud masking), ``add_dn`` the BOA offset in DN. ``cloud`` (the SCL mask on this
+    grid) and ``scl_counts`` may be given instead of ``scl`` when the caller computed them more cheaply (on the
+    20 m grid). Values where ``invalid`` is True are 0 and meaningless; :func:`compute_ndvi`,
+    :func:`encode_int16` and :func:`encode_float32` apply the mask.
+
+    Written with whole-array arithmetic only (no boolean scatter) and as few passes over the pixels as the rules
+    allow: the clamp rule is tested on the integer DN (``DN + add_dn <= 1`` is ``DN <= 1 - add_dn``), which also
+    covers the denominator (valid pixels have both bands >= 2 after the offset, so ``nir + red >= 4``).
     """
     if red.shape != nir.shape or (scl is not None and scl.shape != red.shape):
         raise ValueError(
@@ -161,46 +168,52 @@ def ndvi_core(
     stats = BlockStats(pixels=int(red.size))
     nodata = red == 0
     nodata |= nir == 0
-    r = red.astype(np.float32)
-    n = nir.astype(np.float32)
-    if add_dn:
-        r += np.float32(add_dn)
-        n += np.float32(add_dn)
-    clamped = r <= CLAMP_FLOOR_DN
-    clamped |= n <= CLAMP_FLOOR_DN
-    clamped &= ~nodata
-    invalid = nodata | clamped
-    if scl is not None:
+    threshold = CLAMP_FLOOR_DN - int(add_dn)  # DN + add_dn <= 1  <=>  DN <= 1 - add_dn (integers)
+    invalid = _at_most(red, threshold)
+    invalid |= _at_most(nir, threshold)
+    if threshold < 0:  # only then can DN 0 lie above the clamp floor
+        invalid |= nodata
+    stats.nodata = int(np.count_nonzero(nodata))
+    stats.clamped = int(np.count_nonzero(invalid)) - stats.nodata  # invalid = nodata + clamped, disjoint
+    if cloud is None and scl is not None:
         cloud = scl_mask(scl, mask_classes)
+    if cloud is not None:
+        stats.scl_counts = list(scl_counts) if scl_counts is not None else class_counts(scl)
         cloud &= ~nodata
         stats.scl_masked = int(np.count_nonzero(cloud))
         invalid |= cloud
-        stats.scl_counts = class_counts(scl)
-    den = n + r
-    invalid |= den <= 0
-    np.maximum(den, np.float32(1.0), out=den)  # valid pixels have den > 2; this keeps invalid ones finite
-    n -= r
-    ndvi = n
-    np.divide(n, den, out=ndvi)
-    np.clip(ndvi, -1.0, 1.0, out=ndvi)
-
-    stats.nodata = int(np.count_nonzero(nodata))
-    stats.clamped = int(np.count_nonzero(clamped))
-    stats.valid = stats.pixels - int(np.count_nonzero(invalid))
+    r = red.astype(np.float32)
+    ndvi = nir.astype(np.float32)
+    if add_dn:
+        r += np.float32(add_dn)
+        ndvi += np.float32(add_dn)
+    den = ndvi + r
+    ndvi -= r
+    valid = ~invalid
+    # valid pixels have denominators >= 4 and |nir - red| < nir + red, so their quotient lies in (-1, 1) after
+    # rounding too (nothing to clip); the others get a finite value from a denominator of at least 1, then 0
+    np.maximum(den, np.float32(1.0), out=den)
+    np.divide(ndvi, den, out=ndvi)
+    np.copyto(ndvi, np.float32(0), where=invalid)
+    stats.valid = int(np.count_nonzero(valid))
     if stats.valid:
-        # float32 pairwise sums (numpy's default) are accurate to ~1e-6 here; the buffers are reused, not allocated
-        buf = den
-        np.multiply(ndvi, ~invalid, out=buf)
-        stats.total = float(buf.sum(dtype=np.float64))
-        np.multiply(buf, buf, out=buf)
-        stats.total_sq = float(buf.sum(dtype=np.float64))
-        np.multiply(invalid, np.float32(4.0), out=buf)
-        buf += ndvi
-        stats.minimum = float(buf.min())
-        np.multiply(invalid, np.float32(-4.0), out=buf)
-        buf += ndvi
-        stats.maximum = float(buf.max())
+        # float32 values summed pairwise in float64 (numpy's default), identical to summing them masked
+        stats.total = float(ndvi.sum(dtype=np.float64))
+        np.multiply(ndvi, ndvi, out=den)
+        stats.total_sq = float(den.sum(dtype=np.float64))
+        stats.minimum = float(ndvi.min(where=valid, initial=np.inf))
+        stats.maximum = float(ndvi.max(where=valid, initial=-np.inf))
     return ndvi, invalid, stats
+
+
+def _at_most(dn: np.ndarray, threshold: int) -> np.ndarray:
+    """``dn <= threshold`` for an integer array, also when the threshold lies outside the dtype's range."""
+    info = np.iinfo(dn.dtype)
+    if threshold < info.min:
+        return np.zeros(dn.shape, dtype=bool)
+    if threshold >= info.max:
+        return np.ones(dn.shape, dtype=bool)
+    return dn <= dn.dtype.type(threshold)
 
 
 def compute_ndvi(
@@ -221,9 +234,10 @@ def encode_float32(ndvi: np.ndarray, invalid: np.ndarray) -> np.ndarray:
 
 def encode_int16(ndvi: np.ndarray, invalid: np.ndarray) -> np.ndarray:
     """NDVI x 10000 as int16, :data:`INT16_NODATA` where invalid (value = int16 / 10000)."""
-    q = np.rint(ndvi * np.float32(INT16_SCALE)).astype(np.int16)
-    q *= ~invalid
-    q += invalid.astype(np.int16) * np.int16(INT16_NODATA)
+    scaled = np.multiply(ndvi, np.float32(INT16_SCALE))
+    np.rint(scaled, out=scaled)
+    q = scaled.astype(np.int16)
+    np.copyto(q, np.int16(INT16_NODATA), where=invalid)
     return q
 
 

@@ -40,17 +40,22 @@ def _halve(a: np.ndarray) -> np.ndarray:
 
 
 def chunk_overviews(
-    ndvi: np.ndarray, invalid: np.ndarray, levels: int
+    ndvi: np.ndarray, invalid: np.ndarray, levels: int, zeroed: bool = False
 ) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(mean NDVI, invalid) of this chunk at overview levels 1..levels (level k is 2**k times coarser)."""
-    valid = (~invalid).astype(np.float32)
-    total = ndvi * valid
-    count = valid
+    """(mean NDVI, invalid) of this chunk at overview levels 1..levels (level k is 2**k times coarser).
+
+    ``zeroed``: ``ndvi`` is already 0 where ``invalid`` (what :func:`ndvi_worker.ndvi.ndvi_core` returns), so it
+    is its own masked sum (one pass saved). The valid counts start as bytes (0-4 after the first halving), a
+    quarter of the float traffic.
+    """
+    total = ndvi if zeroed else np.where(invalid, np.float32(0), ndvi)
+    count = _halve(np.logical_not(invalid).view(np.uint8)).astype(np.float32)
     out = []
-    for _ in range(levels):
+    for level in range(levels):
         total = _halve(total)
-        count = _halve(count)
+        if level:
+            count = _halve(count)
         empty = count == 0
-        mean = total / np.maximum(count, 1.0)
-        out.append((mean.astype(np.float32), empty))
+        mean = total / np.maximum(count, np.float32(1.0))
+        out.append((mean, empty))
     return out

@@ -1,8 +1,10 @@
-"""Orchestration: find the shard's items, process scenes (several in flight, each chunked with dask), report.
+"""Orchestration: find the shard's items, process scenes (several in flight, each chunked), report.
 
-Per scene: open the three bands (retrying transient errors), check the grids, then a dask graph of independent
-chunk tasks (read red / nir / SCL windows aligned with the COG blocks -> NDVI -> write into an uncompressed staging
-GeoTIFF) runs on a thread pool, so memory is ``workers x chunk`` whatever the scene size; GDAL's COG driver then
+Per scene: open the three bands (retrying transient errors), check the grids, then independent chunk tasks (read
+red / nir / SCL windows aligned with the COG blocks -> NDVI -> write into an uncompressed staging GeoTIFF) run
+through :func:`ndvi_worker.readahead.run_chunks`: many range requests in flight on I/O threads, a bounded window
+of chunks ahead of the compute threads, so memory is ``window x chunk`` whatever the scene size and however many
+reads are in flight; GDAL's COG driver then
 compresses the full resolution once and builds the overviews; the COG, a quicklook PNG and the STAC item are moved
 into the output folder, the STAC item last (its presence marks the scene complete).
 """
@@ -28,8 +30,18 @@ from ndvi_worker import io as wio
 from ndvi_worker.config import WorkerConfig
 from ndvi_worker.contract import ProcessingPaths
 from ndvi_worker.discover import InputItem, find_items
-from ndvi_worker.ndvi import BlockStats, encode_float32, encode_int16, ndvi_core, scl_alignment, upsample_scl
+from ndvi_worker.ndvi import (
+    BlockStats,
+    class_counts,
+    encode_float32,
+    encode_int16,
+    ndvi_core,
+    scl_alignment,
+    scl_mask,
+    upsample_scl,
+)
 from ndvi_worker.pyramid import chunk_overviews, overview_count
+from ndvi_worker.readahead import PipelineStats, StripCache, run_chunks
 from ndvi_worker.report import SceneRecord, exit_message, host_report, output_item, utcnow
 from ndvi_worker.safety import redact
 from ndvi_worker.stac import ItemError, Scene, scene_from_item, validate_item_id
@@ -97,11 +109,12 @@ class SceneResult:
 
 @dataclass
 class OpenBands:
-    """The scene's three bands, opened and checked, with an SCL reader on the 10 m grid."""
+    """The scene's three bands, opened and checked, with the SCL source of each chunk."""
 
     red: wio.BandReader
     nir: wio.BandReader
-    read_scl: object  # window -> uint8 array on the red grid
+    read_scl: object  # window -> the SCL block under it: 20 m (``scl_factor``) or already on the 10 m grid
+    scl_factor: int | None  # SCL pixel size / 10 m pixel size when the grids nest, else None (resampled)
     scl_resampling: str
     closers: list
 
@@ -136,28 +149,66 @@ def open_bands(scene: Scene, retries: int) -> OpenBands:
             "%s: SCL grid is not nested in the 10 m grid; resampling it by nearest neighbour", scene.item_id
         )
         resampled = wio.ResampledReader(scl, red.info)
-        return OpenBands(red, nir, resampled.read, "nearest", [*closers, resampled])
+        return OpenBands(red, nir, resampled.read, None, "nearest", [*closers, resampled])
+
+    scl_rows, scl_cols = scl.info.shape
+    # one read per row of SCL blocks (its blocks are adjacent in the file: one merged range request), shared
+    # by the two rows of 10 m chunks under it, instead of one read per chunk and per thread handle
+    strips = StripCache(
+        lambda r0, r1: scl.read(Window(0, r0, scl_cols, r1 - r0)), scl_rows, max(1, scl.info.block_shape[0])
+    )
 
     def read_scl(window):
-        """The SCL window under a 10 m window: read the 20 m block, repeat each pixel factor x factor, crop."""
+        """The 20 m SCL block under a 10 m window (the caller repeats each pixel factor x factor and crops)."""
         r0, c0 = int(window.row_off), int(window.col_off)
         r1, c1 = r0 + int(window.height), c0 + int(window.width)
-        sr0, sc0 = r0 // factor, c0 // factor
-        sr1 = min(math.ceil(r1 / factor), scl.info.shape[0])
-        sc1 = min(math.ceil(c1 / factor), scl.info.shape[1])
-        block = scl.read(Window(sc0, sr0, sc1 - sc0, sr1 - sr0))
-        up = upsample_scl(block, ((sr1 - sr0) * factor, (sc1 - sc0) * factor), factor)
-        return up[r0 - sr0 * factor : r1 - sr0 * factor, c0 - sc0 * factor : c1 - sc0 * factor]
+        sr1 = min(math.ceil(r1 / factor), scl_rows)
+        sc1 = min(math.ceil(c1 / factor), scl_cols)
+        return strips.rows(r0 // factor, sr1, c0 // factor, sc1)
 
-    return OpenBands(red, nir, read_scl, "block-repeat" if factor > 1 else "identity", closers)
+    return OpenBands(red, nir, read_scl, factor, "block-repeat" if factor > 1 else "identity", closers)
+
+
+def scl_inputs(block: np.ndarray, window, factor: int | None, mask_classes) -> dict:
+    """``ndvi_core`` keyword arguments for a chunk's SCL block: when the 20 m block maps exactly onto the window
+    (always, for chunks that are multiples of the factor), the mask and the class counts are computed on the
+    20 m pixels (a factor**2 fewer) and the mask alone is repeated; otherwise the classes are repeated and
+    cropped, and both are computed on the 10 m grid (same results either way)."""
+    if factor is None:
+        return {"scl": block}
+    r0, c0 = int(window.row_off), int(window.col_off)
+    h, w = int(window.height), int(window.width)
+    if (
+        r0 % factor == 0
+        and c0 % factor == 0
+        and block.shape == (h // factor, w // factor)
+        and not (h | w) % factor
+    ):
+        counts = [c * factor * factor for c in class_counts(block)]
+        cloud = upsample_scl(scl_mask(block, mask_classes), (h, w), factor)
+        return {"scl": None, "cloud": cloud, "scl_counts": counts}
+    sr0, sc0 = r0 // factor, c0 // factor
+    up = upsample_scl(block, (block.shape[0] * factor, block.shape[1] * factor), factor)
+    return {"scl": up[r0 - sr0 * factor : r0 - sr0 * factor + h, c0 - sc0 * factor : c0 - sc0 * factor + w]}
+
+
+def prefetch_window(cfg: WorkerConfig) -> int:
+    """Chunks held at once: enough for ``read_concurrency`` band reads in flight (two bands per chunk) plus
+    two per compute thread (one being computed, one ready)."""
+    return max(1, -(-cfg.read_concurrency // 2)) + 2 * cfg.workers
 
 
 def compute_to_staging(
-    scene: Scene, bands: OpenBands, cfg: WorkerConfig, fmt: wio.OutputFormat, work: Path
+    scene: Scene,
+    bands: OpenBands,
+    cfg: WorkerConfig,
+    fmt: wio.OutputFormat,
+    work: Path,
+    pipeline: PipelineStats | None = None,
 ) -> tuple[wio.StagingRaster, dict]:
-    """Run the chunk graph (read -> NDVI -> overviews -> staging files) with dask; return the staging raster
-    and the scene's NDVI statistics."""
-    from dask.threaded import get as dask_threaded_get
+    """Run the chunks (read -> NDVI -> overviews -> staging files): reads on ``cfg.read_concurrency`` threads,
+    a bounded window of chunks ahead of the ``cfg.workers`` compute threads; return the staging raster and
+    the scene's NDVI statistics."""
     from rasterio.windows import Window
 
     shape = bands.red.info.shape
@@ -173,13 +224,14 @@ def compute_to_staging(
     encode = encode_int16 if cfg.dtype == "int16" else encode_float32
     staging = wio.StagingRaster(work, bands.red.info, fmt, tags, levels)
 
-    def chunk_task(window) -> BlockStats:
-        red = bands.red.read(window)
-        nir = bands.nir.read(window)
-        scl = bands.read_scl(window)
-        ndvi, invalid, stats = ndvi_core(red, nir, scl, scene.offset.add_dn, cfg.mask_classes)
+    def chunk_task(window, inputs) -> BlockStats:
+        red, nir, scl_block = inputs
+        extra = scl_inputs(scl_block, window, bands.scl_factor, cfg.mask_classes)
+        ndvi, invalid, stats = ndvi_core(red, nir, **extra, add_dn=scene.offset.add_dn,
+                                         mask_classes=cfg.mask_classes)  # fmt: skip
+        del red, nir, extra
         staging.write(encode(ndvi, invalid), window)
-        for level, (mean, empty) in enumerate(chunk_overviews(ndvi, invalid, levels), start=1):
+        for level, (mean, empty) in enumerate(chunk_overviews(ndvi, invalid, levels, zeroed=True), start=1):
             f = 2**level
             staging.write(
                 encode(mean, empty),
@@ -189,16 +241,38 @@ def compute_to_staging(
         return stats
 
     try:
-        # dask's threaded scheduler on a plain graph of independent chunk tasks (dask.compute would import
-        # distributed, 0.25 s of start-up per process, only to look for a client this worker does not use)
-        graph = {("chunk", i): (chunk_task, w) for i, w in enumerate(chunk_windows(shape, cfg.chunk_size))}
-        parts = dask_threaded_get(graph, list(graph), num_workers=cfg.workers)
+        parts = run_chunks(
+            chunk_windows(shape, cfg.chunk_size),
+            (bands.red.read, bands.nir.read, bands.read_scl),
+            chunk_task,
+            read_concurrency=cfg.read_concurrency,
+            compute_threads=cfg.workers,
+            ahead=prefetch_window(cfg),
+            stats=pipeline,
+        )
     finally:
         staging.close()
     total = BlockStats()
     for part in parts:
         total = total + part
     return staging, total.summary()
+
+
+class PhaseClock:
+    """Wall and process CPU seconds per phase of a scene (the CPU is the whole process's: with several scenes in
+    flight it includes theirs)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.monotonic(), time.process_time()
+        self.phases: list[tuple[str, float, float]] = []
+
+    def mark(self, name: str) -> None:
+        wall, cpu = time.monotonic(), time.process_time()
+        self.phases.append((name, wall - self.wall, cpu - self.cpu))
+        self.wall, self.cpu = wall, cpu
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {wall:.2f}s/{cpu:.2f}s" for name, wall, cpu in self.phases)
 
 
 def process_scene(
@@ -214,27 +288,31 @@ def process_scene(
         overview_resampling="AVERAGE",
         max_z_error=cfg.max_z_error,
     )
+    phases = PhaseClock()
     bands = open_bands(scene, cfg.retries)
+    phases.mark("open")
     try:
         with wio.scratch_dir(staging_root, scene.output_stem) as work:
-            t_chunks = time.monotonic()
-            staging, stats = compute_to_staging(scene, bands, cfg, fmt, work)
-            t_cog = time.monotonic()
+            pipeline = PipelineStats()
+            staging, stats = compute_to_staging(scene, bands, cfg, fmt, work, pipeline)
+            phases.mark("chunks")
             cog_name = f"{scene.output_stem}.tif"
             wio.write_cog(staging.vrt(), work / cog_name, fmt, threads=cfg.workers)
             for level in range(staging.levels + 1):
                 staging.path(level).unlink()
-            t_png = time.monotonic()
+            phases.mark("cog")
             png_name = None
             if cfg.quicklook:
                 png_name = f"{scene.output_stem}.png"
                 wio.write_quicklook(work / cog_name, work / png_name)
+                phases.mark("quicklook")
             log.info(
-                "%s: read + NDVI %.1fs, COG %.1fs, quicklook %.1fs",
+                "%s: %s (wall / process CPU; chunks: %d, reads in flight <= %d, chunks held <= %d)",
                 scene.item_id,
-                t_cog - t_chunks,
-                t_png - t_cog,
-                time.monotonic() - t_png,
+                phases.summary(),
+                pipeline.chunks,
+                pipeline.max_reads_in_flight,
+                pipeline.max_held,
             )
             info = bands.red.info
             item = output_item(
