@@ -1,4 +1,4 @@
-"""The naive baseline (DOMAIN.md section 9): what most public NDVI notebooks do.
+"""The naive baseline (docs/domain.md section 9): what most public NDVI notebooks do.
 
 Whole-array rioxarray reads, SCL linearly interpolated onto the 10 m grid with xarray ``interp``, clouds masked by
 ``isin(8, 9, 10)`` on the interpolated codes, raw-DN NDVI, one scene at a time, a plain float32 GeoTIFF.
