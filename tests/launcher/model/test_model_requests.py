@@ -32,7 +32,7 @@ def spec(**changes):
     return mj.TrainingSpec(**base)
 
 
-# The built-in's log lines (DOMAIN.md section 5), as the training image prints them.
+# The built-in's log lines (docs/domain.md section 5), as the training image prints them.
 LOG = """\
 #quality_metric. host: algo-1, epoch: 0, train loss: 1.4757 .
 #quality_metric. host: algo-1, epoch: 0, validation pixel_accuracy: 0.8472 .
