@@ -23,3 +23,7 @@ class SubmitError(RuntimeError):
 
 class PredictError(RuntimeError):
     """A tile the model could not predict (the message says which and why; exit 1)."""
+
+
+class ResponseError(RuntimeError):
+    """A server's answer beyond a bound (too big, too slow, a redirect not followed, a link elsewhere; exit 1)."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from launcher.errors import ArgumentError, PlanError, PredictError, RequestError, SubmitError
+from launcher.errors import ArgumentError, PlanError, PredictError, RequestError, ResponseError, SubmitError
 
 # The one place errors become exit statuses (like titiler's exception handlers): usage errors exit 2 with click's
 # usage line, the others 1 with their message; anything else is `one_line`.
@@ -19,7 +19,7 @@ USAGE_ERRORS: tuple[type[Exception], ...] = (
     ArgumentError,
     RequestError,
 )  # RequestError: the options' request
-FAILURES: tuple[type[Exception], ...] = (PlanError, SubmitError, PredictError)
+FAILURES: tuple[type[Exception], ...] = (PlanError, SubmitError, PredictError, ResponseError)
 PASSED_THROUGH = (click.ClickException, click.exceptions.Exit, click.Abort, SystemExit, KeyboardInterrupt)
 
 
@@ -133,6 +133,31 @@ def with_options(options: Sequence[Callable[[Any], Any]]) -> Callable[[Any], Any
         return fn
 
     return deco
+
+
+class FiniteFloat(click.ParamType):
+    """A finite number within (``low``, ``high``] (or [``low``, ...] with ``low_open=False``): NaN, inf and
+    out-of-range values are usage errors (exit 2) naming the option, never a failure later on."""
+
+    name = "number"
+
+    def __init__(self, low: float, high: float, low_open: bool = True) -> None:
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        above = number > self.low if self.low_open else number >= self.low
+        if not (math.isfinite(number) and above and number <= self.high):
+            bracket = "(" if self.low_open else "["
+            self.fail(
+                f"{value!r} is not a finite number in {bracket}{self.low:g}, {self.high:g}]", param, ctx
+            )
+        return number
 
 
 def pairs(values: Sequence[str], what: str) -> dict[str, str]:

@@ -14,8 +14,8 @@ from typing import Any
 import click
 
 from launcher.aws import check_name
+from launcher.cli.console import FiniteFloat, friendly_errors, pairs, print_json, with_options
 from launcher.cli.console import console as _console
-from launcher.cli.console import friendly_errors, pairs, print_json, with_options
 
 TERMINAL_TRAINING = {"Completed", "Failed", "Stopped"}
 TERMINAL_TUNING = {"Completed", "Failed", "Stopped"}
@@ -383,10 +383,26 @@ def deploy(name, image, role, model_data, training_job, instance_type, instance_
     "--accept", type=click.Choice(["image/png", "image/tiff"]), default="image/png", show_default=True
 )
 @click.option(
-    "--max-payload-mb", type=float, default=6.0, show_default=True, help="Request size limit per tile."
+    "--max-payload-mb",
+    type=FiniteFloat(0, 1024),
+    default=6.0,
+    show_default=True,
+    help="Request size limit per tile (MB, at most 1024; real-time endpoints take 6).",
 )
-@click.option("--margin", type=int, default=64, show_default=True, help="Context pixels around each tile.")
-@click.option("--concurrency", type=int, default=2, show_default=True, help="Requests in flight.")
+@click.option(
+    "--margin",
+    type=click.IntRange(0, 4096),
+    default=64,
+    show_default=True,
+    help="Context pixels around each tile.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 64),
+    default=2,
+    show_default=True,
+    help="Requests in flight (1-64).",
+)
 @friendly_errors
 def predict(
     image, out, endpoint, url, local, content_type, accept, max_payload_mb, margin, concurrency

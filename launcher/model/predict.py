@@ -56,9 +56,21 @@ def endpoint_invoker(runtime_client: Any, endpoint_name: str) -> Invoker:
 MAX_RESPONSE_BYTES = 256 * 2**20  # a mask of the largest tile is a few MB; more is not a mask
 
 
-def url_invoker(url: str, timeout_s: float = 120.0, max_response_bytes: int = MAX_RESPONSE_BYTES) -> Invoker:
-    """POST to ``URL/invocations`` (an image's ``serve`` reached directly)."""
+DEADLINE_S = 300.0  # one tile, all of it: connecting, sending, the model's work, the answer
+
+
+def url_invoker(
+    url: str,
+    timeout_s: float = 120.0,
+    max_response_bytes: int = MAX_RESPONSE_BYTES,
+    deadline_s: float = DEADLINE_S,
+) -> Invoker:
+    """POST to ``URL/invocations`` (an image's ``serve`` reached directly): ``timeout_s`` per read, ``deadline_s``
+    for the whole request (a server trickling bytes cannot hold it), redirects refused (the tile would go there)."""
     import requests
+
+    from launcher.errors import ResponseError
+    from launcher.http import fetch
 
     if not url.startswith(("http://", "https://")):
         raise PredictError(f"--url {url!r} must start with http:// or https:// (e.g. http://localhost:8080)")
@@ -67,14 +79,18 @@ def url_invoker(url: str, timeout_s: float = 120.0, max_response_bytes: int = MA
 
     def invoke(body: bytes, content_type: str, accept: str) -> bytes:
         try:
-            with session.post(
+            answer = fetch(
+                session,
+                "POST",
                 target,
                 data=body,
                 headers={"Content-Type": content_type, "Accept": accept},
-                timeout=timeout_s,
-                stream=True,
-            ) as response:
-                content = _read_capped(response, max_response_bytes, target)
+                max_bytes=max_response_bytes,
+                deadline_s=deadline_s,
+                read_timeout_s=timeout_s,
+            )
+        except ResponseError as exc:
+            raise PredictError(str(exc)) from None
         except requests.ConnectionError as exc:
             raise PredictError(
                 f"cannot connect to {target}: is the server running? (start it with `segmentation-trainer serve` "
@@ -84,25 +100,13 @@ def url_invoker(url: str, timeout_s: float = 120.0, max_response_bytes: int = MA
             raise PredictError(f"{target} did not answer within {timeout_s:g} s") from None
         except requests.RequestException as exc:
             raise PredictError(f"request to {target} failed: {_printable(str(exc), 300)}") from None
-        if response.status_code != 200:
+        if answer.status != 200:
             raise PredictError(
-                f"{target} answered {response.status_code}: {_printable(content.decode('utf-8', 'replace'), 500)}"
+                f"{target} answered {answer.status}: {_printable(answer.body.decode('utf-8', 'replace'), 500)}"
             )
-        return content
+        return answer.body
 
     return invoke
-
-
-def _read_capped(response: Any, limit: int, target: str) -> bytes:
-    chunks, size = [], 0
-    for chunk in response.iter_content(chunk_size=1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise PredictError(
-                f"{target} sent more than {limit // 2**20} MiB for one tile: that is not a mask"
-            )
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _printable(text: str, limit: int) -> str:
@@ -158,8 +162,8 @@ def decode_mask(body: bytes, accept: str, shape: tuple[int, int] | None = None) 
     """A class-id mask from an ``image/png`` or ``image/tiff`` response (read by GDAL, no Pillow needed).
 
     The answer is decoded only as the format asked for (signature checked, then GDAL's PNG or GTiff driver
-    alone: never VRT, WMS or any description that reads files or URLs), and its header must declare one 8-bit
-    band of ``shape`` (height, width) before any pixel is read.
+    alone: never VRT, WMS or any description that reads files or URLs), and its header must declare exactly one
+    8-bit band of ``shape`` (height, width), at a decoding cost within MAX_MASK_BYTES, before any pixel is read.
     """
     from rasterio.env import Env
     from rasterio.errors import NotGeoreferencedWarning
@@ -174,16 +178,7 @@ def decode_mask(body: bytes, accept: str, shape: tuple[int, int] | None = None) 
         with warnings.catch_warnings(), Env(**SAFE_GDAL_OPTIONS), MemoryFile(body) as mem:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with mem.open(driver=driver) as src:
-                if src.count < 1 or src.dtypes[0] != "uint8":
-                    raise PredictError(
-                        f"the {accept} response has {src.count} band(s) of {src.dtypes[0] if src.count else '-'}: "
-                        "a mask has one uint8 band of class ids"
-                    )
-                if shape is not None and (src.height, src.width) != tuple(shape):
-                    raise PredictError(
-                        f"the {accept} response is {src.width} x {src.height} pixels, the tile sent was "
-                        f"{shape[1]} x {shape[0]}"
-                    )
+                check_mask_header(src, accept, shape)
                 return src.read(1)
     except PredictError:
         raise
@@ -191,6 +186,35 @@ def decode_mask(body: bytes, accept: str, shape: tuple[int, int] | None = None) 
         raise PredictError(
             f"the response is not a readable {accept} mask: {_printable(str(exc), 300)}"
         ) from None
+
+
+MAX_MASK_BYTES = 256 * 2**20  # what decoding one answer may cost: the mask of a tile, and one block of it
+
+
+def check_mask_header(
+    src: Any, accept: str, shape: tuple[int, int] | None, budget: int | None = None
+) -> None:
+    """The header of an answer, before any pixel is decoded: exactly one uint8 band (a pixel-interleaved TIFF
+    decodes every band of a block to give band 1), the tile's size, and a decoding cost (the mask plus one block)
+    within ``budget`` bytes [default: MAX_MASK_BYTES]."""
+    budget = MAX_MASK_BYTES if budget is None else budget
+    dtype = src.dtypes[0] if src.count else "-"
+    if src.count != 1 or dtype != "uint8":
+        raise PredictError(
+            f"the {accept} response has {src.count} band(s) of {dtype}: a mask has one uint8 band of class ids"
+        )
+    if shape is not None and (src.height, src.width) != tuple(shape):
+        raise PredictError(
+            f"the {accept} response is {src.width} x {src.height} pixels, the tile sent was "
+            f"{shape[1]} x {shape[0]}"
+        )
+    block_h, block_w = src.block_shapes[0]
+    cost = src.height * src.width + block_h * block_w
+    if cost > budget:
+        raise PredictError(
+            f"the {accept} response would take {cost / 2**20:.0f} MiB to decode ({src.width} x {src.height} "
+            f"pixels in blocks of {block_w} x {block_h}): more than the {budget // 2**20} MiB a mask may cost"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- the run

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from launcher.errors import ArgumentError
+
 MB = 1024 * 1024
 REALTIME_PAYLOAD_MB = 6.0
 HEADER_ALLOWANCE = 64 * 1024  # TIFF/npy header and tags
@@ -49,7 +51,7 @@ def max_tile_side(bands: int, itemsize: int, max_payload_mb: float = REALTIME_PA
     budget = max_payload_mb * MB * 0.97 - HEADER_ALLOWANCE
     side = int(math.isqrt(max(0, int(budget // (bands * itemsize)))))
     if side < 64:
-        raise ValueError(
+        raise ArgumentError(
             f"a payload limit of {max_payload_mb} MB leaves tiles of {side} px for {bands} band(s) of "
             f"{itemsize} byte(s): raise --max-payload-mb"
         )

@@ -240,6 +240,15 @@ def _set(path: list, value: Any):  # noqa: ANN202
     return edit
 
 
+def _raster(path: Path) -> Path:
+    import numpy as np
+    import rasterio
+
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=1, dtype="float32") as dst:
+        dst.write(np.ones((1, 8, 8), np.float32))
+    return path
+
+
 def test_bad_input_sweep_over_every_command(aws, planned: Path, tmp_path: Path, monkeypatch) -> None:
     """Every command and subcommand of `launcher --help`, fed bad input: the exit code (2 for usage errors), one
     line saying what is wrong, and never a traceback or an 'unexpected error'."""
@@ -272,6 +281,7 @@ def test_bad_input_sweep_over_every_command(aws, planned: Path, tmp_path: Path, 
     nodir = str(tmp_path / "missing")
     empty_path = tmp_path / "empty-path"
     empty_path.mkdir()
+    raster = str(_raster(tmp_path / "in.tif"))
     sub = ["--image", IMAGE, "--role", ROLE]
     train = ["--image", IMAGE, "--role", ROLE, "--channels", "s3://b/sn6/", "--dry-run"]
     cases: list[tuple[list[str], int, str]] = [
@@ -413,6 +423,13 @@ def test_bad_input_sweep_over_every_command(aws, planned: Path, tmp_path: Path, 
         (["predict", nodir, "--out", out, "--url", "http://x"], 2, "does not exist"),
         (["predict", str(good), "--out", out], 2, "exactly one of"),
         (["predict", str(binary), "--out", out, "--url", f"http://127.0.0.1:{port}"], 1, ""),
+        *[(["predict", raster, "--out", out, "--url", f"http://127.0.0.1:{port}", *bad], 2, needle)
+          for bad, needle in (
+              (["--max-payload-mb", "nan"], "--max-payload-mb"), (["--max-payload-mb", "inf"], "--max-payload-mb"),
+              (["--max-payload-mb", "0"], "--max-payload-mb"), (["--max-payload-mb", "-1"], "--max-payload-mb"),
+              (["--max-payload-mb", "x"], "--max-payload-mb"), (["--max-payload-mb", "1e-9"], "--max-payload-mb"),
+              (["--margin", "-5"], "--margin"), (["--concurrency", "0"], "--concurrency"),
+              (["--concurrency", "-1"], "--concurrency"))],
         (["nosuchcommand"], 2, "No such command"),
     ]  # fmt: skip
     covered = {args[0] for args, _, _ in cases}

@@ -240,3 +240,136 @@ def test_predict_url_must_be_http(tmp_path):
     ]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and "must start with http://" in result.output
+
+
+def _interleaved_tiff(count: int, size: int = 64, block: int | None = None) -> bytes:
+    """A small deflated TIFF of ``count`` uint8 bands, pixel-interleaved (decoding band 1 decodes them all)."""
+    from rasterio.io import MemoryFile
+
+    profile = dict(driver="GTiff", width=size, height=size, count=count, dtype="uint8", interleave="pixel",
+                   compress="deflate")  # fmt: skip
+    if block:
+        profile.update(tiled=True, blockxsize=block, blockysize=block)
+    with warnings.catch_warnings(), MemoryFile() as mem:
+        warnings.simplefilter("ignore")
+        with mem.open(**profile) as dst:
+            dst.write(np.zeros((count, size, size), np.uint8))
+        return mem.read()
+
+
+def test_decode_mask_refuses_many_uint8_bands_from_the_header():
+    """F5: a pixel-interleaved uint8 TIFF of 4000 bands passed the old check (at least one band, band 1 uint8) and
+    cost every band's pixels to decode band 1; a mask has exactly one band."""
+    from launcher.model.predict import PredictError, decode_mask
+
+    body = _interleaved_tiff(4000)
+    assert len(body) < 2**20
+    with pytest.raises(PredictError, match="4000 band\\(s\\) of uint8"):
+        decode_mask(body, "image/tiff", (64, 64))
+    with pytest.raises(PredictError, match="2 band\\(s\\)"):
+        decode_mask(_interleaved_tiff(2), "image/tiff", (64, 64))
+    assert decode_mask(_interleaved_tiff(1), "image/tiff", (64, 64)).shape == (64, 64)
+
+
+def test_decode_mask_caps_the_decoding_cost_of_a_block(monkeypatch):
+    """F5: one band of the right size, but blocks far larger than the mask: refused from the header."""
+    import launcher.model.predict as mp
+
+    body = _interleaved_tiff(1, size=64, block=1024)  # 1 MiB blocks for a 4 KiB mask
+    assert mp.decode_mask(body, "image/tiff", (64, 64)).shape == (64, 64)
+    monkeypatch.setattr(mp, "MAX_MASK_BYTES", 2**19)
+    with pytest.raises(mp.PredictError, match="blocks of 1024 x 1024"):
+        mp.decode_mask(body, "image/tiff", (64, 64))
+
+
+class _Server:
+    """A loopback server whose POST handler is ``handle(handler)``; records every request path."""
+
+    def __init__(self, handle):
+        self.paths: list[str] = []
+        self.stop = threading.Event()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                server.paths.append(("POST", self.path, int(self.headers.get("Content-Length") or 0)))
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                handle(self, server)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _trickle(handler, server):
+    """Headers, then one byte every 0.2 s for ever: each read is quick, the answer never ends."""
+    handler.send_response(200)
+    handler.send_header("Content-Length", str(10**9))
+    handler.end_headers()
+    while not server.stop.is_set():
+        try:
+            handler.wfile.write(b"\x00")
+            handler.wfile.flush()
+        except OSError:
+            return
+        time.sleep(0.2)
+
+
+def test_predict_url_has_a_total_deadline_per_tile():
+    """F12: the read timeout applied per read, so a server trickling one byte at a time held predict for ever."""
+    from launcher.model.predict import PredictError, url_invoker
+
+    server = _Server(_trickle)
+    try:
+        invoke = url_invoker(server.url, timeout_s=1.0, max_response_bytes=2 * 10**9, deadline_s=1.5)
+        outcome: dict = {}
+
+        def call():
+            try:
+                invoke(b"tile", "image/tiff", "image/png")
+            except PredictError as exc:
+                outcome["error"] = str(exc)
+
+        worker = threading.Thread(target=call, daemon=True)
+        started = time.monotonic()
+        worker.start()
+        worker.join(15)
+        assert not worker.is_alive(), "predict is still reading the trickling answer after 15 s"
+        assert time.monotonic() - started < 5
+        assert "did not answer in full within 1.5 s" in outcome["error"]
+    finally:
+        server.close()
+
+
+def test_predict_url_refuses_redirects_and_sends_the_tile_nowhere_else(tmp_path):
+    """F12: a 307/308 from the model server was followed with the tile body, to any host."""
+    elsewhere = _Server(
+        lambda h, s: (h.send_response(200), h.send_header("Content-Length", "0"), h.end_headers())
+    )
+
+    def redirect(handler, server):
+        handler.send_response(307)
+        handler.send_header("Location", f"{elsewhere.url}/stolen")
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    server = _Server(redirect)
+    try:
+        args = ["predict", str(_sar_tif(tmp_path / "in.tif")), "--out", str(tmp_path / "mask.tif")]
+        result = CliRunner().invoke(cli, [*args, "--url", server.url, "--concurrency", "1"])
+    finally:
+        server.close()
+        elsewhere.close()
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "answered 307, a redirect to" in result.output and "not followed" in result.output, result.output
+    assert "Traceback" not in result.output
+    assert elsewhere.paths == [], "the tile was sent to the redirect's host"
+    assert server.paths and server.paths[0][:2] == ("POST", "/invocations")
