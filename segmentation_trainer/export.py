@@ -254,7 +254,10 @@ def export_onnx(metadata: ModelMetadata, params_file: Path, directory: Path) -> 
         )
     import onnx
 
-    model = onnx.load(str(out), load_external_data=False)
+    model = constant_weights(onnx.load(str(out), load_external_data=False))
+    tmp = out.with_name(out.name + ".tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, out)
     return {
         "file": ONNX_FILE,
         "opset": max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")),
@@ -263,6 +266,24 @@ def export_onnx(metadata: ModelMetadata, params_file: Path, directory: Path) -> 
         "output_shape": ["N", int(metadata["num_classes"]), crop, crop],
         "note": "fixed height and width (crop_size); tile larger images (see segmentation_trainer.predict)",
     }
+
+
+def constant_weights(model):
+    """``model`` (an ``onnx.ModelProto``, changed in place and returned) with its weights as constants.
+
+    MXNet's exporter lists every initializer (weights, batch-norm statistics) among the graph's inputs too, as
+    IR version 3 required; ONNX Runtime then treats them as inputs a caller could override: "appear in graph
+    inputs and will not be treated as constant", so no constant folding and no batch-norm or bias fusion into
+    the convolutions. Dropping them from the inputs (IR >= 4 allows initializers that are not inputs) makes them
+    constants; the data input and the outputs are unchanged.
+    """
+    weights = {init.name for init in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in weights]
+    if len(inputs) != len(model.graph.input):
+        del model.graph.input[:]
+        model.graph.input.extend(inputs)
+        model.ir_version = max(model.ir_version, 4)
+    return model
 
 
 def save_model_dir(

@@ -223,6 +223,68 @@ def evaluate_dataset(net, dataset: Dataset, ctx, batch_size: int, num_classes: i
     return cm
 
 
+def batchnorm_layers(net) -> list:
+    """Every BatchNorm block of ``net`` (SyncBatchNorm included), depth first."""
+    from mxnet.gluon import nn
+
+    found = []
+
+    def walk(block) -> None:
+        if isinstance(block, nn.BatchNorm) or type(block).__name__ in ("SyncBatchNorm", "BatchNorm"):
+            found.append(block)
+        for child in block._children.values():
+            walk(child)
+
+    walk(net)
+    return found
+
+
+def recalibrate_batchnorm(net, batches, ctxs, dtype: str = "float32") -> int:
+    """Re-estimate every BatchNorm layer's running mean and variance for the current weights ("precise BN").
+
+    During training the running statistics are exponential averages (momentum 0.9) of batch statistics taken
+    while the weights were changing; after few iterations they lag the weights, and evaluation (which uses them)
+    sees a different network from the one the loss measured. This resets them, runs training-mode forward passes
+    over ``batches`` (the training transform's batches; the weights are not changed: no optimizer step) and
+    sets each running statistic to the debiased exponential average of the batch statistics of the final
+    weights. In a hybridized (static) graph the statistics are only written with a backward pass, so one is run
+    (the gradients are overwritten by the next training step). Returns the number of batches used.
+    """
+    import mxnet as mx
+    from mxnet import autograd
+
+    layers = batchnorm_layers(net)
+    if not layers:
+        return 0
+    stats = []
+    for layer in layers:
+        momentum = float(layer._kwargs.get("momentum", 0.9))
+        for p in (layer.running_mean, layer.running_var):
+            p.set_data(mx.nd.zeros(p.shape, dtype=p.dtype))
+        stats.append((layer, momentum))
+    n = 0
+    for data, _label in batches:
+        datas = mx.gluon.utils.split_and_load(mx.nd.array(data, dtype=dtype), ctxs, even_split=False)
+        with autograd.record():
+            heads = []
+            for x in datas:
+                out = net(x)
+                out = out if isinstance(out, list | tuple) else (out,)
+                heads.append(sum(o.sum() for o in out) * 0)
+        autograd.backward(heads)
+        n += 1
+    mx.nd.waitall()
+    if n == 0:
+        return 0
+    for layer, momentum in stats:
+        scale = 1.0 / (1.0 - momentum**n) if momentum < 1 else 1.0
+        for p in (layer.running_mean, layer.running_var):
+            for ctx in p.list_ctx():
+                arr = p.data(ctx)
+                arr *= scale
+    return n
+
+
 def _dtype_of(net) -> str:
     for p in net.collect_params().values():
         return str(np.dtype(p.dtype).name)

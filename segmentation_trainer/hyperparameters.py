@@ -66,6 +66,10 @@ class Hyperparameters:
     class_names: tuple[str, ...] | None = None
     seed: int = 0
     aux_loss_weight: float = 0.5
+    # performance settings (segmentation_trainer.threads, fit): not written to hyperparams.json when unset
+    earthmon_compute_threads: int | None = None
+    earthmon_data_workers: int | None = None
+    earthmon_bn_recalibration_batches: int | None = None
 
     @property
     def effective_crop_size(self) -> int:
@@ -208,6 +212,9 @@ PARSERS: dict[str, Callable[[Any], Any]] = {
     "class_names": _names,
     "seed": _int(0),
     "aux_loss_weight": _float(0.0, 10.0),
+    "earthmon_compute_threads": _int(1, 1024),
+    "earthmon_data_workers": _int(0, 64),
+    "earthmon_bn_recalibration_batches": _int(0, 1000),
 }
 REQUIRED = ("num_classes", "num_training_samples")
 

@@ -60,7 +60,7 @@ USER_ERRORS = (ClientError, ContractError, DataError, HyperparameterError)
 class RunOptions:
     """Knobs for tests and benchmarks (a SageMaker job uses the defaults)."""
 
-    workers: int = 2
+    workers: int | None = None  # data worker threads (None: segmentation_trainer.threads decides)
     max_batches_per_epoch: int | None = None
     onnx: bool = True
     ctxs: list | None = None
@@ -167,6 +167,7 @@ def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event, job
     )
     from segmentation_trainer.fit import FitConfig, fingerprint, fit
     from segmentation_trainer.model import NetworkConfig, build_network
+    from segmentation_trainer.threads import configure as configure_threads
     from segmentation_trainer.toolkit import CODE_CHANNEL, read_job
 
     started = time.monotonic()
@@ -177,6 +178,18 @@ def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event, job
             "hosts: set InstanceCount=1"
         )
     hp = parse_hyperparameters(job.hyperparameters)
+    # thread counts from the instance and the overrides, before MXNet is imported (nothing above imports it)
+    overrides = {
+        name: getattr(hp, name)
+        for name in ("earthmon_compute_threads", "earthmon_data_workers")
+        if getattr(hp, name) is not None
+    }
+    try:
+        threads = configure_threads(
+            overrides, contract_cpus=getattr(job.env, "num_cpus", None), gpus=job.num_gpus
+        )
+    except ValueError as exc:
+        raise ClientError(str(exc)) from None
     if CODE_CHANNEL in job.input_data_config:
         raise ClientError(
             "the job has a 'code' channel but names no script: set the sagemaker_program hyperparameter (or "
@@ -277,7 +290,7 @@ def _train(paths: TrainingPaths, options: RunOptions, stop: threading.Event, job
         hp=hp,
         host=job.current_host,
         checkpoint_dir=paths.checkpoint_dir,
-        workers=options.workers,
+        workers=threads.data_workers if options.workers is None else options.workers,
         max_batches_per_epoch=options.max_batches_per_epoch,
     )
     fp = fingerprint(hp, network, len(train_pairs), info.bands)

@@ -54,6 +54,8 @@ Configuration comes from the environment SageMaker sets (read once, in :meth:`Se
 ``EARTHMON_WINDOW_OVERLAP``        overlap of sliding windows, fraction of the window         0.333
 ``EARTHMON_WINDOW_BATCH``          windows per forward pass                                   4
 ``EARTHMON_MIN_BUILDING_PIXELS``   smallest component counted as a building (JSON summary)    80
+``EARTHMON_SERVE_ENGINE``          ``auto`` (time MXNet and ONNX Runtime at load, serve with the  auto
+                                   faster), ``mxnet`` or ``onnx`` (:mod:`.engines`)
 =================================  =========================================================  =========
 
 Modules: :mod:`.config` (ServeConfig: the environment, read once), :mod:`.model` (loading the model, in the

@@ -20,8 +20,16 @@ log = logging.getLogger("segmentation_trainer.serve")  # one logger for the whol
 def create_app(config: ServeConfig, loader: Callable[[], LoadedModel] | None = None):
     """The WSGI application (Flask). ``loader`` defaults to loading ``config.model_dir`` with MXNet."""
     from flask import Flask, Response, request
+    from werkzeug.exceptions import HTTPException
 
-    holder = ModelHolder(loader or (lambda: load_model_dir(config.model_dir, config.window_batch))).start()
+    holder = ModelHolder(
+        loader
+        or (
+            lambda: load_model_dir(
+                config.model_dir, config.window_batch, config.engine, config.threads_per_worker
+            )
+        )
+    ).start()
     app = Flask("segmentation_trainer.serve")
     app.config["MAX_CONTENT_LENGTH"] = None  # checked below, with a helpful message
     app.extensions["earthmon.model"] = holder
@@ -29,15 +37,39 @@ def create_app(config: ServeConfig, loader: Callable[[], LoadedModel] | None = N
     def error(status: int, message: str) -> Response:
         return Response(json.dumps({"error": message}), status=status, mimetype="application/json")
 
-    @app.get("/ping")
+    # every refusal is JSON, Flask's own too (405 for GET/PUT/OPTIONS on /invocations, 404, 400, ...): no HTML
+    routes = "POST /invocations, GET /ping, GET /execution-parameters"
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        hints = {404: f"no such path: this server answers {routes}",
+                 405: f"method not allowed here: this server answers {routes}"}  # fmt: skip
+        response = error(status, hints.get(status, f"{status} {exc.name}"))
+        if status == 405 and getattr(exc, "valid_methods", None):
+            response.headers["Allow"] = ", ".join(exc.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def unexpected_error(exc: Exception) -> Response:
+        log.exception("unexpected error answering %s", request.path[:200])
+        return error(500, "internal error (logged on the server)")
+
+    def model_unavailable() -> str:
+        """What a caller is told about a model that failed to load (the details, which name paths and the loader's
+        internals, are in the server log only)."""
+        return "the model failed to load: see the server log"
+
+    @app.get("/ping", provide_automatic_options=False)
     def ping() -> Response:
         if holder.ready:
             return Response("", status=200)
         if holder.error:
-            return error(500, f"model failed to load from {config.model_dir}: {holder.error}")
+            log.error("/ping: the model failed to load from %s: %s", config.model_dir, holder.error)
+            return error(500, model_unavailable())
         return error(503, "model is loading")
 
-    @app.get("/execution-parameters")
+    @app.get("/execution-parameters", provide_automatic_options=False)
     def execution_parameters() -> Response:
         body = {
             "MaxConcurrentTransforms": config.workers,
@@ -48,7 +80,7 @@ def create_app(config: ServeConfig, loader: Callable[[], LoadedModel] | None = N
 
     limit = 1 + config.queue_per_worker
 
-    @app.post("/invocations")
+    @app.post("/invocations", provide_automatic_options=False)
     def invocations() -> Response:
         started = time.perf_counter()
         deadline = Deadline(config.deadline_s)  # from the request's arrival: waiting for the slot counts
@@ -76,7 +108,7 @@ def create_app(config: ServeConfig, loader: Callable[[], LoadedModel] | None = N
                 not holder.wait(min(config.model_wait_s, max(0.0, deadline.remaining())))
                 or holder.model is None
             ):
-                reason = holder.error or "model is still loading"
+                reason = model_unavailable() if holder.error else "model is still loading"
                 return error(503, f"model not available: {reason}")
             if not GATE.acquire(deadline.remaining()):
                 log.warning(
@@ -111,7 +143,7 @@ def create_app(config: ServeConfig, loader: Callable[[], LoadedModel] | None = N
             return error(exc.status, str(exc))
         except Exception as exc:
             log.exception("invocation failed")
-            return error(500, f"inference failed: {type(exc).__name__}: {exc}")
+            return error(500, f"inference failed ({type(exc).__name__}; details in the server log)")
         finally:
             if admitted:
                 GATE.leave()

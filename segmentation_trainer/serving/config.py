@@ -10,6 +10,7 @@ from typing import Any
 
 BATCH_STRATEGIES = ("SINGLE_RECORD", "MULTI_RECORD")
 FRONTS = ("auto", "nginx", "none")
+ENGINES = ("auto", "mxnet", "onnx")  # segmentation_trainer.serving.engines
 GRACEFUL_TIMEOUT_S = 25  # SageMaker sends SIGKILL 30 s after SIGTERM
 SAGEMAKER_INVOCATION_TIMEOUT_S = 60  # what SageMaker waits for an /invocations answer
 DEFAULT_DEADLINE_S = 50.0  # leaves 10 s of SageMaker's 60 for the body transfer and the answer
@@ -58,6 +59,7 @@ class ServeConfig:
     overlap: float = 1 / 3
     window_batch: int = 4
     min_building_pixels: int = 80
+    engine: str = "auto"
     model_wait_s: float = 60.0  # how long /invocations waits for a model that is still loading
 
     def __post_init__(self) -> None:
@@ -93,6 +95,8 @@ class ServeConfig:
             problems.append(f"EARTHMON_WINDOW_OVERLAP must be in [0, 1), got {self.overlap}")
         if self.window_batch < 1:
             problems.append(f"EARTHMON_WINDOW_BATCH must be >= 1, got {self.window_batch}")
+        if self.engine not in ENGINES:
+            problems.append(f"EARTHMON_SERVE_ENGINE must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if problems:
             raise ValueError("invalid server configuration: " + "; ".join(problems))
 
@@ -136,6 +140,7 @@ class ServeConfig:
             "overlap": get("EARTHMON_WINDOW_OVERLAP", float, 1 / 3),
             "window_batch": get("EARTHMON_WINDOW_BATCH", int, 4),
             "min_building_pixels": get("EARTHMON_MIN_BUILDING_PIXELS", int, 80),
+            "engine": get("EARTHMON_SERVE_ENGINE", lambda s: s.lower(), "auto"),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if "threads_per_worker" not in values:

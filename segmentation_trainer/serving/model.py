@@ -26,6 +26,8 @@ class LoadedModel:
     metadata: dict
     # the fastest time per window measured (at load and on every prediction): the cost estimate of a request
     seconds_per_window: float | None = None
+    engine: str = "mxnet"  # which engine runs ``forward`` (segmentation_trainer.serving.engines)
+    engine_timings: dict | None = None  # seconds per batch of windows of each engine timed at load
 
     def observe(self, windows: int, seconds: float) -> None:
         if windows > 0 and seconds > 0:
@@ -60,29 +62,71 @@ class LoadedModel:
         return None if value is None else float(value)
 
 
-def load_model_dir(model_dir: Path, window_batch: int = 4) -> LoadedModel:
-    """The I/O edge: load the exported network with MXNet (imported here, in the worker)."""
+def load_model_dir(
+    model_dir: Path, window_batch: int = 4, engine: str = "mxnet", threads: int = 1
+) -> LoadedModel:
+    """The I/O edge: load the network (MXNet, imported here, in the worker) and pick the engine that serves it.
+
+    ``engine``: ``mxnet``, ``onnx`` or ``auto`` (both timed on a full batch of windows, the faster serves; see
+    :mod:`segmentation_trainer.serving.engines`). ``threads``: ONNX Runtime's intra-op threads (MXNet's come
+    from OMP_NUM_THREADS, set before it was imported).
+    """
     from segmentation_trainer.devices import default_context
     from segmentation_trainer.export import load_model
     from segmentation_trainer.predict import mxnet_forward
+    from segmentation_trainer.serving import engines
 
+    if engine not in engines.ENGINES:
+        raise ValueError(f"EARTHMON_SERVE_ENGINE must be one of {', '.join(engines.ENGINES)}, got {engine!r}")
     ctx = default_context()
     net, metadata = load_model(str(model_dir), ctx=ctx)
     net.hybridize(static_alloc=True)
-    forward = mxnet_forward(net, ctx)
+    mx_forward = mxnet_forward(net, ctx)
     crop = metadata["crop_size"]
     height, width = (crop, crop) if isinstance(crop, int) else crop
     with warnings.catch_warnings():  # the unused auxiliary head is reported once, when the graph is built
         warnings.filterwarnings("ignore", message=".*is not used by any computation.*")
-        forward(np.zeros((1, int(metadata["bands"]), int(height), int(width)), np.float32))
-    # a full batch of windows, twice (the first builds the graph for that shape): the speed the cost estimate of
-    # requests starts from
+        mx_forward(np.zeros((1, int(metadata["bands"]), int(height), int(width)), np.float32))
+    # a full batch of windows: the speed the engine choice and the cost estimate of requests start from
     batch = np.zeros((max(1, window_batch), int(metadata["bands"]), int(height), int(width)), np.float32)
-    forward(batch)
-    started = time.perf_counter()
-    forward(batch)
-    model = LoadedModel(forward, metadata)
-    model.observe(len(batch), time.perf_counter() - started)
+    timings: dict[str, float] = {}
+    forwards: dict[str, Callable[[np.ndarray], np.ndarray]] = {"mxnet": mx_forward}
+    on_gpu = getattr(ctx, "device_type", "cpu") == "gpu"
+    if engine == "onnx" or (engine == "auto" and not on_gpu and engines.onnxruntime_available()):
+        try:
+            path = engines.onnx_file(Path(model_dir), metadata)
+            forwards["onnx"] = engines.onnx_forward(path, threads)
+        except Exception as exc:  # noqa: BLE001 - the exporter and ONNX Runtime raise anything
+            if engine == "onnx":
+                raise engines.EngineUnavailable(
+                    f"EARTHMON_SERVE_ENGINE=onnx but the model cannot run in ONNX Runtime: {type(exc).__name__}: "
+                    f"{exc}"[:600]
+                ) from exc
+            log.warning(
+                "ONNX Runtime unavailable for this model (%s: %s): serving with MXNet",
+                type(exc).__name__,
+                exc,
+            )
+    if engine == "auto" and len(forwards) > 1:
+        timings = {name: engines.time_forward(fwd, batch) for name, fwd in forwards.items()}
+        chosen = engines.choose("auto", timings)
+    else:
+        chosen = "mxnet" if engine == "auto" else engine
+        timings = {chosen: engines.time_forward(forwards[chosen], batch, repeats=1)}
+    if chosen != "mxnet":
+        del net, mx_forward  # the other engine's copy of the weights is not kept
+    log.info(
+        "engine %s (EARTHMON_SERVE_ENGINE=%s, %d math thread(s)); %s per batch of %d windows of %dx%d",
+        chosen,
+        engine,
+        threads,
+        ", ".join(f"{name} {seconds:.3f} s" for name, seconds in sorted(timings.items())),
+        len(batch),
+        int(height),
+        int(width),
+    )
+    model = LoadedModel(forwards[chosen], metadata, engine=chosen, engine_timings=timings)
+    model.observe(len(batch), timings[chosen])
     return model
 
 
