@@ -1,18 +1,32 @@
 """NDVI worker benchmark: the worker vs the naive baseline vs the floor, on one full-size synthetic scene.
 
-All three run in the same invocation on the same files, each as its own process (wall time and peak RSS from
-wait4), from local files and over HTTP (nginx on 127.0.0.1 with Range support, when nginx is installed).
-Prints a Markdown table with the medians and the ratios the issue sets targets for:
-  worker vs naive >= 3x faster; worker within 1.3x of the floor; worker peak RSS < 1.2 GB.
+All three run in the same invocation on the same files, each as its own process (wall time, CPU seconds and peak
+RSS from wait4), interleaved (run r of every source and contender before run r + 1), from three sources:
 
-    python benchmarks/bench_worker.py [--size 10980] [--repeats 3] [--no-http]
+* ``local``: the files on disk;
+* ``http``: nginx on 127.0.0.1 (Range requests, zero latency, unlimited bandwidth per connection);
+* ``shaped``: ``benchmarks/shaped_link.py``, a link that behaves like an object store: every request waits
+  ``--latency-ms`` (30) for its first byte, every connection carries at most ``--rate-mbps`` MB/s (60),
+  HTTP/1.1 keep-alive, single Range requests.
+
+HTTP requests and bytes on the wire are counted at the server (nginx's access log, the shaped link's counters),
+not from the readers' block sizes; the shaped link's own CPU is reported too. The worker's phases (open, chunks,
+COG, quicklook: wall / CPU) come from its log. Then the planetary job is projected from the shaped link's time
+per scene: 8,581 scenes / (25 jobs x 20 ml.m5.xlarge), at the launcher's on-demand price.
+
+    python benchmarks/bench_worker.py [--size 10980] [--repeats 3] [--no-http] [--latency-ms 30] [--rate-mbps 60]
+
+Goals (issue 13, defaults only, same run): shaped-link worker within 1.1x of its zero-latency (http) time and at
+least 5x faster than the naive worker on the same link; at least 4x on local disk; worker peak RSS <= 1 GB.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import re
 import shutil
 import socket
 import statistics
@@ -20,10 +34,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 PY = sys.executable
+CONTENDERS = ("naive", "floor", "worker")
+#: the reference planetary job (docs/domain.md section 2)
+PLANETARY_SCENES, JOBS, INSTANCES_PER_JOB, INSTANCE_TYPE = 8581, 25, 20, "ml.m5.xlarge"
+PHASE = re.compile(r"(\w+) ([\d.]+)s/([\d.]+)s")
 
 
 def ensure_scene(size: int) -> Path:
@@ -46,30 +66,108 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_nginx(root: Path, workdir: Path) -> tuple[subprocess.Popen, int] | None:
-    nginx = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
-    if not nginx:
-        return None
-    port = free_port()
-    conf = workdir / "nginx.conf"
-    conf.write_text(
-        ("user root;\n" if os.geteuid() == 0 else "")
-        + f"""daemon off; worker_processes 1; pid {workdir}/nginx.pid; error_log {workdir}/error.log;
-events {{ worker_connections 256; }}
-http {{ access_log off; sendfile on; client_body_temp_path {workdir}; proxy_temp_path {workdir};
-  fastcgi_temp_path {workdir}; uwsgi_temp_path {workdir}; scgi_temp_path {workdir};
-  server {{ listen 127.0.0.1:{port}; root {root}; }} }}
-"""
-    )
-    proc = subprocess.Popen([nginx, "-c", str(conf), "-e", str(workdir / "error.log")])
-    for _ in range(50):
+def wait_port(port: int, proc: subprocess.Popen) -> bool:
+    for _ in range(100):
+        if proc.poll() is not None:
+            return False
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc, port
+            return True
         except OSError:
             time.sleep(0.1)
-    proc.kill()
-    return None
+    return False
+
+
+class Nginx:
+    """nginx on 127.0.0.1 (zero latency); requests and bytes counted from its access log."""
+
+    def __init__(self, root: Path, workdir: Path):
+        exe = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+        if not exe:
+            raise FileNotFoundError("nginx")
+        self.port = free_port()
+        self.log = workdir / "access.log"
+        conf = workdir / "nginx.conf"
+        conf.write_text(
+            ("user root;\n" if os.geteuid() == 0 else "")
+            + f"""daemon off; worker_processes 1; pid {workdir}/nginx.pid; error_log {workdir}/error.log;
+events {{ worker_connections 512; }}
+http {{ log_format acct '$request_method $status $bytes_sent $connection';
+  access_log {self.log} acct; sendfile on; keepalive_requests 10000;
+  client_body_temp_path {workdir}; proxy_temp_path {workdir};
+  fastcgi_temp_path {workdir}; uwsgi_temp_path {workdir}; scgi_temp_path {workdir};
+  server {{ listen 127.0.0.1:{self.port}; root {root}; }} }}
+"""
+        )
+        self.proc = subprocess.Popen([exe, "-c", str(conf), "-e", str(workdir / "error.log")])
+        if not wait_port(self.port, self.proc):
+            self.stop()
+            raise RuntimeError("nginx did not start")
+        self._offset = 0
+
+    def begin(self) -> None:
+        self._offset = self.log.stat().st_size if self.log.exists() else 0
+
+    def end(self) -> dict:
+        time.sleep(0.2)  # nginx writes its log line after the response
+        with open(self.log) as f:
+            f.seek(self._offset)
+            lines = [line.split() for line in f if line.strip()]
+        return {
+            "requests": len(lines),
+            "bytes": sum(int(p[2]) for p in lines),
+            "connections": len({p[3] for p in lines}),
+            "server_cpu": None,
+        }
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+class ShapedLink:
+    """benchmarks/shaped_link.py: per-request latency, per-connection bandwidth, counters at the server."""
+
+    def __init__(self, root: Path, latency_ms: float, rate_mbps: float):
+        self.proc = subprocess.Popen(
+            [PY, str(HERE / "shaped_link.py"), str(root), "--latency-ms", str(latency_ms),
+             "--rate-mbps", str(rate_mbps)],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        line = self.proc.stdout.readline()
+        match = re.search(r":(\d+)$", line.strip())
+        if not match:
+            self.stop()
+            raise RuntimeError(f"shaped link did not start: {line!r}")
+        self.port = int(match.group(1))
+        self._cpu = 0.0
+
+    def _stats(self, reset: bool) -> dict:
+        url = f"http://127.0.0.1:{self.port}/_stats" + ("?reset=1" if reset else "")
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return json.loads(r.read())
+
+    def cpu(self) -> float:
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def begin(self) -> None:
+        self._stats(reset=True)
+        self._cpu = self.cpu()
+
+    def end(self) -> dict:
+        s = self._stats(reset=True)
+        return {
+            "requests": s["requests"],
+            "bytes": s["bytes_sent"],
+            "connections": s["connections"],
+            "server_cpu": self.cpu() - self._cpu,
+            "max_in_flight": s["max_requests_in_flight"],
+        }
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
 
 
 def http_item(item: Path, port: int, root: Path, dst: Path) -> Path:
@@ -83,87 +181,214 @@ def http_item(item: Path, port: int, root: Path, dst: Path) -> Path:
     return out
 
 
-def measure(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one process."""
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Wall seconds, CPU seconds (user + system, children included), peak RSS (MB) and stdout of one process."""
     t = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.monotonic() - t
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(
-            f"benchmark command failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.read().decode()}"
-        )
-    return wall, usage.ru_maxrss / 1024
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.monotonic() - t
+        code = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    if code != 0:
+        raise SystemExit(f"benchmark command failed ({code}): {' '.join(cmd)}\n{stderr[-3000:]}")
+    return {
+        "wall": wall,
+        "cpu": usage.ru_utime + usage.ru_stime,
+        "rss": usage.ru_maxrss / 1024,
+        "stdout": stdout,
+    }
 
 
-def run_case(label: str, item: Path, work: Path, repeats: int) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent)}
-    cmds = {
-        "naive": lambda out: [PY, str(HERE / "naive_worker.py"), str(item), str(out / "naive.tif")],
-        "floor": lambda out: [PY, str(HERE / "floor_worker.py"), str(item), str(out / "floor.tif")],
-        "worker": lambda out: [PY, "-m", "ndvi_worker", "--input", str(item.parent), "--output", str(out / "w"),
-                               "--overwrite", "--log-level", "WARNING"],
+def commands(item: Path, out: Path) -> dict:
+    return {
+        "naive": [PY, str(HERE / "naive_worker.py"), str(item), str(out / "naive.tif")],
+        "floor": [PY, str(HERE / "floor_worker.py"), str(item), str(out / "floor.tif")],
+        "worker": [PY, "-m", "ndvi_worker", "--input", str(item.parent), "--output", str(out / "w"),
+                   "--overwrite", "--log-level", "INFO"],
     }  # fmt: skip
-    results: dict[str, list[tuple[float, float]]] = {k: [] for k in cmds}
-    for r in range(repeats):
-        for name, make in cmds.items():  # interleaved, so a busy moment hits every contender
-            out = work / f"{label}-{name}-{r}"
-            out.mkdir(parents=True, exist_ok=True)
-            results[name].append(measure(make(out), env))
-            shutil.rmtree(out, ignore_errors=True)
-            print(
-                f"  {label:5s} {name:6s} run {r + 1}: {results[name][-1][0]:.2f}s, {results[name][-1][1]:.0f} MB",
-                flush=True,
-            )
-    return {k: (statistics.median(w for w, _ in v), max(m for _, m in v)) for k, v in results.items()}
+
+
+def worker_phases(stdout: str) -> dict[str, tuple[float, float]]:
+    for line in stdout.splitlines():
+        if "(wall / process CPU" in line:
+            return {m.group(1): (float(m.group(2)), float(m.group(3))) for m in PHASE.finditer(line)}
+    return {}
+
+
+def projection(seconds_per_scene: float, startup: float, price: float) -> dict:
+    instances = JOBS * INSTANCES_PER_JOB
+    per_instance = math.ceil(PLANETARY_SCENES / instances)  # the busiest instance sets the wall time
+    wall = per_instance * seconds_per_scene
+    return {
+        "wall_s": wall,
+        "wall_with_startup_s": wall + startup,
+        "instance_hours": instances * (wall + startup) / 3600,
+        "cost_usd": instances * (wall + startup) / 3600 * price,
+        "scenes_per_s": PLANETARY_SCENES / (wall + startup),
+        "per_instance": per_instance,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=10980, help="scene size in 10 m pixels (10980 = full tile)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-http", action="store_true", help="skip the nginx (HTTP range request) case")
+    ap.add_argument("--no-http", action="store_true", help="local files only (no nginx, no shaped link)")
+    ap.add_argument("--latency-ms", type=float, default=30.0, help="shaped link: time to first byte")
+    ap.add_argument("--rate-mbps", type=float, default=60.0, help="shaped link: MB/s per connection")
+    ap.add_argument("--only", default=",".join(CONTENDERS), help="contenders to run (naive,floor,worker)")
     ap.add_argument(
         "--memory-sizes", default="2196,5490", help="extra scene sizes for the worker's peak RSS vs size"
     )
     args = ap.parse_args()
+    only = [c for c in CONTENDERS if c in args.only.split(",")]
 
     item = ensure_scene(args.size)
-    print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}", flush=True)
-    rows = []
+    load0 = os.getloadavg()
+    print(
+        f"machine: {os.cpu_count()} CPUs, load average {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}",
+        flush=True,
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    root = HERE / "data"
+    results: dict[str, dict[str, list[dict]]] = {}
+    servers: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
         work = Path(tmp)
-        rows.append(("local", run_case("local", item, work, args.repeats)))
-        if not args.no_http:
-            root = HERE / "data"
-            server = start_nginx(root, work)
-            if server is None:
-                print("nginx not found: skipping the HTTP case (apt-get install nginx-light)")
-            else:
-                proc, port = server
+        sources: dict[str, Path] = {"local": item}
+        try:
+            if not args.no_http:
                 try:
-                    h_item = http_item(item, port, root, work / "http-item")
-                    rows.append(("http", run_case("http", h_item, work, args.repeats)))
-                finally:
-                    proc.terminate()
-                    proc.wait()
+                    (work / "nginx").mkdir()
+                    servers["http"] = Nginx(root, work / "nginx")
+                    sources["http"] = http_item(item, servers["http"].port, root, work / "http-item")
+                except (FileNotFoundError, RuntimeError) as exc:
+                    print(
+                        f"nginx unavailable ({exc}): no zero-latency HTTP row (apt-get install nginx-light)"
+                    )
+                servers["shaped"] = ShapedLink(root, args.latency_ms, args.rate_mbps)
+                sources["shaped"] = http_item(item, servers["shaped"].port, root, work / "shaped-item")
+            for r in range(args.repeats):
+                for (
+                    label,
+                    src,
+                ) in sources.items():  # interleaved: a busy moment hits every source and contender
+                    for name in only:
+                        out = work / f"{label}-{name}-{r}"
+                        out.mkdir(parents=True, exist_ok=True)
+                        server = servers.get(label)
+                        if server:
+                            server.begin()
+                        m = measure(commands(src, out)[name], env)
+                        if server:
+                            m.update(server.end())
+                        shutil.rmtree(out, ignore_errors=True)
+                        results.setdefault(label, {}).setdefault(name, []).append(m)
+                        extra = ""
+                        if server:
+                            cpu = m["server_cpu"]
+                            extra = (
+                                f", {m['requests']} requests, {m['bytes'] / 1e6:.0f} MB on the wire, "
+                                f"{m['connections']} connections"
+                                + (f", link CPU {cpu:.2f}s" if cpu is not None else "")
+                            )
+                        print(
+                            f"  {label:6s} {name:6s} run {r + 1}: {m['wall']:.2f}s, CPU {m['cpu']:.2f}s, "
+                            f"{m['rss']:.0f} MB{extra} (load {os.getloadavg()[0]:.1f})",
+                            flush=True,
+                        )
+        finally:
+            for server in servers.values():
+                server.stop()
 
-    print(f"\n{args.size} x {args.size} scene, median of {args.repeats} runs, peak RSS = max over runs\n")
+    load1 = os.getloadavg()
     print(
-        "| source | naive | floor | worker | worker vs naive | worker / floor | RSS naive | RSS floor | RSS worker |"
+        f"\n{args.size} x {args.size} scene, {args.repeats} interleaved runs: median wall (min-max), CPU seconds "
+        f"(median), peak RSS (max); load average {load0[0]:.1f} before, {load1[0]:.1f} after; shaped link "
+        f"{args.latency_ms:g} ms per request, {args.rate_mbps:g} MB/s per connection\n"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for label, res in rows:
-        n, f, w = res["naive"], res["floor"], res["worker"]
+    print("| source | contender | wall | CPU | peak RSS | HTTP requests | bytes on the wire | link CPU |")
+    print("|---|---|---|---|---|---|---|---|")
+    med: dict[str, dict[str, float]] = {}
+    for label, by_name in results.items():
+        for name, runs in by_name.items():
+            walls = [m["wall"] for m in runs]
+            w = statistics.median(walls)
+            med.setdefault(label, {})[name] = w
+            reqs = f"{statistics.median(m['requests'] for m in runs):.0f}" if "requests" in runs[0] else "-"
+            wire = (
+                f"{statistics.median(m['bytes'] for m in runs) / 1e6:.0f} MB" if "bytes" in runs[0] else "-"
+            )
+            cpus = [m.get("server_cpu") for m in runs if m.get("server_cpu") is not None]
+            link = f"{statistics.median(cpus):.2f} s" if cpus else "-"
+            print(
+                f"| {label} | {name} | {w:.2f} s ({min(walls):.2f}-{max(walls):.2f}) | "
+                f"{statistics.median(m['cpu'] for m in runs):.2f} s | {max(m['rss'] for m in runs):.0f} MB | "
+                f"{reqs} | {wire} | {link} |"
+            )
+
+    if "worker" in only:
+        print("\nworker phases (median wall / process CPU seconds; start-up = CPU outside the phases):\n")
+        print("| source | " + " | ".join(("open", "chunks", "cog", "quicklook", "start-up etc.")) + " |")
+        print("|---|---|---|---|---|---|")
+        for label, by_name in results.items():
+            runs = by_name["worker"]
+            phases = [worker_phases(m["stdout"]) for m in runs]
+            cells = []
+            for phase in ("open", "chunks", "cog", "quicklook"):
+                vals = [p[phase] for p in phases if phase in p]
+                cells.append(
+                    f"{statistics.median(v[0] for v in vals):.2f} / {statistics.median(v[1] for v in vals):.2f}"
+                    if vals
+                    else "-"
+                )
+            rest = [m["cpu"] - sum(c for _, c in p.values()) for m, p in zip(runs, phases, strict=True) if p]
+            cells.append(f"{statistics.median(rest):.2f} CPU" if rest else "-")
+            print(f"| {label} | " + " | ".join(cells) + " |")
+
+    if {"naive", "worker"} <= set(only):
+        print("\n| source | worker vs naive | worker / floor |")
+        print("|---|---|---|")
+        for label, m in med.items():
+            floor = f"{m['worker'] / m['floor']:.2f}x" if "floor" in m else "-"
+            print(f"| {label} | {m['naive'] / m['worker']:.2f}x faster | {floor} |")
+        goals = []
+        if "local" in med:
+            goals.append(
+                f"local: worker vs naive {med['local']['naive'] / med['local']['worker']:.2f}x (goal >= 4)"
+            )
+        if "shaped" in med:
+            s = med["shaped"]
+            goals.append(f"shaped: worker vs naive {s['naive'] / s['worker']:.2f}x (goal >= 5)")
+            if "http" in med:
+                goals.append(
+                    f"shaped / zero-latency worker {s['worker'] / med['http']['worker']:.2f}x (goal <= 1.1)"
+                )
+        rss = max(m["rss"] for by in results.values() for m in by.get("worker", []))
+        goals.append(f"worker peak RSS {rss:.0f} MB (goal <= 1024)")
+        print("\ngoals: " + "; ".join(goals))
+
+    if "shaped" in med and "worker" in med["shaped"]:
+        sys.path.insert(0, str(ROOT))
+        from launcher.ndvi.plan import DEFAULT_STARTUP_SECONDS, PRICES_USD_PER_HOUR
+
+        price = PRICES_USD_PER_HOUR[INSTANCE_TYPE]
+        t = med["shaped"]["worker"]
+        p = projection(t, DEFAULT_STARTUP_SECONDS, price)
         print(
-            f"| {label} | {n[0]:.2f} s | {f[0]:.2f} s | {w[0]:.2f} s | {n[0] / w[0]:.2f}x faster | "
-            f"{w[0] / f[0]:.2f}x | {n[1]:.0f} MB | {f[1]:.0f} MB | {w[1]:.0f} MB |"
+            f"\nplanetary job projected from the shaped link ({t:.2f} s per scene, one scene at a time, start-up "
+            f"included): {PLANETARY_SCENES} scenes / ({JOBS} jobs x {INSTANCES_PER_JOB} {INSTANCE_TYPE}) = "
+            f"{p['per_instance']} scenes on the busiest instance -> {p['wall_s'] / 60:.1f} min of processing, "
+            f"{p['wall_with_startup_s'] / 60:.1f} min with the launcher's {DEFAULT_STARTUP_SECONDS:.0f} s job "
+            f"start-up; {p['instance_hours']:.1f} instance-hours, ${p['cost_usd']:.2f} at ${price}/h; "
+            f"{p['scenes_per_s']:.1f} scenes/s (targets: < 20 min, <= 167 instance-hours, >= 7 scenes/s)"
         )
-    print("\ntargets: worker vs naive >= 3x faster, worker / floor <= 1.3x, worker RSS < 1200 MB")
 
     sizes = [int(x) for x in args.memory_sizes.split(",") if x.strip()]
-    if sizes:
+    if sizes and "worker" in only:
         print("\nworker peak RSS against scene size (local files, one run each):\n")
         print("| scene | worker | RSS worker |")
         print("|---|---|---|")
@@ -171,19 +396,10 @@ def main() -> None:
             for size in [*sizes, args.size]:
                 item = ensure_scene(size)
                 out = Path(tmp) / str(size)
-                cmd = [
-                    PY,
-                    "-m",
-                    "ndvi_worker",
-                    "--input",
-                    str(item.parent),
-                    "--output",
-                    str(out),
-                    "--log-level",
-                    "WARNING",
-                ]
-                wall, rss = measure(cmd, {**os.environ, "PYTHONPATH": str(HERE.parent)})
-                print(f"| {size} x {size} | {wall:.2f} s | {rss:.0f} MB |", flush=True)
+                cmd = [PY, "-m", "ndvi_worker", "--input", str(item.parent), "--output", str(out),
+                       "--log-level", "WARNING"]  # fmt: skip
+                m = measure(cmd, env)
+                print(f"| {size} x {size} | {m['wall']:.2f} s | {m['rss']:.0f} MB |", flush=True)
 
 
 if __name__ == "__main__":

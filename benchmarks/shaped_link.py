@@ -14,7 +14,7 @@ method), not from the reader's idea of its block sizes: ``GET /_stats`` returns 
 ``GET /_stats?reset=1`` returns and zeroes them (that request itself is neither shaped nor counted). The CPU the
 server itself uses is in ``/proc/<pid>/stat``; the benchmark reports it per run.
 
-    python benchmarks/shaped_link.py ROOT [--port 0] [--latency-ms 30] [--rate-mbps 60]
+    python benchmarks/shaped_link.py ROOT [--port 0] [--latency-ms 30] [--rate-mbps 60] [--log FILE]
 
 prints ``listening on http://127.0.0.1:PORT`` once ready.
 """
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import email.utils
 import json
-import os
 import re
 import time
 from pathlib import Path
@@ -63,7 +63,8 @@ class Stats:
 
 
 class ShapedServer:
-    def __init__(self, root: Path, latency: float, rate: float) -> None:
+    def __init__(self, root: Path, latency: float, rate: float, log: Path | None = None) -> None:
+        self.log = open(log, "a", buffering=1) if log else None  # noqa: SIM115 - open for the server's life
         self.root = root.resolve()
         self.latency = latency
         self.rate = rate  # bytes per second per connection; 0 = unlimited
@@ -141,7 +142,11 @@ class ShapedServer:
                 start, end = max(0, size - int(b)), size - 1
             if start >= size or start > end:
                 return self._status(
-                    writer, 416, "Range Not Satisfiable", f"Content-Range: bytes */{size}\r\n", method == "HEAD"
+                    writer,
+                    416,
+                    "Range Not Satisfiable",
+                    f"Content-Range: bytes */{size}\r\n",
+                    method == "HEAD",
                 )
             status = 206
         length = end - start + 1
@@ -158,6 +163,7 @@ class ShapedServer:
             lines.append(f"Content-Range: bytes {start}-{end}/{size}")
         header = ("\r\n".join(lines) + "\r\n\r\n").encode()
         s.statuses[str(status)] = s.statuses.get(str(status), 0) + 1
+        self._log(method, path, rng, status, length if method == "GET" else 0)
         writer.write(header)
         s.bytes_sent += len(header)
         if method == "HEAD":
@@ -180,18 +186,23 @@ class ShapedServer:
                         await asyncio.sleep(due)
         return True
 
+    def _log(self, method: str, path: str, rng: str | None, status: int, body: int) -> None:
+        if self.log:  # one line per request: method path range status body-bytes
+            self.log.write(f"{method} {path} {rng or '-'} {status} {body}\n")
+
     def _status(self, writer, code: int, reason: str, extra: str = "", head: bool = False) -> bool:
         body = f"{code} {reason}\n".encode()
         header = f"HTTP/1.1 {code} {reason}\r\nContent-Length: {len(body)}\r\n{extra}\r\n".encode()
         self.stats.statuses[str(code)] = self.stats.statuses.get(str(code), 0) + 1
+        self._log("HEAD" if head else "GET", "-", None, code, 0)
         body = b"" if head else body
         self.stats.bytes_sent += len(header) + len(body)
         writer.write(header + body)
         return True
 
 
-async def serve(root: Path, port: int, latency_ms: float, rate_mbps: float) -> None:
-    app = ShapedServer(root, latency_ms / 1000.0, rate_mbps * 1e6)
+async def serve(root: Path, port: int, latency_ms: float, rate_mbps: float, log: Path | None = None) -> None:
+    app = ShapedServer(root, latency_ms / 1000.0, rate_mbps * 1e6, log)
     server = await asyncio.start_server(app.handle, "127.0.0.1", port, backlog=256)
     port = server.sockets[0].getsockname()[1]
     print(f"listening on http://127.0.0.1:{port}", flush=True)
@@ -205,11 +216,10 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--latency-ms", type=float, default=30.0, help="added before each response's first byte")
     ap.add_argument("--rate-mbps", type=float, default=60.0, help="MB/s per connection (0: unlimited)")
+    ap.add_argument("--log", type=Path, help="append one line per request: method path range status bytes")
     args = ap.parse_args()
-    try:
-        asyncio.run(serve(args.root, args.port, args.latency_ms, args.rate_mbps))
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.root, args.port, args.latency_ms, args.rate_mbps, args.log))
 
 
 if __name__ == "__main__":

@@ -131,14 +131,15 @@ def open_bands(scene: Scene, retries: int) -> OpenBands:
     """Open red, NIR and SCL (retrying transient errors), check the grids, pick the SCL resampling."""
     from rasterio.windows import Window
 
-    closers: list = []
+    # the three opens at once: each is a round trip or two to the object store before any pixel is read
+    with ThreadPoolExecutor(3, thread_name_prefix="open") as pool:
+        futures = [pool.submit(wio.BandReader, href, retries) for href in (scene.red, scene.nir, scene.scl)]
+    closers: list = [f.result() for f in futures if f.exception() is None]
     try:
-        red = wio.BandReader(scene.red, retries)
-        closers.append(red)
-        nir = wio.BandReader(scene.nir, retries)
-        closers.append(nir)
-        scl = wio.BandReader(scene.scl, retries)
-        closers.append(scl)
+        for f in futures:
+            if f.exception() is not None:
+                raise f.exception()  # the first band's error, in band order
+        red, nir, scl = closers
         factor = check_grids(red.info, nir.info, scl.info)
     except BaseException:
         for reader in closers:
