@@ -55,15 +55,33 @@ from launcher.cli.console import console as _console
     "customers).",
 )
 @click.option("--page-size", type=int, default=500, show_default=True, help="Items per page requested.")
-@click.option("--max-items", type=int, default=None, help="Stop after this many items (before dedupe).")
+@click.option(
+    "--max-items",
+    type=int,
+    default=None,
+    help="Stop after this many items (before dedupe) [default: all, and more than 500000 is an error].",
+)
+@click.option(
+    "--max-pages",
+    type=click.IntRange(1),
+    default=2000,
+    show_default=True,
+    help="A STAC search with more pages is an error (raise it for a bigger search).",
+)
 @click.option(
     "--out", "out", type=click.Path(dir_okay=False, writable=True), required=True, help="Output JSONL."
 )
 @friendly_errors
 def search(
-    stac_url, collection, bbox, intersects, datetime_, max_cloud, dedupe, source, page_size, max_items, out
-) -> None:
-    """Search scenes (all pages), keep one per MGRS tile, write them as JSON lines."""
+    stac_url, collection, bbox, intersects, datetime_, max_cloud, dedupe, source, page_size, max_items, max_pages,
+    out,
+) -> None:  # fmt: skip
+    """Search scenes (all pages), keep one per MGRS tile, write them as JSON lines.
+
+    A STAC search stays on the API's origin (a next link elsewhere stops it with an error), stops when a next
+    link repeats, and is bounded: --max-pages pages, 500000 items unless --max-items, 64 MiB and 300 s per page.
+    """
+    from launcher.errors import ResponseError
     from launcher.ndvi import search as s
 
     if bbox is None and intersects is None:
@@ -104,17 +122,20 @@ def search(
     except (ValueError, json.JSONDecodeError) as exc:
         raise click.UsageError(str(exc)) from None
     console = _console()
+    notes: list[str] = []
     with console.status("searching ...") as status:
 
         def on_page(pages: int, count: int) -> None:
             status.update(f"searching: {count} items from {pages} page(s)")
 
         if source == "stac":
-            found = s.search_stac(url, query, on_page)
+            found = s.search_stac(url, query, on_page, max_pages=max_pages, notes=notes)
         else:
             found = s.search_geospatial(query, on_page)
         try:
             kept, stats = s.dedupe(found, dedupe, collection=collection)
+        except ResponseError as exc:
+            raise click.ClickException(f"the STAC search stopped: {exc}") from None
         except Exception as exc:
             if source == "stac" and aws_hint(exc) is None:
                 raise click.ClickException(
@@ -122,6 +143,8 @@ def search(
                     "check --stac-url and the network, then run the search again"
                 ) from None
             raise
+    for note in notes:
+        console.print(f"[yellow]{note}[/]")
     n = s.write_jsonl(kept, out)
     console.print(
         f"found {stats.searched} item(s)"

@@ -169,13 +169,122 @@ def geometry_from_geojson(obj: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"not a GeoJSON geometry, Feature or FeatureCollection (type {kind!r})")
 
 
+# Bounds of a search (the server decides how many pages there are and what each holds): defaults of the CLI's
+# --max-pages and --max-items, and what one request may cost.
+MAX_PAGES = 2000
+MAX_ITEMS = 500_000
+MAX_PAGE_BYTES = 64 * 2**20  # a page of 500 Earth Search items is about 8 MB
+REQUEST_DEADLINE_S = 300.0  # one page, all of it (a server trickling bytes cannot hold the search)
+READ_TIMEOUT_S = 60.0
+
+
+def bounded_stac_io(api_url: str) -> Any:
+    """A pystac-client StacApiIO that stays on the API's origin and bounds every request.
+
+    Every request (the landing page, the search, each ``next`` link) must go to the scheme, host and port of
+    ``api_url``: a link elsewhere ends the search with one line, nothing is sent there. A link's ``method`` may be
+    GET or POST; its ``headers`` are ignored (paging needs none: a POST page sends the link's ``body`` as JSON).
+    Each answer is read within MAX_PAGE_BYTES and REQUEST_DEADLINE_S; redirects are followed only within the
+    origin."""
+    import requests
+    from pystac import Link
+    from pystac_client.exceptions import APIError
+    from pystac_client.stac_api_io import StacApiIO
+
+    from launcher.errors import ResponseError
+    from launcher.http import fetch, origin, short
+
+    api_origin = origin(api_url)
+
+    class BoundedStacApiIO(StacApiIO):
+        def read_text(self, source: Any, *args: Any, **kwargs: Any) -> str:
+            if not isinstance(source, Link):
+                return super().read_text(source, *args, **kwargs)
+            link = source.to_dict()
+            method = str(link.get("method") or "GET").upper()
+            if method not in ("GET", "POST"):
+                raise ResponseError(
+                    f"a next link of {api_url} asks for method {short(method, 20)}: not followed"
+                )
+            body = link.get("body") or {}
+            if not isinstance(body, dict):
+                raise ResponseError(f"a next link of {api_url} has a body that is not a JSON object")
+            parameters: dict[str, Any] = {}
+            if method == "POST":
+                parameters = {**(kwargs.get("parameters") or {}), **body} if link.get("merge") else body
+            return self.request(str(link.get("href") or ""), method=method, parameters=parameters)
+
+        def request(
+            self,
+            href: str,
+            method: str | None = None,
+            headers: dict[str, str] | None = None,
+            parameters: dict[str, Any] | None = None,
+        ) -> str:
+            if origin(href) != api_origin:
+                raise ResponseError(
+                    f"{api_url} links to another origin ({short(href)}): not followed, the search stops"
+                )
+            method = (method or "GET").upper()
+            sent = (
+                {"json": parameters}
+                if method in ("POST", "PUT", "PATCH")
+                else {"params": dict(parameters or {})}
+            )
+            try:
+                answer = fetch(
+                    self.session,
+                    method,
+                    href,
+                    max_bytes=MAX_PAGE_BYTES,
+                    deadline_s=REQUEST_DEADLINE_S,
+                    read_timeout_s=READ_TIMEOUT_S,
+                    same_origin_redirects=True,
+                    headers=headers,
+                    **sent,
+                )
+            except requests.RequestException as exc:
+                raise APIError(str(exc)) from None
+            if not 200 <= answer.status < 300:
+                raise APIError(
+                    f"{short(href)} answered {answer.status}: {short(answer.body.decode('utf-8', 'replace'))}"
+                )
+            try:
+                return answer.body.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise APIError(str(exc)) from None
+
+    return BoundedStacApiIO(max_retries=3)
+
+
+def _next_link(page: dict[str, Any]) -> str | None:
+    """What identifies a page's ``next`` link (href, method and body), or None when there is none."""
+    for link in page.get("links") or []:
+        if isinstance(link, dict) and link.get("rel") == "next":
+            return json.dumps(
+                [link.get("href"), link.get("method"), link.get("body")], sort_keys=True, default=str
+            )
+    return None
+
+
 def search_stac(
-    url: str, query: SearchQuery, on_page: Callable[[int, int], None] | None = None
+    url: str,
+    query: SearchQuery,
+    on_page: Callable[[int, int], None] | None = None,
+    max_pages: int = MAX_PAGES,
+    notes: list[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Every item of a STAC API search, all pages, as dicts. `on_page(pages, items)` reports progress."""
+    """Every item of a STAC API search, all pages, as dicts. `on_page(pages, items)` reports progress.
+
+    Bounded: at most ``max_pages`` pages and, without ``query.max_items``, MAX_ITEMS items (more is an error
+    saying which option to raise: a search that big is a mistake or a server that never ends); the search stops
+    when a ``next`` link repeats one already followed (said in ``notes``); requests stay on the API's origin
+    (:func:`bounded_stac_io`)."""
     from pystac_client import Client
 
-    client = Client.open(url)
+    from launcher.errors import ResponseError
+
+    client = Client.open(url, stac_io=bounded_stac_io(url))
     kwargs: dict[str, Any] = {"collections": [query.collection], "limit": query.page_size}
     if query.bbox is not None:
         kwargs["bbox"] = list(query.bbox)
@@ -189,12 +298,30 @@ def search_stac(
         kwargs["max_items"] = query.max_items
     search = client.search(**kwargs)
     count = 0
+    followed: set[str] = set()
     for pages, page in enumerate(search.pages_as_dicts(), start=1):
         features = page.get("features") or []
         count += len(features)
+        if query.max_items is None and count > MAX_ITEMS:
+            raise ResponseError(
+                f"the search at {url} returned more than {MAX_ITEMS} items: narrow it (--bbox, --datetime, "
+                "--max-cloud) or raise --max-items"
+            )
         if on_page:
             on_page(pages, count)
         yield from features
+        link = _next_link(page)
+        if link is None:
+            return
+        if link in followed:
+            if notes is not None:
+                notes.append(f"{url} repeated a next link after {pages} page(s): the search stopped there")
+            return
+        followed.add(link)
+        if pages >= max_pages:
+            raise ResponseError(
+                f"the search at {url} has more than {max_pages} pages: narrow it or raise --max-pages"
+            )
 
 
 # --------------------------------------------------------------------------------------- SageMaker geospatial

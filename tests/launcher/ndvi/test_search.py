@@ -314,3 +314,187 @@ def test_search_cli_explains_an_unreachable_api(tmp_path: Path) -> None:
     )
     assert result.exit_code == 1
     assert f"the STAC search at {url} failed" in result.output and "--stac-url" in result.output
+
+
+# ------------------------------------------------------------------------------------- a hostile STAC API
+class HostileStac:
+    """A STAC API on loopback whose search pages are ``page(n, body)`` (n from 1), and a second server ("the
+    other host") recording whatever reaches it."""
+
+    def __init__(self, page) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[tuple[str, str, dict]] = []
+        self.other: list[tuple[str, str, dict]] = []
+        owner = self
+
+        def handler(record, respond):
+            class Handler(BaseHTTPRequestHandler):
+                def log_message(self, *args) -> None:
+                    pass
+
+                def _any(self) -> None:
+                    length = int(self.headers.get("Content-Length") or 0)
+                    body = json.loads(self.rfile.read(length) or b"{}")
+                    record.append((self.command, self.path, dict(self.headers)))
+                    status, payload = respond(self.path, body)
+                    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+
+                do_GET = do_POST = _any  # noqa: N815
+
+            return Handler
+
+        def api(path: str, body: dict):
+            if path.rstrip("/") == "":
+                return 200, self.landing
+            owner.n += 1
+            return 200, page(owner.n, body)
+
+        self.n = 0
+        self.servers = []
+        for record, respond in ((self.other, lambda p, b: (200, {"type": "FeatureCollection", "features": []})),
+                                (self.requests, api)):  # fmt: skip
+            server = ThreadingHTTPServer(("127.0.0.1", 0), handler(record, respond))
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            self.servers.append(server)
+        self.other_url = f"http://127.0.0.1:{self.servers[0].server_address[1]}"
+        self.url = f"http://127.0.0.1:{self.servers[1].server_address[1]}"
+        self.landing = {
+            "type": "Catalog", "id": "hostile", "stac_version": "1.0.0", "description": "d",
+            "conformsTo": ["https://api.stacspec.org/v1.0.0/core", "https://api.stacspec.org/v1.0.0/item-search"],
+            "links": [{"rel": "search", "href": f"{self.url}/search", "method": "POST", "type": "application/geo+json"},
+                      {"rel": "self", "href": self.url}, {"rel": "root", "href": self.url}],
+        }  # fmt: skip
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+            server.server_close()
+
+
+def _feature(n: int) -> dict:
+    item = copy.deepcopy(fixture_items()[0])
+    item["id"] = f"S2B_{n:05d}_L2A"
+    return item
+
+
+def _search(api: HostileStac, tmp_path: Path, *extra: str):
+    out = tmp_path / "items.jsonl"
+    args = ["search", "--stac-url", api.url, "--bbox=0,0,1,1", "--out", str(out), *extra]
+    return CliRunner().invoke(cli, args), out
+
+
+@pytest.fixture
+def hostile_stac():
+    made: list[HostileStac] = []
+
+    def make(page) -> HostileStac:
+        made.append(HostileStac(page))
+        return made[-1]
+
+    yield make
+    for api in made:
+        api.close()
+
+
+def test_search_stops_an_endless_pagination_at_max_pages(hostile_stac, tmp_path: Path) -> None:
+    """F10: a server that always links to one more page held `launcher search` for ever."""
+    api = hostile_stac(
+        lambda n, body: {
+            "type": "FeatureCollection",
+            "features": [_feature(n)],
+            "links": [
+                {
+                    "rel": "next",
+                    "href": f"{api.url}/search?page={n + 1}",
+                    "method": "POST",
+                    "body": {"page": n + 1},
+                }
+            ],
+        }
+    )
+    result, out = _search(api, tmp_path, "--max-pages", "7")
+    assert result.exit_code == 1, result.output
+    assert "more than 7 pages" in result.output and "--max-pages" in result.output
+    assert api.n == 7 and not out.exists()
+    assert "Traceback" not in result.output and result.output.count("Error") == 1
+    result, _ = _search(api, tmp_path, "--max-pages", "0")
+    assert result.exit_code == 2 and "--max-pages" in result.output
+
+
+def test_search_stops_when_a_next_link_repeats(hostile_stac, tmp_path: Path) -> None:
+    api = hostile_stac(
+        lambda n, body: {
+            "type": "FeatureCollection",
+            "features": [_feature(n)],
+            "links": [
+                {"rel": "next", "href": f"{api.url}/search", "method": "POST", "body": {"token": "same"}}
+            ],
+        }
+    )
+    result, out = _search(api, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert "repeated a next link after 2 page(s)" in result.output
+    assert api.n == 2 and len(read_jsonl(str(out))) == 1  # both items are of one tile
+
+
+def test_search_refuses_a_next_link_to_another_origin_and_ignores_link_headers(
+    hostile_stac, tmp_path
+) -> None:
+    """F10: a next link to another host was fetched, with the method and headers the link chose."""
+
+    def page(n, body):
+        links = [{"rel": "next", "href": f"{api.other_url}/B04.tif", "method": "POST", "body": {"a": 1},
+                  "headers": {"X-Injected": "1"}}]  # fmt: skip
+        if n == 1:  # first a same-origin next link with headers of its own: followed, the headers dropped
+            links = [{"rel": "next", "href": f"{api.url}/search", "method": "POST", "body": {"next": "2"},
+                      "headers": {"X-Injected": "1", "Authorization": "Bearer stolen"}}]  # fmt: skip
+        return {"type": "FeatureCollection", "features": [_feature(n)], "links": links}
+
+    api = hostile_stac(page)
+    result, out = _search(api, tmp_path)
+    assert result.exit_code == 1, result.output
+    assert f"links to another origin ({api.other_url}/B04.tif): not followed" in result.output
+    assert api.other == [] and not out.exists()
+    assert len(api.requests) == 3  # landing, page 1, page 2
+    assert not any("X-Injected" in headers or "Authorization" in headers for _, _, headers in api.requests)
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_search_refuses_a_search_link_to_another_origin(hostile_stac, tmp_path: Path) -> None:
+    api = hostile_stac(lambda n, body: {"type": "FeatureCollection", "features": []})
+    api.landing["links"][0]["href"] = f"{api.other_url}/search"
+    result, _ = _search(api, tmp_path)
+    assert result.exit_code == 1 and "another origin" in result.output, result.output
+    assert api.other == []
+
+
+def test_search_caps_the_size_of_a_page(hostile_stac, tmp_path: Path, monkeypatch) -> None:
+    import launcher.ndvi.search as search
+
+    monkeypatch.setattr(search, "MAX_PAGE_BYTES", 2**20)
+    api = hostile_stac(lambda n, body: {"type": "FeatureCollection", "features": [_feature(n)],
+                                        "padding": "x" * (3 * 2**20)})  # fmt: skip
+    result, out = _search(api, tmp_path)
+    assert result.exit_code == 1, result.output
+    assert "more than the 1 MiB allowed" in result.output and not out.exists()
+
+
+def test_search_caps_the_items_without_max_items(hostile_stac, tmp_path: Path, monkeypatch) -> None:
+    import launcher.ndvi.search as search
+
+    monkeypatch.setattr(search, "MAX_ITEMS", 3)
+    api = hostile_stac(lambda n, body: {"type": "FeatureCollection", "features": [_feature(n * 10 + i) for i in
+                                        range(2)], "links": [{"rel": "next", "href": f"{api.url}/search",
+                                        "method": "POST", "body": {"page": n + 1}}]})  # fmt: skip
+    result, _ = _search(api, tmp_path)
+    assert result.exit_code == 1 and "more than 3 items" in result.output and "--max-items" in result.output
+    result, out = _search(api, tmp_path, "--max-items", "5")  # asked for: a truncated search, no error
+    assert result.exit_code == 0, result.output
+    assert "found 5 item(s)" in result.output
