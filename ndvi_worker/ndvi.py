@@ -166,11 +166,11 @@ def ndvi_core(
             f"shape mismatch: red {red.shape}, nir {nir.shape}, scl {None if scl is None else scl.shape}"
         )
     stats = BlockStats(pixels=int(red.size))
-    nodata = red == 0
-    nodata |= nir == 0
+    low = np.minimum(red, nir)  # both rules hold for a pixel when they hold for its lower band
+    nodata = low == 0
     threshold = CLAMP_FLOOR_DN - int(add_dn)  # DN + add_dn <= 1  <=>  DN <= 1 - add_dn (integers)
-    invalid = _at_most(red, threshold)
-    invalid |= _at_most(nir, threshold)
+    invalid = _at_most(low, threshold)
+    del low
     if threshold < 0:  # only then can DN 0 lie above the clamp floor
         invalid |= nodata
     stats.nodata = int(np.count_nonzero(nodata))
@@ -201,8 +201,12 @@ def ndvi_core(
         stats.total = float(ndvi.sum(dtype=np.float64))
         np.multiply(ndvi, ndvi, out=den)
         stats.total_sq = float(den.sum(dtype=np.float64))
-        stats.minimum = float(ndvi.min(where=valid, initial=np.inf))
-        stats.maximum = float(ndvi.max(where=valid, initial=-np.inf))
+        # invalid pixels hold 0, so a negative minimum (a positive maximum) is a valid pixel's: the masked
+        # reduction is needed only otherwise
+        all_valid = stats.valid == stats.pixels
+        low, high = float(ndvi.min()), float(ndvi.max())
+        stats.minimum = low if low < 0 or all_valid else float(ndvi.min(where=valid, initial=np.inf))
+        stats.maximum = high if high > 0 or all_valid else float(ndvi.max(where=valid, initial=-np.inf))
     return ndvi, invalid, stats
 
 
