@@ -1,28 +1,39 @@
-"""Training throughput: this trainer's loop vs GluonCV's reference segmentation recipe, same data, same run.
+"""Training throughput: this trainer's loop vs GluonCV's reference segmentation recipe, same data, same threads.
 
-DeepLabV3 on ResNet-50 (aux head, SGD + poly schedule), from scratch, on CPU (or every GPU present), at crop 240
-and 480. The data are SN6-like tiles rendered to 8-bit RGB JPG (the built-in algorithm's input), 520 px.
+DeepLabV3 on ResNet-50 (aux head, SGD + poly schedule), from scratch, on CPU, crop 128 / batch 8 by default (the
+issue 11 setting). Data: generated tiles (bright rectangles on speckle, 8-bit RGB PNG, 256 px, base_size 256).
 
-- "gluoncv-reference": the loop of GluonCV's scripts/segmentation/train.py (v0.10) as it runs by default:
-  SegmentationDataset._sync_transform (PIL: mirror, random scale, pad, crop, blur) + ToTensor/Normalize in a
-  gluon DataLoader, DataParallelModel + DataParallelCriterion(MixSoftmaxCrossEntropyLoss(aux_weight=0.5)),
-  gluon.Trainer(sgd) with LRScheduler('poly'), model not hybridized (its default ``--mode``).
-- "earthmon": segmentation_trainer.fit.fit (what the training job runs) on the same images.
+Each measurement runs in its own process, because the math libraries read their thread counts when MXNet is
+imported:
 
-Both: same batch size, one warm-up batch, then the timed batches; images/s = timed samples / timed seconds.
-The loops alternate (``--repeats``); prints each run, the medians and the ratio earthmon / reference
-(>= 1.0 = no slower), in wall-clock images/s and in CPU seconds per image (process + children: steadier than wall
-time when other jobs share the CPUs).
+- "earthmon, MXNet default threads" (before issue 11): OMP_NUM_THREADS etc. unset, so MXNet's OpenMP pool is
+  half the processors (``omp_get_num_procs() >> 1``): one thread on a 2-vCPU machine;
+- "earthmon" (now): the thread settings of ``train`` (segmentation_trainer.threads.configure: every usable CPU);
+- "gluoncv-reference", with MXNet's default threads and with the same settings as "earthmon": the loop of
+  GluonCV's scripts/segmentation/train.py (v0.10): SegmentationDataset._sync_transform (PIL) + ToTensor/Normalize
+  in a gluon DataLoader (2 worker processes), DataParallelModel + DataParallelCriterion(MixSoftmaxCrossEntropyLoss
+  (aux_weight=0.5)), gluon.Trainer(sgd) with LRScheduler('poly'), not hybridized (its default ``--mode``).
 
-    .venv-trainer/bin/python benchmarks/bench_train_throughput.py [--crops 240 480] [--batches 4]
+Reported per run: images/s (timed batches after warm-up), CPU utilisation (process + children CPU time / wall /
+usable CPUs), the data pipeline's cost (seconds to read+augment one batch in one thread), and the fraction of
+the machine's measured peak (a float32 matmul in MXNet with the same threads) that the training step reaches,
+from the network's FLOPs per sample (convolutions and dense layers, forward x 3 for forward + backward).
+Configurations alternate (``--repeats``), medians and ratios to the baseline of the same run are printed.
+
+    .venv-trainer/bin/python benchmarks/bench_train_throughput.py [--crop 128] [--batch 8] [--batches 3]
+    .venv-trainer/bin/python benchmarks/bench_train_throughput.py --backbone tiny --crop 64 --batches 2  # quick
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import os
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -30,6 +41,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MATH_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS")
 
 
 def cpu_seconds() -> float:
@@ -44,18 +59,15 @@ def cpu_seconds() -> float:
     return total
 
 
-def make_data(root: Path) -> Path:
-    from segmentation_trainer.sn6 import PrepareOptions, prepare_sn6
-    from segmentation_trainer.synthetic import generate_sn6
+def make_data(root: Path, tiles: int, size: int) -> Path:
+    from segmentation_trainer.synthetic import generate_rectangles
 
-    generate_sn6(
-        root / "sn6", locations=2, strips=3, tiles_per_side=2, tile_size=520, buildings_per_location=150
-    )
-    prepare_sn6(root / "sn6", root / "data", PrepareOptions(fmt="jpg", val_fraction=0.0, progress=False))
-    return root / "data"
+    return generate_rectangles(root, n_train=tiles, n_val=0, size=size, seed=3, max_buildings=12)
 
 
-def reference_loop(data: Path, crop: int, batch: int, warmup: int, timed: int, ctxs) -> float:
+def reference_loop(
+    data: Path, crop: int, batch: int, warmup: int, timed: int, ctxs, backbone: str, base: int
+):
     import mxnet as mx
     from gluoncv.data.segbase import SegmentationDataset
     from gluoncv.loss import MixSoftmaxCrossEntropyLoss
@@ -75,7 +87,7 @@ def reference_loop(data: Path, crop: int, batch: int, warmup: int, timed: int, c
                 split="train",
                 mode="train",
                 transform=transform,
-                base_size=520,
+                base_size=base,
                 crop_size=crop,
             )
             self.items = [(Image.open(i).convert("RGB"), Image.open(m)) for i, m in pairs]
@@ -95,16 +107,23 @@ def reference_loop(data: Path, crop: int, batch: int, warmup: int, timed: int, c
         def __len__(self):
             return len(self.items)
 
-    images = sorted((data / "train").glob("*.jpg"))
+    images = sorted((data / "train").glob("*.png"))
     pairs = [(p, data / "train_annotation" / (p.stem + ".png")) for p in images]
     input_transform = transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])]
     )
     dataset = InMemory(pairs, input_transform)
     loader = gluon.data.DataLoader(dataset, batch, shuffle=True, last_batch="rollover", num_workers=2)
-    model = DeepLabV3(
-        nclass=2, backbone="resnet50", aux=True, pretrained_base=False, crop_size=crop, base_size=520
-    )
+    if backbone == "tiny":  # the same narrow network as earthmon's tiny backbone, GluonCV's loop around it
+        from segmentation_trainer.model import NetworkConfig, build_network
+
+        model = build_network(
+            NetworkConfig(num_classes=2, backbone="tiny", bands=3), ctx=ctxs, initialize=False
+        )
+    else:
+        model = DeepLabV3(
+            nclass=2, backbone="resnet50", aux=True, pretrained_base=False, crop_size=crop, base_size=base
+        )
     model.initialize(
         mx.init.Xavier(magnitude=2), ctx=ctxs
     )  # pretrained_base=False: the backbone needs init too
@@ -140,7 +159,7 @@ def reference_loop(data: Path, crop: int, batch: int, warmup: int, timed: int, c
     return seen / (time.perf_counter() - t_start), (cpu_seconds() - c_start) / seen
 
 
-def earthmon_loop(data: Path, crop: int, batch: int, warmup: int, timed: int, ctxs) -> float:
+def earthmon_loop(data: Path, crop: int, batch: int, warmup: int, timed: int, ctxs, backbone: str, base: int):
     from segmentation_trainer.data import Dataset, compute_stats, label_lut, pair_channel
     from segmentation_trainer.fit import FitConfig, fit
     from segmentation_trainer.hyperparameters import parse_hyperparameters
@@ -148,96 +167,225 @@ def earthmon_loop(data: Path, crop: int, batch: int, warmup: int, timed: int, ct
 
     pairs = pair_channel(data / "train", data / "train_annotation")
     mean, std = compute_stats(pairs)
-    dataset = Dataset(pairs, label_lut({"scale": "1"}), mean, std, cache=True)
+    dataset = Dataset(pairs, label_lut(None), mean, std, cache=True)
     hp = parse_hyperparameters(
         {
             "num_classes": "2",
             "num_training_samples": str(len(pairs)),
+            "backbone": backbone,
             "crop_size": str(crop),
-            "base_size": "520",
+            "base_size": str(base),
             "mini_batch_size": str(batch),
             "epochs": "1",
             "use_pretrained_model": "False",
         }
     )
-    net = build_network(NetworkConfig(num_classes=2, bands=3), ctx=ctxs)
+    net = build_network(NetworkConfig(num_classes=2, backbone=backbone, bands=3), ctx=ctxs)
     marks: list[tuple[float, int, float]] = []
 
     def on_batch(epoch, i, samples):
         marks.append((time.perf_counter(), samples, cpu_seconds()))
 
     config = FitConfig(
-        hp=hp, workers=2, max_batches_per_epoch=warmup + timed, on_batch=on_batch, progress_every_s=1e9
+        hp=hp,
+        workers=int(os.environ.get("EARTHMON_DATA_WORKERS", "2")),
+        max_batches_per_epoch=warmup + timed,
+        on_batch=on_batch,
+        progress_every_s=1e9,
     )
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
         fit(net, dataset, None, ctxs, config, stop=threading.Event(), fp="bench")
     seen = sum(m[1] for m in marks[warmup:])
     return seen / (marks[-1][0] - marks[warmup - 1][0]), (marks[-1][2] - marks[warmup - 1][2]) / seen
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--crops", type=int, nargs="+", default=[240, 480])
-    parser.add_argument(
-        "--batch", type=int, nargs="+", default=None, help="batch per crop (default 4 at 240, 2 at 480)"
-    )
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--batches", type=int, default=4, help="timed batches per loop")
-    parser.add_argument(
-        "--repeats", type=int, default=2, help="interleaved runs of each loop (median reported)"
-    )
-    parser.add_argument("--json", type=Path, help="write the results here")
-    args = parser.parse_args(argv)
+def data_seconds_per_batch(data: Path, crop: int, batch: int, base: int, batches: int = 3) -> float:
+    """Reading (cached) + augmenting one batch in one thread: what the data pipeline costs."""
+    from segmentation_trainer.data import Dataset, compute_stats, label_lut, pair_channel, training_batches
 
+    pairs = pair_channel(data / "train", data / "train_annotation")
+    mean, std = compute_stats(pairs)
+    dataset = Dataset(pairs, label_lut(None), mean, std, cache=True)
+    for i in range(len(dataset)):
+        dataset.load(i)  # the cache is filled once per job
+    rng = np.random.default_rng(0)
+    started = time.perf_counter()
+    n = 0
+    for _ in training_batches(dataset, batch, base, crop, rng, workers=0):
+        n += 1
+        if n >= batches:
+            break
+    return (time.perf_counter() - started) / n
+
+
+def network_flops(backbone: str, crop: int) -> float:
+    """Forward FLOPs of one crop x crop sample (2 x multiply-accumulates of convolutions and dense layers)."""
+    import mxnet as mx
+    from mxnet.gluon import nn
+
+    from segmentation_trainer.model import NetworkConfig, build_network
+
+    net = build_network(NetworkConfig(num_classes=2, backbone=backbone, bands=3))
+    total = [0.0]
+
+    def hook(block, inputs, output):
+        x = inputs[0]
+        if isinstance(block, nn.Conv2D):
+            w = block.weight.shape  # (out, in / groups, kh, kw)
+            total[0] += 2.0 * output.size * w[1] * w[2] * w[3]
+        elif isinstance(block, nn.Dense):
+            total[0] += 2.0 * output.size * (x.size // x.shape[0])
+
+    def attach(block):
+        if isinstance(block, nn.Conv2D | nn.Dense):
+            block.register_forward_hook(hook)
+        for child in block._children.values():
+            attach(child)
+
+    attach(net)
+    net(mx.nd.zeros((1, 3, crop, crop)))
+    return total[0]
+
+
+def peak_gflops(seconds: float = 3.0, n: int = 1024) -> float:
+    """The machine's float32 matmul speed in MXNet with this process's threads (best of a few seconds)."""
     import mxnet as mx
 
-    from segmentation_trainer.devices import contexts, describe
+    a = mx.nd.random.uniform(shape=(n, n))
+    b = mx.nd.random.uniform(shape=(n, n))
+    mx.nd.dot(a, b).wait_to_read()
+    best = 0.0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t0 = time.perf_counter()
+        for _ in range(4):
+            c = mx.nd.dot(a, b)
+        c.wait_to_read()
+        best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t0) / 1e9)
+    return best
 
-    ctxs = contexts()
+
+def child(args) -> int:
+    """One measurement in this process (the thread settings were made before MXNet was imported)."""
+    if args.threads == "earthmon":
+        from segmentation_trainer.threads import configure
+
+        settings = configure({})
+        threads = settings.describe()
+    else:
+        threads = "MXNet's defaults: " + (
+            ", ".join(f"{k}={os.environ[k]}" for k in MATH_VARIABLES if k in os.environ) or "nothing set"
+        )
+    import mxnet as mx
+
+    from segmentation_trainer.devices import contexts
+
     random.seed(0)
     mx.random.seed(0)
-    results = []
+    ctxs = contexts()
+    loop = {"reference": reference_loop, "earthmon": earthmon_loop}[args.loop]
+    data = Path(args.data)
+    c0, t0 = cpu_seconds(), time.perf_counter()
+    rate, cpu_per_image = loop(
+        data, args.crop, args.batch, args.warmup, args.batches, ctxs, args.backbone, args.base
+    )
+    out = {
+        "loop": args.loop,
+        "threads": args.threads,
+        "threads_detail": threads,
+        "images_per_s": rate,
+        "cpu_s_per_image": cpu_per_image,
+        "peak_gflops": peak_gflops(),
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": cpu_seconds() - c0,
+    }
+    print("RESULT " + json.dumps(out), flush=True)
+    return 0
+
+
+CONFIGS = (  # (name, loop, threads); the first is the baseline
+    ("earthmon, MXNet default threads (before)", "earthmon", "default"),
+    ("earthmon (train's thread settings)", "earthmon", "earthmon"),
+    ("gluoncv-reference, default threads", "reference", "default"),
+    ("gluoncv-reference, same threads", "reference", "earthmon"),
+)
+
+
+def run_child(args, data: Path, loop: str, threads: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in MATH_VARIABLES}
+    env["PYTHONPATH"] = str(ROOT)
+    cmd = [sys.executable, __file__, "--child", "--loop", loop, "--threads", threads, "--data", str(data)]
+    cmd += ["--crop", str(args.crop), "--batch", str(args.batch), "--base", str(args.base)]
+    cmd += ["--warmup", str(args.warmup), "--batches", str(args.batches), "--backbone", args.backbone]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    raise RuntimeError(f"{loop}/{threads} failed:\n{proc.stderr[-3000:]}")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="resnet-50", choices=["resnet-50", "tiny"])
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--base", type=int, default=256, help="base_size = the tile size")
+    parser.add_argument("--tiles", type=int, default=48)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--batches", type=int, default=3, help="timed batches per run")
+    parser.add_argument("--repeats", type=int, default=1, help="alternating runs of each configuration")
+    parser.add_argument("--configs", default="0,1,2,3", help="which of the configurations, by index")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--loop", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    cpus = len(os.sched_getaffinity(0))
+    configs = [CONFIGS[int(i)] for i in args.configs.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        data = make_data(Path(tmp))
-        n_images = len(list((data / "train").glob("*.jpg")))
+        data = make_data(Path(tmp) / "data", args.tiles, args.base)
+        flops = network_flops(args.backbone, args.crop)
+        step = data_seconds_per_batch(data, args.crop, args.batch, args.base)
         print(
-            f"device: {describe(ctxs)}; {n_images} JPG tiles of 520 px; DeepLabV3-ResNet50 + aux, from scratch",
+            f"{args.backbone} DeepLabV3 + aux, crop {args.crop}, batch {args.batch}, {args.tiles} PNG tiles of "
+            f"{args.base} px; {cpus} usable CPU(s); load average {os.getloadavg()[0]:.2f}; forward "
+            f"{flops / 1e9:.2f} GFLOP/sample, training ~{3 * flops / 1e9:.2f} GFLOP/sample; data pipeline "
+            f"{step * 1000:.0f} ms per batch in one thread",
             flush=True,
         )
-        for k, crop in enumerate(args.crops):
-            batch = args.batch[k] if args.batch else (4 if crop <= 240 else 2)
-            names = ("gluoncv-reference", "earthmon")
-            row = {
-                "crop": crop,
-                "batch": batch,
-                "runs": {n: [] for n in names},
-                "cpu_s_per_image": {n: [] for n in names},
-            }
-            for r in range(args.repeats):  # interleaved, so load from other processes hits both alike
-                for name, loop in zip(names, (reference_loop, earthmon_loop), strict=True):
-                    rate, cpu = loop(data, crop, batch, args.warmup, args.batches, ctxs)
-                    row["runs"][name].append(rate)
-                    row["cpu_s_per_image"][name].append(cpu)
-                    print(
-                        f"crop {crop} batch {batch} run {r + 1} {name:18s} {rate:7.3f} images/s, "
-                        f"{cpu:6.2f} CPU s/image",
-                        flush=True,
-                    )
-            for name in names:
-                row[name] = float(np.median(row["runs"][name]))
-                row[name + "_cpu"] = float(np.median(row["cpu_s_per_image"][name]))
-            row["ratio"] = row["earthmon"] / row["gluoncv-reference"]
-            row["cpu_ratio"] = row["gluoncv-reference_cpu"] / row["earthmon_cpu"]
-            print(
-                f"crop {crop}: median earthmon {row['earthmon']:.3f} vs reference {row['gluoncv-reference']:.3f} "
-                f"images/s = {row['ratio']:.2f}x; CPU time per image: reference / earthmon = {row['cpu_ratio']:.2f}x",
-                flush=True,
-            )
-            results.append(row)
+        runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+        for r in range(args.repeats):
+            for name, loop, threads in configs:
+                res = run_child(args, data, loop, threads)
+                res["load_avg"] = os.getloadavg()[0]
+                runs[name].append(res)
+                util = res["cpu_s"] / res["wall_s"] / cpus
+                frac = res["images_per_s"] * 3 * flops / 1e9 / res["peak_gflops"]
+                print(
+                    f"run {r + 1} {name:44s} {res['images_per_s']:7.3f} images/s, {res['cpu_s_per_image']:6.2f} CPU "
+                    f"s/image, CPU utilisation {util:5.0%}, {frac:5.1%} of peak {res['peak_gflops']:.0f} GFLOP/s, "
+                    f"load {res['load_avg']:.1f}  [{res['threads_detail']}]",
+                    flush=True,
+                )
+    base_name = configs[0][0]
+    base_rate = statistics.median(r["images_per_s"] for r in runs[base_name])
+    summary = []
+    print(f"{'configuration':46s} {'median img/s':>12s} {'spread':>15s} {'vs baseline':>11s}")
+    for name, _, _ in configs:
+        rates = [r["images_per_s"] for r in runs[name]]
+        med = statistics.median(rates)
+        peak = statistics.median(r["peak_gflops"] for r in runs[name])
+        summary.append({"name": name, "median_images_per_s": med, "runs": runs[name],
+                        "fraction_of_peak": med * 3 * flops / 1e9 / peak})  # fmt: skip
+        print(f"{name:46s} {med:12.3f} {min(rates):7.3f}-{max(rates):<7.3f} {med / base_rate:10.2f}x")
     if args.json:
-        args.json.write_text(json.dumps(results, indent=1))
+        args.json.write_text(
+            json.dumps({"flops_forward": flops, "data_s_per_batch": step, "configs": summary}, indent=1)
+        )
     return 0
 
 

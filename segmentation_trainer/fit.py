@@ -17,6 +17,7 @@ fingerprint resumes after the last completed epoch.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -221,6 +222,20 @@ def evaluate_dataset(net, dataset: Dataset, ctx, batch_size: int, num_classes: i
         pred = out.argmax(axis=1).asnumpy().astype(np.int64)
         cm += confusion_matrix(pred, label, num_classes)
     return cm
+
+
+DEFAULT_BN_CALIBRATION_MAX = 8
+
+
+def bn_calibration_batches(hp: Hyperparameters, iters_per_epoch: int) -> int:
+    """Training batches to re-estimate the batch-norm statistics with at the end of each epoch.
+
+    ``earthmon_bn_recalibration_batches`` when set (0 turns it off); else a quarter of the epoch's batches,
+    1 to 8 (at most ~25 % more compute per epoch; docs/performance-trainer.md has the measurements).
+    """
+    if hp.earthmon_bn_recalibration_batches is not None:
+        return hp.earthmon_bn_recalibration_batches
+    return max(1, min(DEFAULT_BN_CALIBRATION_MAX, iters_per_epoch // 4))
 
 
 def batchnorm_layers(net) -> list:
@@ -430,6 +445,27 @@ def fit(
             "throughput": throughput,
             "seconds": train_seconds,
         }
+        calibration = bn_calibration_batches(hp, actual_iters)
+        if calibration:
+            c0 = time.monotonic()
+            calib_rng = np.random.default_rng([hp.seed, epoch, 1])
+            used = recalibrate_batchnorm(
+                net,
+                itertools.islice(
+                    training_batches(
+                        train, batch_size, hp.base_size, crop, calib_rng, workers=config.workers
+                    ),
+                    calibration,
+                ),
+                ctxs,
+                dtype,
+            )
+            record["bn_recalibration"] = {"batches": used, "seconds": round(time.monotonic() - c0, 2)}
+            log.info(
+                "batch-norm statistics re-estimated for the epoch's final weights on %d training batches in %.1f s",
+                used,
+                time.monotonic() - c0,
+            )
         best_before = state.best_miou
         stop_now = False
         if validation is not None and len(validation):
