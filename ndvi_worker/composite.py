@@ -70,7 +70,13 @@ def period_stamp(day: dt.date) -> str:
 
 
 def composite_stem(tile: str, start: dt.date, end: dt.date, method: str) -> str:
-    """``31UFU_20231201_20231231_ndvi-max`` (the COG, STAC item and quicklook share it)."""
+    """``31UFU_20231201_20231231_ndvi-max`` (the COG, STAC item and quicklook share it). The tile must be a
+    normalised MGRS tile (:func:`ndvi_worker.stac.check_tile`): the stem names files and a staging folder."""
+    from ndvi_worker.stac import check_tile
+
+    check_tile(tile)
+    if method not in BANDS:
+        raise ValueError(f"unknown composite method {method!r}")
     return f"{tile}_{period_stamp(start)}_{period_stamp(end)}_ndvi-{method}"
 
 

@@ -1,6 +1,10 @@
 """Finding the STAC items in an input folder: ``*.json`` / ``*.geojson`` (an item, an ItemCollection or a list of
 items) and ``*.jsonl`` / ``*.ndjson`` (one item per line), recursively. Other JSON is skipped with a log line;
-unreadable or malformed files become failed entries, so they are reported, never silently dropped."""
+unreadable or malformed files become failed entries, so they are reported, never silently dropped.
+
+Every document is untrusted: a JSON document (or one JSON Lines line) larger than :data:`MAX_DOCUMENT_BYTES`
+(16 MiB) is refused unread, and one nested deeper than :data:`MAX_DEPTH` (or too deep or too large for the
+parser: RecursionError, MemoryError) becomes a failed entry; the other files go on."""
 
 from __future__ import annotations
 
@@ -15,6 +19,11 @@ log = logging.getLogger(__name__)
 
 JSON_SUFFIXES = {".json", ".geojson"}
 LINES_SUFFIXES = {".jsonl", ".ndjson"}
+#: Largest JSON document read (a whole ``.json`` file, or one line of a ``.jsonl`` file): an ItemCollection of
+#: ~3000 Earth Search items; a STAC API page of 100 items is ~1 MB.
+MAX_DOCUMENT_BYTES = 16 * 2**20
+#: Deepest nesting accepted in a document (a STAC item is ~6 levels deep).
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -27,34 +36,99 @@ class InputItem:
     error: str | None = None
 
 
+def _load(text: str) -> object:
+    """``json.loads`` with the nesting capped: ValueError for anything malformed, too deep or too large."""
+    try:
+        doc = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply for the JSON parser") from None
+    except MemoryError:
+        raise ValueError("too large to decode") from None
+    if _depth(doc) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    return doc
+
+
+def _depth(doc: object) -> int:
+    """Nesting depth of a parsed document, computed without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            deepest = max(deepest, depth)
+            if depth > MAX_DEPTH:
+                return depth
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
+    return deepest
+
+
 def parse_document(text: str, source: str, location: str, lines: bool) -> list[InputItem] | None:
     """Pure: the items (or errors) in a document's text; ``None`` when it is JSON but holds no STAC items."""
     if lines:
         out: list[InputItem] = []
         for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                doc = json.loads(line)
-            except ValueError as exc:
-                out.append(InputItem(f"{source}#{n}", location, error=f"malformed JSON on line {n}: {exc}"))
-                continue
-            items = items_in_document(doc)
-            if items is None:
-                out.append(InputItem(f"{source}#{n}", location, error=f"line {n} is not a STAC item"))
-            else:
-                out.extend(InputItem(f"{source}#{n}", location, item=i) for i in items)
+            out.extend(parse_line(line, n, source, location))
         return out
     try:
-        doc = json.loads(text)
+        doc = _load(text)
     except ValueError as exc:
-        return [InputItem(source, location, error=f"malformed JSON: {exc}")]
+        return [InputItem(source, location, error=f"malformed JSON: {_short(exc)}")]
     items = items_in_document(doc)
     if items is None:
         return None
     if len(items) == 1:
         return [InputItem(source, location, item=items[0])]
     return [InputItem(f"{source}#{n}", location, item=i) for n, i in enumerate(items, start=1)]
+
+
+def parse_line(line: str, n: int, source: str, location: str) -> list[InputItem]:
+    """The items (or the error) of line ``n`` of a JSON Lines file; ``[]`` for a blank line."""
+    if not line.strip():
+        return []
+    try:
+        doc = _load(line)
+    except ValueError as exc:
+        return [InputItem(f"{source}#{n}", location, error=f"malformed JSON on line {n}: {_short(exc)}")]
+    items = items_in_document(doc)
+    if items is None:
+        return [InputItem(f"{source}#{n}", location, error=f"line {n} is not a STAC item")]
+    return [InputItem(f"{source}#{n}", location, item=i) for i in items]
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _read_lines(path: Path, source: str, location: str) -> list[InputItem]:
+    """A JSON Lines file read line by line (no size limit for the file; each line at most MAX_DOCUMENT_BYTES)."""
+    out: list[InputItem] = []
+    with path.open("rb") as f:
+        n = 0
+        while True:
+            raw = f.readline(MAX_DOCUMENT_BYTES + 1)
+            if not raw:
+                break
+            n += 1
+            if len(raw) > MAX_DOCUMENT_BYTES and not raw.endswith(b"\n"):
+                while (rest := f.readline(2**20)) and not rest.endswith(b"\n"):
+                    pass  # skip the rest of the line
+                out.append(
+                    InputItem(f"{source}#{n}", location, error=f"line {n} is larger than {_mib()} (not read)")
+                )
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                out.append(InputItem(f"{source}#{n}", location, error=f"line {n} is not UTF-8: {exc}"))
+                continue
+            out.extend(parse_line(line, n, source, location))
+    return out
+
+
+def _mib() -> str:
+    return f"{MAX_DOCUMENT_BYTES / 2**20:g} MiB"
 
 
 def find_items(input_dir: Path) -> list[InputItem]:
@@ -67,12 +141,27 @@ def find_items(input_dir: Path) -> list[InputItem]:
     )
     for path in files:
         source = str(path.relative_to(input_dir))
+        location = str(path.resolve())
         try:
+            if path.suffix.lower() in LINES_SUFFIXES:
+                found.extend(_read_lines(path, source, location))
+                continue
+            size = path.stat().st_size
+            if size > MAX_DOCUMENT_BYTES:
+                found.append(
+                    InputItem(
+                        source, location, error=f"file is {size} bytes, larger than {_mib()} (not read)"
+                    )
+                )
+                continue
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             found.append(InputItem(source, str(path), error=f"cannot read file: {exc}"))
             continue
-        entries = parse_document(text, source, str(path.resolve()), path.suffix.lower() in LINES_SUFFIXES)
+        except MemoryError:
+            found.append(InputItem(source, str(path), error="cannot read file: out of memory"))
+            continue
+        entries = parse_document(text, source, location, lines=False)
         if entries is None:
             log.info("skipping %s: JSON but not a STAC item or item collection", source)
             continue

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from ndvi_worker.safety import shown
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
 
@@ -31,6 +33,19 @@ class ProductCommand(click.Command):
         except click.ClickException as exc:
             click.echo(f"{name}: error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo(f"{name}: interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:  # noqa: BLE001 - bad input never ends in a traceback
+            import logging
+
+            logging.getLogger("ndvi_worker").debug("unexpected error", exc_info=True)
+            click.echo(
+                f"{name}: error: unexpected error ({type(exc).__name__}: {shown(exc, 300)}); "
+                "run again with --log-level DEBUG for details, and report it",
+                err=True,
+            )
+            sys.exit(1)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 
@@ -154,7 +169,7 @@ def composite_command(
         err=True,
     )
     for problem in report.failed:
-        click.echo(f"  failed: {problem.source}: {problem.error}", err=True)
+        click.echo(f"  failed: {shown(problem.source, 300)}: {shown(problem.error, 500)}", err=True)
     return status
 
 
@@ -206,7 +221,7 @@ def mosaic_command(
     report, status, stats = run_mosaic(input_dir, output_dir, opts, staging_dir)
     click.echo(f"mosaic: {json.dumps(stats)}", err=True)
     for problem in report.failed:
-        click.echo(f"  failed: {problem.source}: {problem.error}", err=True)
+        click.echo(f"  failed: {shown(problem.source, 300)}: {shown(problem.error, 500)}", err=True)
     return status
 
 

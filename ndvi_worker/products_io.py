@@ -7,13 +7,12 @@ come from :mod:`ndvi_worker.io`.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import math
 import os
-import shutil
-import socket
 import time
 import warnings
 from collections.abc import Callable
@@ -27,7 +26,9 @@ from ndvi_worker import composite as core
 from ndvi_worker import io as wio
 from ndvi_worker import mosaic as mcore
 from ndvi_worker.collection import build_collection, viewer_feature
+from ndvi_worker.contract import ProcessingPaths
 from ndvi_worker.ndvi import INT16_NODATA, INT16_SCALE, to_int16
+from ndvi_worker.safety import path_under, redact, redact_obj, shown
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def find_products(input_dir: Path) -> tuple[list[core.ProductInput], list[Proble
     """Every NDVI product (a STAC item with an ``ndvi`` asset: per-scene outputs and composites) under
     ``input_dir``, with its grid read from its COG header; unreadable items or COGs become problems."""
     from ndvi_worker.discover import find_items
-    from ndvi_worker.stac import mgrs_tile, resolve_href
+    from ndvi_worker.stac import ItemError, mgrs_tile, resolve_href
 
     products: list[core.ProductInput] = []
     problems: list[Problem] = []
@@ -81,6 +82,16 @@ def find_products(input_dir: Path) -> tuple[list[core.ProductInput], list[Proble
         if not isinstance(asset, dict) or not asset.get("href"):
             log.debug("skipping %s: not an NDVI product (no 'ndvi' asset)", entry.source)
             continue
+        if not isinstance(item.get("properties") or {}, dict):
+            problems.append(Problem(entry.source, "its 'properties' is not an object"))
+            continue
+        try:
+            tile = mgrs_tile(
+                item, strict=True
+            )  # names files and folders: a malformed tile refuses the product
+        except ItemError as exc:
+            problems.append(Problem(entry.source, str(exc)))
+            continue
         try:
             cog = wio.gdal_path(resolve_href(asset["href"], entry.location))
             grid = read_grid(cog)
@@ -89,10 +100,10 @@ def find_products(input_dir: Path) -> tuple[list[core.ProductInput], list[Proble
             continue
         products.append(
             core.ProductInput(
-                item_id=str(item.get("id")),
+                item_id=shown(item.get("id"), 200),
                 item_path=entry.location,
                 cog_path=cog,
-                tile=mgrs_tile(item),
+                tile=tile,
                 date=core.item_date(item),
                 item=item,
                 grid=grid,
@@ -111,7 +122,7 @@ def read_grid(path: str) -> core.Grid:
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc).strip().replace("\n", " ") or type(exc).__name__
+    text = redact(str(exc).strip().replace("\n", " ")) or type(exc).__name__
     return text if len(text) <= 300 else text[:297] + "..."
 
 
@@ -292,10 +303,10 @@ def composite_tile(
         )
         (work / json_name).write_text(json.dumps(item, indent=2))
         output_dir.mkdir(parents=True, exist_ok=True)
-        wio.publish(work / cog_name, output_dir / cog_name)
+        wio.publish(work / cog_name, path_under(output_dir, cog_name))
         if opts.quicklook:
-            wio.publish(work / png_name, output_dir / png_name)
-        wio.publish(work / json_name, output_dir / json_name)
+            wio.publish(work / png_name, path_under(output_dir, png_name))
+        wio.publish(work / json_name, path_under(output_dir, json_name))
     return {
         "tile": tile,
         "output": json_name,
@@ -373,7 +384,7 @@ def run_composite(
             report.failed.append(Problem(p.item_id, "no MGRS tile in its item (grid:code, mgrs:*) or id"))
             continue
         selected.append(p)
-    staging_root = staging_dir or output_dir.parent / f".ndvi-staging-{socket.gethostname()}"
+    staging_root = staging_dir or output_dir.parent / f".ndvi-staging-{current_host()}"
     groups = core.group_by_tile(selected)
     log.info(
         "%d products in %d tiles (%d skipped, %d unreadable)",
@@ -413,18 +424,31 @@ def run_composite(
                     summary["seconds"],
                 )
             break
-    shutil.rmtree(staging_root, ignore_errors=True)
+    _remove_if_empty(staging_root)
     _write_report(report, output_dir, "composite")
     return report, 1 if report.failed else 0
+
+
+def current_host() -> str:
+    """The contract's host name (``algo-1`` under SageMaker, from resourceconfig.json), else the machine's: the
+    same name stage 1 gives its report and staging folder."""
+    return ProcessingPaths.from_env().current_host()
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove the staging root only when empty: each tile's scratch folder is already gone, and another run's (or
+    the user's own files in a --staging-dir) are never touched."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
 
 
 def _write_report(report: ProductsReport, output_dir: Path, name: str) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     folder = output_dir / "_reports"
     folder.mkdir(exist_ok=True)
-    path = folder / f"{name}-{socket.gethostname()}.json"
+    path = folder / f"{name}-{current_host()}.json"
     tmp = folder / f".{path.name}.tmp"
-    tmp.write_text(json.dumps(report.to_dict(), indent=2))
+    tmp.write_text(json.dumps(redact_obj(report.to_dict()), indent=2))
     os.replace(tmp, path)
 
 
@@ -476,7 +500,7 @@ def run_mosaic(
         s
         for p in products
         if p.is_composite
-        for s in (p.item.get("properties") or {}).get("earthmon:source_items", [])
+        for s in _str_list((p.item.get("properties") or {}).get("earthmon:source_items"))
     }
     placed: list[PlacedInput] = []
     for p in products:
@@ -500,7 +524,7 @@ def run_mosaic(
         "height": grid.height,
         "bounds": [grid.west, grid.south, grid.east, grid.north],
     }
-    staging_root = staging_dir or output_dir.parent / f".ndvi-staging-{socket.gethostname()}"
+    staging_root = staging_dir or output_dir.parent / f".ndvi-staging-{current_host()}"
     t0 = time.monotonic()
     with wio.scratch_dir(staging_root, "mosaic") as work:
         accumulator = work / "sum_count.tif"
@@ -544,9 +568,9 @@ def run_mosaic(
         map_shape = write_mosaic_png(cog, png, opts.png_max_width)
         wio.publish(cog, output_dir / "mosaic_ndvi.tif")
         wio.publish(png, output_dir / "mosaic_ndvi.png")
-    shutil.rmtree(staging_root, ignore_errors=True)
+    _remove_if_empty(staging_root)
     included = [pl.product for pl in placed if any(d["source"] == pl.product.item_id for d in report.done)]
-    write_collection_and_viewer(included, output_dir, grid, map_shape, opts.viewer)
+    report.failed.extend(write_collection_and_viewer(included, output_dir, grid, map_shape, opts.viewer))
     stats["seconds"] = round(time.monotonic() - t0, 3)
     _write_report(report, output_dir, "mosaic")
     return report, 1 if report.failed else 0, stats
@@ -706,8 +730,9 @@ def write_collection_and_viewer(
     grid: mcore.MosaicGrid | None,
     map_shape: tuple[int, int, int, int] | None,
     viewer: bool = True,
-) -> None:
-    """``collection.json`` (every product's item linked, relative to the output folder) and ``index.html``."""
+) -> list[Problem]:
+    """``collection.json`` (every product's item linked, relative to the output folder) and ``index.html``.
+    Returns the products left out of the viewer (a field it cannot draw): each is reported, the page is written."""
     from ndvi_worker.viewer import render_viewer
 
     out = output_dir.resolve()
@@ -745,11 +770,14 @@ def write_collection_and_viewer(
     tmp.write_text(text)
     os.replace(tmp, out / "collection.json")
     if not viewer:
-        return
-    features = [
-        viewer_feature(p.item, href, os.path.dirname(href))
-        for p, (_, href) in zip(products, entries, strict=False)
-    ]
+        return []
+    features, problems = [], []
+    for p, (_, href) in zip(products, entries, strict=False):
+        try:
+            features.append(viewer_feature(p.item, href, os.path.dirname(href)))
+        except Exception as exc:  # noqa: BLE001 - one odd item never costs the page
+            problems.append(Problem(p.item_path, f"left out of the viewer: {_short(exc)}"))
+            log.error("viewer: leaving out %s: %s", p.item_id, _short(exc))
     data = {
         "features": features,
         "mosaic": None
@@ -770,6 +798,12 @@ def write_collection_and_viewer(
     tmp = out / ".index.html.tmp"
     tmp.write_text(render_viewer(data))
     os.replace(tmp, out / "index.html")
+    return problems
+
+
+def _str_list(value) -> list[str]:
+    """The strings of a list field (``earthmon:source_items``); anything else in it is ignored."""
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
 
 
 def is_finite(value) -> bool:

@@ -1,6 +1,6 @@
 """Pure STAC logic: an item dict in, a :class:`Scene` (bands, offset decision, ids) out. No I/O.
 
-Handles both Earth Search schemas that live in the ``sentinel-cogs`` bucket (DOMAIN.md section 1):
+Handles both Earth Search schemas that live in the ``sentinel-cogs`` bucket (docs/domain.md section 1):
 
 * v1 (``sentinel-2-l2a``): assets ``red`` / ``nir`` / ``scl``, ``s2:processing_baseline``,
   ``earthsearch:boa_offset_applied``;
@@ -137,7 +137,7 @@ def parse_baseline(value: object) -> float | None:
 
 
 def decide_offset(properties: dict, override: str = "auto") -> OffsetDecision:
-    """The BOA offset rule of DOMAIN.md section 1.
+    """The BOA offset rule of docs/domain.md section 1.
 
     * ``override='apply'`` forces ``(DN - 1000) / 10000``; ``'skip'`` forces ``DN / 10000``.
     * ``auto``: the ``*:boa_offset_applied`` flag when present (true: the COG producer already removed the
@@ -200,48 +200,82 @@ def _item_date(properties: dict) -> dt.date | None:
         return None
 
 
-_GRID_CODE = re.compile(r"^MGRS-(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
+_GRID_CODE = re.compile(r"MGRS-(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})")
 _ITEM_ID_TILE = re.compile(r"^S2[A-D]_(?:T)?(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})_")
-_PC_TILE = re.compile(r"^(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})$")
+_PC_TILE = re.compile(r"(\d{1,2})([C-HJ-NP-X])([A-HJ-NP-Z]{2})")
+#: A normalised MGRS tile: zone 01-60, latitude band C-X without I and O, 100 km square (two letters, no I/O).
+MGRS_TILE = re.compile(r"(?:0[1-9]|[1-5][0-9]|60)[C-HJ-NP-X][A-HJ-NP-Z]{2}")
+_BAND = re.compile(r"[C-HJ-NP-X]")
+_SQUARE = re.compile(r"[A-HJ-NP-Z]{2}")
+_TILE_RULE = "zone 1-60, latitude band C-X without I and O, two-letter grid square"
 
 
 def _tile(zone: object, band: object, square: object) -> str | None:
-    try:
-        z = int(zone)  # type: ignore[call-overload]
-    except (TypeError, ValueError, OverflowError):
+    """``31UFU`` from its parts, each checked strictly (the tile names output files and staging folders);
+    None when any part is malformed."""
+    if isinstance(zone, bool):
+        return None
+    if isinstance(zone, str) and re.fullmatch(r"[0-9]{1,2}", zone):
+        z = int(zone)
+    elif isinstance(zone, int):
+        z = zone
+    else:
         return None
     if not (1 <= z <= 60) or not isinstance(band, str) or not isinstance(square, str):
         return None
-    return f"{z:02d}{band.upper()}{square.upper()}"
+    band, square = band.upper(), square.upper()
+    if not _BAND.fullmatch(band) or not _SQUARE.fullmatch(square):
+        return None
+    return f"{z:02d}{band}{square}"
 
 
-def mgrs_tile(item: dict[str, object]) -> str | None:
+def check_tile(tile: object) -> str:
+    """``tile`` if it is a normalised MGRS tile (``31UFU``); :class:`ItemError` otherwise."""
+    if not isinstance(tile, str) or not MGRS_TILE.fullmatch(tile):
+        raise ItemError(f"malformed MGRS tile {shown(tile, 80)!r} ({_TILE_RULE})")
+    return tile
+
+
+def mgrs_tile(item: dict[str, object], strict: bool = False) -> str | None:
     """The item's MGRS tile, normalised to a zero-padded zone (`09UXA`, `31UFU`), or None if unknown.
 
-    Sources, in order: `grid:code` (v1), `mgrs:*` (v1), `sentinel:*` (v0), `s2:mgrs_tile` (Planetary Computer),
-    then the item id.
+    Sources, in order: `grid:code` (v1, when it starts with ``MGRS-``), `mgrs:*` (v1), `sentinel:*` (v0),
+    `s2:mgrs_tile` (Planetary Computer), then the item id. Every part is validated (zone 1-60, latitude band C-X
+    without I and O, two-letter square): the tile names composite files and staging folders. A malformed source
+    is skipped, or with ``strict`` refuses the item (:class:`ItemError` naming the field): a hostile field is never
+    silently replaced by another source.
     """
     props = item.get("properties")
     if not isinstance(props, dict):
         props = {}
+
+    def bad(field: str, value: object) -> None:
+        if strict:
+            raise ItemError(f"malformed MGRS tile in {field}: {shown(value, 80)!r} ({_TILE_RULE})")
+
     code = props.get("grid:code")
-    if isinstance(code, str):
-        m = _GRID_CODE.match(code.strip().upper())
-        if m:
-            return _tile(*m.groups())
-    for prefix in ("mgrs", "sentinel"):
-        tile = _tile(
-            props.get(f"{prefix}:utm_zone"),
-            props.get(f"{prefix}:latitude_band"),
-            props.get(f"{prefix}:grid_square"),
-        )
+    if isinstance(code, str) and code.strip().upper().startswith("MGRS-"):
+        m = _GRID_CODE.fullmatch(code.strip().upper())
+        tile = _tile(*m.groups()) if m else None
         if tile:
             return tile
+        bad("grid:code", code)
+    for prefix in ("mgrs", "sentinel"):
+        keys = [f"{prefix}:{k}" for k in ("utm_zone", "latitude_band", "grid_square")]
+        values = [props.get(k) for k in keys]
+        if all(v is None for v in values):
+            continue
+        tile = _tile(*values)
+        if tile:
+            return tile
+        bad(f"{prefix}:utm_zone/latitude_band/grid_square", "/".join(str(v) for v in values))
     pc = props.get("s2:mgrs_tile")
-    if isinstance(pc, str):
-        m = _PC_TILE.match(pc.strip().upper())
-        if m:
-            return _tile(*m.groups())
+    if pc is not None:
+        m = _PC_TILE.fullmatch(pc.strip().upper()) if isinstance(pc, str) else None
+        tile = _tile(*m.groups()) if m else None
+        if tile:
+            return tile
+        bad("s2:mgrs_tile", pc)
     m = _ITEM_ID_TILE.match(str(item.get("id", "")))
     if m:
         return _tile(*m.groups())
@@ -333,6 +367,6 @@ def scene_from_item(item: dict, location: str | None = None, boa_offset: str = "
         offset=decide_offset(props, boa_offset),
         collection=item.get("collection"),
         datetime=props.get("datetime"),
-        mgrs_tile=mgrs_tile(item),
+        mgrs_tile=mgrs_tile(item, strict=True),
         item=item,
     )
