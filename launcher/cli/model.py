@@ -69,14 +69,24 @@ TRAINING_OPTIONS = [
 ]
 
 
-def _training_spec(opts: Mapping[str, Any], discover: bool):
+def _training_spec(
+    opts: Mapping[str, Any], discover: bool, script_mode: bool = False, metrics: tuple | None = None
+):
     from launcher.aws import client
     from launcher.model.channels import existing_channels
     from launcher.model.requests import OPTIONAL_CHANNELS, REQUIRED_CHANNELS, TrainingSpec, channels_under
     from launcher.model.requests import parse_hyperparameters as parse_hp
 
     channels: dict[str, str] = {}
-    if opts["channels"]:
+    if script_mode:
+        if opts["channels"]:
+            raise click.UsageError(
+                "with --entry-point, name each channel your script reads: --channel NAME=s3://... (repeatable; "
+                "--channels is the built-in model's data layout)"
+            )
+        if not opts["output"]:
+            raise click.UsageError("with --entry-point, give --output s3://... (where the model and code go)")
+    elif opts["channels"]:
         present = existing_channels(client("s3"), opts["channels"]) if discover else set()
         if discover:
             missing = [c for c in REQUIRED_CHANNELS if c not in present]
@@ -87,7 +97,7 @@ def _training_spec(opts: Mapping[str, Any], discover: bool):
                 )
         channels = channels_under(opts["channels"], present & set(OPTIONAL_CHANNELS))
     channels.update(pairs(opts["channel_pairs"], "--channel"))
-    if not channels:
+    if not channels and not script_mode:
         raise click.UsageError("give the data: --channels s3://BUCKET/PREFIX (or --channel NAME=URI ...)")
     output = opts["output"]
     if not output:
@@ -109,6 +119,8 @@ def _training_spec(opts: Mapping[str, Any], discover: bool):
         checkpoint_s3_uri=opts["checkpoint"],
         data_format=opts["data_format"],
         tags=pairs(opts["tag_pairs"], "--tag"),
+        script_mode=script_mode,
+        metric_definitions=metrics,
     )
 
 
@@ -137,10 +149,31 @@ def _poll(
 # ----------------------------------------------------------------------------------------------- train
 @click.command("train")
 @with_options(TRAINING_OPTIONS)
+@click.option(
+    "--entry-point",
+    default=None,
+    metavar="PATH",
+    help="Run your own training script in the image (script mode): its folder (or --source-dir) is uploaded as "
+    "sourcedir.tar.gz under --output; channels are yours (--channel NAME=URI).",
+)
+@click.option(
+    "--source-dir",
+    default=None,
+    metavar="DIR",
+    help="The code folder uploaded with --entry-point [default: the script's folder]; a relative --entry-point is "
+    "then a path inside it.",
+)
+@click.option(
+    "--metric",
+    "metric_specs",
+    multiple=True,
+    metavar="NAME=REGEX",
+    help="With --entry-point: a metric your script logs (the regex captures the value; repeatable).",
+)
 @click.option("--local", is_flag=True, help="Run in SageMaker SDK local mode on this machine (Docker).")
 @click.option("--poll", type=float, default=30.0, show_default=True, help="Seconds between status checks.")
 @friendly_errors
-def train(local: bool, poll: float, **opts: Any) -> None:
+def train(entry_point, source_dir, metric_specs, local: bool, poll: float, **opts: Any) -> None:
     """Train the segmentation model: a SageMaker training job of the training image.
 
     \b
@@ -150,25 +183,68 @@ def train(local: bool, poll: float, **opts: Any) -> None:
 
     The job logs metrics the built-in way; MetricDefinitions publish train:loss, validation:mIOU and
     validation:pixel_accuracy to CloudWatch. Checkpoints go to --checkpoint (spot restarts resume from them).
+
+    \b
+    Your own script in the same image (script mode, docs/training-image.md):
+      launcher train --image URI --role ARN --entry-point src/fit.py --channel train=s3://BUCKET/tiles/ \\
+          --output s3://BUCKET/runs/ --hp epochs=20 --metric 'val:loss=val_loss=([0-9.]+)'
     """
     from launcher.model import requests as mj
 
-    spec = _training_spec(opts, discover=not opts["dry_run"] and not local)
+    script = archive = None
+    metrics = None
+    if entry_point is not None:
+        from launcher.model.source import SCRIPT_HYPERPARAMETERS, pack, parse_metric, resolve_script
+
+        script = resolve_script(entry_point, source_dir)
+        archive = pack(
+            script
+        )  # refuses links leaving the folder and oversized folders, before anything is sent
+        metrics = tuple(parse_metric(m) for m in metric_specs)
+        reserved = sorted(
+            k for k in mj.parse_hyperparameters(opts["hp_pairs"]) if k in SCRIPT_HYPERPARAMETERS
+        )
+        if reserved:
+            raise click.UsageError(f"--hp {', '.join(reserved)}: set by --entry-point, do not give it")
+    elif source_dir is not None or metric_specs:
+        raise click.UsageError("--source-dir and --metric go with --entry-point (your own training script)")
+    spec = _training_spec(
+        opts, discover=not opts["dry_run"] and not local, script_mode=script is not None, metrics=metrics
+    )
     name = check_name(opts["name"], 63, "job name") if opts["name"] else mj.job_name("segmentation")
     if local:
         from launcher.model.local_mode import estimator_arguments, train_local
 
         if opts["dry_run"]:
-            print_json(estimator_arguments(spec, name))
+            print_json(estimator_arguments(spec, name, script))
             return
-        model_data = train_local(spec, name)
+        model_data = train_local(spec, name, script)
         click.echo(model_data)
         return
+    if script is not None:
+        import dataclasses
+
+        from launcher.model.source import SOURCE_ARCHIVE, script_hyperparameters
+
+        submit_uri = f"{spec.output_path.rstrip('/')}/{name}/source/{SOURCE_ARCHIVE}"
+        spec = dataclasses.replace(
+            spec, hyperparameters={**spec.hyperparameters, **script_hyperparameters(script, submit_uri)}
+        )
     request = mj.training_job_request(spec, name)
     if opts["dry_run"]:
         print_json(request)
+        if script is not None:
+            _console().print(
+                f"would upload {script.source_dir} ({len(archive)} bytes packed) to {submit_uri}"
+            )
         return
     sm = _sagemaker()
+    if script is not None:
+        from launcher.aws import client, parse_s3_uri
+
+        target = parse_s3_uri(submit_uri)
+        client("s3").put_object(Bucket=target.bucket, Key=target.key, Body=archive)
+        _console().print(f"uploaded {script.source_dir} to {submit_uri}")
     sm.create_training_job(**request)
     _console().print(f"created training job {name}")
     if not opts["wait"]:

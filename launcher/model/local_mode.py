@@ -17,26 +17,33 @@ from typing import Any
 
 from launcher.aws import local_mode_scratch, local_session
 from launcher.model.requests import TrainingSpec
+from launcher.model.source import Script
 from segmentation_trainer.contract import METRIC_DEFINITIONS
 
 LOCAL_PORT = 8080
 
 
-def estimator_arguments(spec: TrainingSpec, name: str) -> dict[str, Any]:
-    """Keyword arguments of ``sagemaker.estimator.Estimator`` and ``fit`` for a local training job."""
+def estimator_arguments(spec: TrainingSpec, name: str, script: Script | None = None) -> dict[str, Any]:
+    """Keyword arguments of ``sagemaker.estimator.Estimator`` and ``fit`` for a local training job; with a
+    ``script`` (``train --entry-point --local``), the SDK's own ``entry_point`` and ``source_dir``: it packs the
+    folder and sets ``sagemaker_program`` / ``sagemaker_submit_directory`` itself (local code, no upload)."""
+    metrics = METRIC_DEFINITIONS if spec.metric_definitions is None else spec.metric_definitions
+    estimator: dict[str, Any] = {
+        "image_uri": spec.image,
+        "role": spec.role,
+        "instance_count": 1,  # local mode runs one container per instance on one machine
+        "instance_type": "local",
+        "hyperparameters": {k: str(v) for k, v in spec.hyperparameters.items()},
+        "output_path": spec.output_path,
+        "metric_definitions": [dict(m) for m in metrics],
+        "base_job_name": name,
+        "volume_size": spec.volume_gb,
+        "max_run": spec.max_runtime_s,
+    }
+    if script is not None:
+        estimator.update(entry_point=script.program, source_dir=str(script.source_dir))
     return {
-        "estimator": {
-            "image_uri": spec.image,
-            "role": spec.role,
-            "instance_count": 1,  # local mode runs one container per instance on one machine
-            "instance_type": "local",
-            "hyperparameters": {k: str(v) for k, v in spec.hyperparameters.items()},
-            "output_path": spec.output_path,
-            "metric_definitions": [dict(m) for m in METRIC_DEFINITIONS],
-            "base_job_name": name,
-            "volume_size": spec.volume_gb,
-            "max_run": spec.max_runtime_s,
-        },
+        "estimator": estimator,
         "fit": {"inputs": dict(spec.channels), "job_name": name, "wait": True, "logs": "All"},
     }
 
@@ -49,10 +56,12 @@ def model_arguments(image: str, model_data: str, role: str, environment: Mapping
     }
 
 
-def train_local(spec: TrainingSpec, name: str) -> Any:  # pragma: no cover - needs Docker
+def train_local(
+    spec: TrainingSpec, name: str, script: Script | None = None
+) -> Any:  # pragma: no cover - Docker
     from sagemaker.estimator import Estimator
 
-    args = estimator_arguments(spec, name)
+    args = estimator_arguments(spec, name, script)
     with local_mode_scratch() as scratch:
         estimator = Estimator(sagemaker_session=local_session(scratch), **args["estimator"])
         estimator.fit(**args["fit"])

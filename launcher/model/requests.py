@@ -23,6 +23,7 @@ from segmentation_trainer.contract import (
     REQUIRED_CHANNELS,
     TrainingPaths,
 )
+from segmentation_trainer.toolkit import CHANNEL_NAME
 
 # The training image's contract (segmentation_trainer.contract, importable without MXNet): the channels (the
 # built-in algorithm's four, docs/domain.md section 5, plus this image's optional ones), the MetricDefinitions built
@@ -128,6 +129,9 @@ class TrainingSpec:
     checkpoint_s3_uri: str | None = None
     data_format: str = "jpg"
     tags: Mapping[str, str] = field(default_factory=dict)
+    # script mode (``train --entry-point``): the user's script owns the channels (any names) and the metrics
+    script_mode: bool = False
+    metric_definitions: tuple[Mapping[str, str], ...] | None = None  # None: the built-in model's
 
     def check(self) -> None:
         problems = []
@@ -145,19 +149,48 @@ class TrainingSpec:
             raise RequestError("; ".join(problems))
 
 
+def script_input_data_config(channels: Mapping[str, str]) -> list[dict[str, Any]]:
+    """InputDataConfig of a user's script: any channel names (SageMaker's pattern), no content types."""
+    bad = [name for name in channels if not CHANNEL_NAME.fullmatch(name)]
+    if bad:
+        raise RequestError(
+            f"channel name(s) {bad[:5]}: letters, digits, '.', '_', '-' (at most 64, no leading dot)"
+        )
+    return [
+        {
+            "ChannelName": name,
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": _s3_uri(uri, f"channel {name}"),
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+            "InputMode": "File",
+            "CompressionType": "None",
+        }
+        for name, uri in channels.items()
+    ]
+
+
 def _training_definition(spec: TrainingSpec, checkpoint_uri: str) -> dict[str, Any]:
     spec.check()
     stopping: dict[str, Any] = {"MaxRuntimeInSeconds": spec.max_runtime_s}
     if spec.spot:
         stopping["MaxWaitTimeInSeconds"] = spec.max_wait_s or spec.max_runtime_s * 2
-    return {
-        "AlgorithmSpecification": {
-            "TrainingImage": spec.image,
-            "TrainingInputMode": "File",
-            "MetricDefinitions": [dict(m) for m in METRIC_DEFINITIONS],
-        },
+    metrics = METRIC_DEFINITIONS if spec.metric_definitions is None else spec.metric_definitions
+    algorithm: dict[str, Any] = {"TrainingImage": spec.image, "TrainingInputMode": "File"}
+    if metrics:
+        algorithm["MetricDefinitions"] = [dict(m) for m in metrics]
+    channels = (
+        script_input_data_config(spec.channels)
+        if spec.script_mode
+        else input_data_config(spec.channels, spec.data_format)
+    )
+    definition = {
+        "AlgorithmSpecification": algorithm,
         "RoleArn": check_role(spec.role),
-        "InputDataConfig": input_data_config(spec.channels, spec.data_format),
+        "InputDataConfig": channels,
         "OutputDataConfig": {"S3OutputPath": _s3_uri(spec.output_path, "--output")},
         "ResourceConfig": {
             "InstanceType": spec.instance_type,
@@ -171,6 +204,9 @@ def _training_definition(spec: TrainingSpec, checkpoint_uri: str) -> dict[str, A
             "LocalPath": CHECKPOINT_PATH,
         },
     }
+    if not channels:
+        del definition["InputDataConfig"]  # a script may need no data; SageMaker takes no empty list
+    return definition
 
 
 def training_job_request(spec: TrainingSpec, name: str) -> dict[str, Any]:

@@ -282,6 +282,10 @@ def test_bad_input_sweep_over_every_command(aws, planned: Path, tmp_path: Path, 
     empty_path = tmp_path / "empty-path"
     empty_path.mkdir()
     raster = str(_raster(tmp_path / "in.tif"))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "fit.py").write_text("pass\n")
+    script = ["--image", IMAGE, "--role", ROLE, "--output", f"s3://{BUCKET}/runs/", "--dry-run"]
     sub = ["--image", IMAGE, "--role", ROLE]
     train = ["--image", IMAGE, "--role", ROLE, "--channels", "s3://b/sn6/", "--dry-run"]
     cases: list[tuple[list[str], int, str]] = [
@@ -413,6 +417,15 @@ def test_bad_input_sweep_over_every_command(aws, planned: Path, tmp_path: Path, 
         (["train", "--image", IMAGE, "--role", ROLE, "--channels", "notS3", "--dry-run"], 2, "s3://"),
         (["train", *train, "--name", "bad name!"], 2, "name"),
         (["train", *train, "--instance-count", "zero"], 2, "--instance-count"),
+        (["train", *script, "--entry-point", nodir], 2, "no such file"),
+        (["train", *script, "--entry-point", "../fit.py", "--source-dir", str(code)], 2, "'..' path segment"),
+        (["train", *script, "--entry-point", "/etc/passwd", "--source-dir", str(code)], 2, "outside --source-dir"),
+        (["train", *script, "--entry-point", "-x.py", "--source-dir", str(code)], 2, "starts with '-'"),
+        (["train", *script, "--entry-point", str(code / "fit.py"), "--metric", "x=("], 2, "--metric"),
+        (["train", *script, "--entry-point", str(code / "fit.py"), "--metric", "noequals"], 2, "NAME=REGEX"),
+        (["train", *script, "--metric", "x=(1)"], 2, "go with --entry-point"),
+        (["train", "--image", IMAGE, "--role", ROLE, "--entry-point", str(code / "fit.py"), "--dry-run"], 2,
+         "--output"),
         (["tune", *train, "--range", "learning_rate=a:b"], 2, "numbers"),
         (["tune", *train, "--max-jobs", "2", "--max-parallel", "5"], 2, "max parallel"),
         (["deploy", "--name", "e", "--image", IMAGE, "--role", ROLE], 2, "exactly one of"),

@@ -339,3 +339,127 @@ def test_deploy_local_refuses_a_taken_port(monkeypatch):
         with pytest.raises(RuntimeError, match=rf"port {port} is already in use .*docker rm -f"):
             model_local.deploy_local("img", "s3://b/model.tar.gz", "arn:aws:iam::0:role/r", {})
     assert not model_local.port_in_use(port)
+
+
+# ----------------------------------------------------------------------------------------------- script mode
+@pytest.fixture
+def source_tree(tmp_path):
+    """A user's code folder: the script, a helper module, a link inside the folder."""
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "fit.py").write_text("import lib.util\nprint('val_loss=0.5')\n")
+    (src / "lib" / "util.py").write_text("X = 1\n")
+    (src / "lib" / "alias.py").symlink_to(src / "lib" / "util.py")
+    return src
+
+
+def _tar_members(body: bytes) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_train_entry_point_uploads_the_code_and_names_it_in_the_request(aws, source_tree):
+    out = f"s3://{BUCKET}/runs/"
+    result = run(
+        "train", "--image", IMAGE, "--role", ROLE, "--entry-point", str(source_tree / "fit.py"),
+        "--channel", "tiles=s3://b/tiles/", "--channel", "my.extra-data_2=s3://b/extra/", "--output", out,
+        "--hp", "epochs=3", "--metric", "val:loss=val_loss=([0-9.]+)", "--name", "script-1", "--no-wait",
+    )  # fmt: skip
+    assert result.output.strip().endswith("script-1")
+    (create,) = aws.sent("sagemaker", "CreateTrainingJob")
+    body = create.body
+    submit = f"s3://{BUCKET}/runs/script-1/source/sourcedir.tar.gz"
+    assert body["HyperParameters"] == {
+        "epochs": "3",
+        "sagemaker_program": '"fit.py"',
+        "sagemaker_submit_directory": json.dumps(submit),
+    }
+    # the script owns its channels: any names, no built-in layout or content types, no discovery in S3
+    assert [(c["ChannelName"], c["DataSource"]["S3DataSource"]["S3Uri"]) for c in body["InputDataConfig"]] == [
+        ("tiles", "s3://b/tiles/"), ("my.extra-data_2", "s3://b/extra/"),
+    ]  # fmt: skip
+    assert not any("ContentType" in c for c in body["InputDataConfig"])
+    assert body["AlgorithmSpecification"]["MetricDefinitions"] == [
+        {"Name": "val:loss", "Regex": "val_loss=([0-9.]+)"}
+    ]
+    assert not aws.sent("s3", "ListObjectsV2")
+    # the code was uploaded before the job was created, where the hyperparameter says
+    ops = [(c.service, c.operation) for c in aws.sent()]
+    assert ops.index(("s3", "PutObject")) < ops.index(("sagemaker", "CreateTrainingJob"))
+    import launcher.aws as launcher_aws
+
+    tarball = launcher_aws.client("s3").get_object(Bucket=BUCKET, Key="runs/script-1/source/sourcedir.tar.gz")
+    members = _tar_members(tarball["Body"].read())
+    assert members == {
+        "fit.py": (source_tree / "fit.py").read_bytes(),
+        "lib/util.py": b"X = 1\n",
+        "lib/alias.py": b"X = 1\n",  # a link inside the folder: packed as its file
+    }
+
+
+def test_train_entry_point_in_a_source_dir_without_metrics_or_channels(aws, source_tree):
+    (source_tree / "jobs").mkdir()
+    (source_tree / "jobs" / "run.py").write_text("pass\n")
+    result = run(
+        "train", "--image", IMAGE, "--role", ROLE, "--entry-point", "jobs/run.py", "--source-dir", str(source_tree),
+        "--output", f"s3://{BUCKET}/runs", "--name", "script-2", "--dry-run",
+    )  # fmt: skip
+    request = last_json(result.output.split("would upload")[0])
+    assert request["HyperParameters"]["sagemaker_program"] == '"jobs/run.py"'
+    assert "MetricDefinitions" not in request["AlgorithmSpecification"]
+    assert "InputDataConfig" not in request
+    assert f"to s3://{BUCKET}/runs/script-2/source/sourcedir.tar.gz" in result.output
+    assert aws.calls == []  # a dry run uploads nothing
+
+
+def test_train_entry_point_local_dry_run_gives_the_sdk_the_script(aws, source_tree):
+    result = run(
+        "train", "--image", IMAGE, "--role", ROLE, "--entry-point", str(source_tree / "fit.py"),
+        "--channel", "train=file:///data/train", "--output", "file:///tmp/out", "--local", "--dry-run",
+        "--name", "local-script",
+    )  # fmt: skip
+    args = json.loads(result.output)
+    assert args["estimator"]["entry_point"] == "fit.py"
+    assert args["estimator"]["source_dir"] == str(source_tree.resolve())
+    assert "sagemaker_program" not in args["estimator"]["hyperparameters"]  # the SDK sets it
+    assert args["estimator"]["metric_definitions"] == []
+    assert args["fit"]["inputs"] == {"train": "file:///data/train"}
+    assert aws.calls == []
+
+
+def test_train_refuses_bad_entry_points_in_one_line(aws, source_tree, tmp_path):
+    outside = tmp_path / "outside.py"
+    outside.write_text("pass\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s3cr3t")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "fit.py").write_text("pass\n")
+    (linked / "key").symlink_to(secret)
+    base = ["train", "--image", IMAGE, "--role", ROLE, "--output", f"s3://{BUCKET}/runs/", "--name", "bad-1"]
+    src = str(source_tree)
+    cases = [
+        (["--entry-point", str(tmp_path / "missing.py")], "no such file"),
+        (["--entry-point", "../outside.py", "--source-dir", src], "'..' path segment"),
+        (["--entry-point", str(outside), "--source-dir", src], "is outside --source-dir"),
+        (["--entry-point", "nope.py", "--source-dir", src], "no such file"),
+        (["--entry-point", "fit.py", "--source-dir", str(tmp_path / "nodir")], "no such folder"),
+        (["--entry-point", str(linked / "fit.py")], "links outside the folder"),
+        (["--entry-point", str(source_tree / "fit.py"), "--metric", "loss=([0-9"], "does not compile"),
+        (["--entry-point", str(source_tree / "fit.py"), "--metric", "loss=[0-9]+"], "group"),
+        (
+            ["--entry-point", str(source_tree / "fit.py"), "--hp", "sagemaker_program=x.py"],
+            "set by --entry-point",
+        ),
+        (["--entry-point", str(source_tree / "fit.py"), "--channels", "s3://b/sn6/"], "--channel NAME="),
+        (["--entry-point", str(source_tree / "fit.py"), "--channel", "bad name=s3://b/x/"], "channel name"),
+        (["--source-dir", src, "--channels", "s3://b/sn6/"], "go with --entry-point"),
+    ]
+    for extra, needle in cases:
+        result = CliRunner().invoke(cli, [*base, *extra])
+        assert result.exit_code == 2, (extra, result.output)
+        assert needle in result.output and "Traceback" not in result.output, (extra, result.output)
+        assert "s3cr3t" not in result.output
+    assert not aws.sent("sagemaker") and not aws.sent("s3", "PutObject")
