@@ -27,6 +27,7 @@ import json
 import math
 import re
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -78,19 +79,38 @@ class NotAcceptable(CodecError):
     status = 406
 
 
+class _BeforeDecodeRaised(BaseException):  # noqa: N818 - carries Limits.before_decode's exception
+    """Carries an exception of ``before_decode`` past the decoders' ``except Exception`` (which turn library
+    errors into 400s); :func:`decode_request` raises the original."""
+
+
 # ----------------------------------------------------------------------------------------------- negotiation
 def _media_type(header: str) -> str:
     media = header.split(";", 1)[0].strip().lower()
     return _ALIASES.get(media, media)
 
 
+_TOKEN = r"[A-Za-z0-9!#$&^_.+-]{1,40}"
+_SHOWN_MEDIA_TYPE = re.compile(rf"{_TOKEN}/{_TOKEN}")
+
+
+def _shown(header: str | None, name: str) -> str:
+    """A client's header for a message: its media type alone if it is a short, plain ``type/subtype`` token,
+    else a description (the client's text is never echoed whole)."""
+    if not header or not header.strip():
+        return f"{name} (none sent)"
+    media = header.split(";", 1)[0].split(",", 1)[0].strip()
+    if _SHOWN_MEDIA_TYPE.fullmatch(media):
+        return f"{name} {media.lower()!r}" + (" (and more)" if media != header.strip() else "")
+    return f"{name} (not a plain type/subtype; not shown)"
+
+
 def parse_content_type(header: str | None) -> str:
     """The request's media type, or UnsupportedMediaType naming the accepted ones."""
     media = _media_type(header or "")
     if media not in REQUEST_TYPES:
-        shown = repr(header) if header else "no Content-Type"
         raise UnsupportedMediaType(
-            f"unsupported Content-Type {shown}: send one of {', '.join(REQUEST_TYPES)}"
+            f"unsupported {_shown(header, 'Content-Type')}: send one of {', '.join(REQUEST_TYPES)}"
         )
     return media
 
@@ -121,13 +141,18 @@ def negotiate_accept(header: str | None) -> str:
             return DEFAULT_ACCEPT
         if media == "application/*":
             return RECORDIO_PROTOBUF
-    raise NotAcceptable(f"cannot answer Accept {header!r}: ask for one of {', '.join(RESPONSE_TYPES)}")
+    raise NotAcceptable(
+        f"cannot answer {_shown(header, 'Accept')}: ask for one of {', '.join(RESPONSE_TYPES)}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------- decoding
 # GDAL settings for every decode: no sidecar files are listed or read (.aux.xml, .ovr, .msk, world files), no PAM,
-# georeferencing from the TIFF's own tags only, no network access by any path.
+# georeferencing from the TIFF's own tags only, no network access by any path, and a small block cache (GDAL's
+# default is 5 % of the RAM, which a decompression bomb fills on top of the decoded array).
+GDAL_CACHE_BYTES = 64 * 2**20
 SAFE_GDAL_OPTIONS = {
+    "GDAL_CACHEMAX": GDAL_CACHE_BYTES,  # bytes (rasterio sets it with GDALSetCacheMax64)
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_PAM_ENABLED": "NO",
     "GDAL_GEOREF_SOURCES": "INTERNAL",
@@ -139,6 +164,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 NPY_MAGIC = b"\x93NUMPY"
 BUDGET_BYTES_PER_SAMPLE = 4  # the decoded-size budget: max_pixels x bands x float32 (see decode_request)
+# progressive JPEGs: libjpeg has no limit on the scans of one image, and every scan walks the whole coefficient
+# buffer (a 1 MB body of 25 000 scans decodes for minutes). Encoders write at most a dozen or so; GDAL's own
+# GDAL_JPEG_MAX_ALLOWED_SCAN_NUMBER is 100. Scans x pixels is also bounded by the pixel budget.
+MAX_JPEG_SCANS = 100
+JPEG_SCAN_WORK_FACTOR = 32  # scans x height x width <= EARTHMON_MAX_PIXELS x this
 _MESSAGE_LIMIT = 300  # library error messages are cut to this (they never carry more than a diagnosis)
 
 
@@ -182,13 +212,16 @@ class Limits:
     band_names: tuple[str, ...] | None = None  # for the band-count message
     max_pixels: int | None = None  # height x width
     max_bytes: int | None = None  # bands x height x width x item size (+ the decoder's working buffers)
+    # called with (height, width) once the header passed every check, before any pixel is decoded (the
+    # server checks its request deadline and its time estimate there)
+    before_decode: Callable[[int, int], None] | None = None
 
     @classmethod
-    def of(cls, bands, band_names, max_pixels, max_bytes) -> Limits:
+    def of(cls, bands, band_names, max_pixels, max_bytes, before_decode=None) -> Limits:
         if max_bytes is None and max_pixels is not None:
             max_bytes = max_pixels * max(bands or 4, 1) * BUDGET_BYTES_PER_SAMPLE
         names = tuple(str(n) for n in band_names) if band_names else None
-        return cls(bands, names, max_pixels, max_bytes)
+        return cls(bands, names, max_pixels, max_bytes, before_decode)
 
     def check_bands(self, count: int, media_type: str) -> None:
         if self.bands is None or count == self.bands:
@@ -218,6 +251,13 @@ class Limits:
                 "(EARTHMON_MAX_PIXELS x the model's bands x 4 bytes): send fewer pixels (split the image into "
                 "tiles; launcher predict does this) or float32 instead of float64"
             )
+        if self.before_decode is not None:
+            try:
+                self.before_decode(height, width)
+            except CodecError:
+                raise
+            except Exception as exc:
+                raise _BeforeDecodeRaised() from exc
 
 
 def _mib(n: int) -> str:
@@ -255,6 +295,7 @@ def decode_request(
     *,
     band_names=None,
     max_bytes: int | None = None,
+    before_decode: Callable[[int, int], None] | None = None,
 ):
     """Decode a request body into a :class:`DecodedImage`, by the format its media type names and no other.
 
@@ -263,19 +304,24 @@ def decode_request(
     bounds height x width and ``max_bytes`` (default ``max_pixels`` x ``bands`` x 4 bytes) the decoded size
     (decompression bombs, sparse files), both from the header, with PayloadTooLarge (413).
     TIFF bodies must start with a TIFF signature and are opened by GDAL's GTiff driver alone, with no sidecar
-    or network access. Every failure is a :class:`CodecError` (4xx).
+    or network access. A JPEG with more than MAX_JPEG_SCANS scans is refused (413) before decoding.
+    ``before_decode(height, width)`` is called after the header checks, before any pixel is decoded (its
+    exceptions propagate). Every other failure is a :class:`CodecError` (4xx).
     """
     if not body:
         raise BadRequest("empty request body: send the image bytes")
-    limits = Limits.of(bands, band_names, max_pixels, max_bytes)
-    if media_type in (JPEG, PNG):
-        image = _decode_pil(body, media_type, limits)
-    elif media_type == TIFF:
-        image = _decode_tiff(body, limits)
-    elif media_type == NPY:
-        image = _decode_npy(body, limits)
-    else:  # parse_content_type guards this
-        raise UnsupportedMediaType(f"unsupported Content-Type {media_type!r}")
+    limits = Limits.of(bands, band_names, max_pixels, max_bytes, before_decode)
+    try:
+        if media_type in (JPEG, PNG):
+            image = _decode_pil(body, media_type, limits)
+        elif media_type == TIFF:
+            image = _decode_tiff(body, limits)
+        elif media_type == NPY:
+            image = _decode_npy(body, limits)
+        else:  # parse_content_type guards this
+            raise UnsupportedMediaType(f"unsupported {_shown(media_type, 'Content-Type')}")
+    except _BeforeDecodeRaised as carried:
+        raise carried.__cause__ from None
     _check_pixels(image.height, image.width, max_pixels)
     if image.height < 1 or image.width < 1:
         raise BadRequest(f"the image is empty ({image.height} x {image.width} pixels)")
@@ -295,6 +341,60 @@ _PIL_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "PA": 2, "La": 2, "RGB": 3, 
                    "RGBA": 4, "RGBa": 4, "RGBX": 4, "CMYK": 4, "I": 4, "F": 4, "I;16": 2, "I;16L": 2,
                    "I;16B": 2, "I;16N": 2}  # fmt: skip
 _PIL_16BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+# a marker after entropy-coded data: 0xFF (fill bytes allowed) then a code other than 0x00 (stuffing) and RSTn
+_JPEG_NEXT_MARKER = re.compile(rb"\xff+[^\x00\xff\xd0-\xd7]")
+
+
+def jpeg_scan_count(body: bytes, stop_after: int = MAX_JPEG_SCANS) -> int:
+    """The number of scans (SOS markers, 0xFFDA) of a JPEG, counted by walking its marker segments and skipping
+    the entropy-coded data, without decoding; stops counting once past ``stop_after``. Bytes that are not a
+    marker where one is expected are skipped up to the next marker, as libjpeg does."""
+    i, n, scans = 2, len(body), 0  # after SOI
+    while i + 1 < n:
+        if body[i] != 0xFF:  # garbage: libjpeg skips to the next marker
+            found = _JPEG_NEXT_MARKER.search(body, i)
+            if found is None:
+                break
+            i = found.start()
+        while i < n and body[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            break
+        code = body[i]
+        i += 1
+        if code == 0xD9:  # EOI
+            break
+        if code == 0x01 or 0xD0 <= code <= 0xD8:  # standalone markers (TEM, RSTn, SOI)
+            continue
+        if i + 2 > n:
+            break
+        i += int.from_bytes(body[i : i + 2], "big")  # the length counts its own two bytes
+        if code == 0xDA:
+            scans += 1
+            if scans > stop_after:
+                break
+            found = _JPEG_NEXT_MARKER.search(body, i)  # skip the scan's entropy-coded data
+            if found is None:
+                break
+            i = found.start()
+    return scans
+
+
+def _check_jpeg_scans(body: bytes, height: int, width: int, max_pixels: int | None) -> None:
+    scans = jpeg_scan_count(body)
+    if scans > MAX_JPEG_SCANS:
+        raise PayloadTooLarge(
+            f"this JPEG has more than {MAX_JPEG_SCANS} scans (progressive JPEG encoders write about 10; each scan "
+            "costs a pass over the whole image): re-encode it as a baseline JPEG, or send PNG or TIFF"
+        )
+    if max_pixels is not None and scans * height * width > max_pixels * JPEG_SCAN_WORK_FACTOR:
+        raise PayloadTooLarge(
+            f"this {width} x {height} progressive JPEG has {scans} scans: decoding it would cost more than "
+            f"{JPEG_SCAN_WORK_FACTOR} passes over the server's pixel limit (EARTHMON_MAX_PIXELS = {max_pixels}): "
+            "re-encode it as a baseline JPEG with fewer pixels, or send PNG or TIFF"
+        )
 
 
 def _decode_pil(body: bytes, media_type: str, limits: Limits) -> DecodedImage:
@@ -317,6 +417,8 @@ def _decode_pil(body: bytes, media_type: str, limits: Limits) -> DecodedImage:
         out_bands = 1 if sixteen or limits.bands == 1 else 3
         limits.check_bands(out_bands, media_type)
         decoded = img.height * img.width * _PIL_MODE_BYTES.get(img.mode, 8)  # before the conversion
+        if media_type == JPEG:  # before any decoding: the scans of a progressive JPEG multiply its cost
+            _check_jpeg_scans(body, img.height, img.width, limits.max_pixels)
         limits.check_size(
             img.height, img.width, out_bands, 4 if img.mode == "I" else 2 if sixteen else 1, decoded
         )
@@ -355,12 +457,23 @@ def _decode_tiff(body: bytes, limits: Limits) -> DecodedImage:
             if src.driver != "GTiff":  # pragma: no cover - GDAL honours the list
                 raise BadRequest("the body is not a TIFF")
             limits.check_bands(src.count, TIFF)
+            if any("complex" in d for d in src.dtypes):
+                raise BadRequest(
+                    f"the TIFF's bands are complex ({src.dtypes[0]}): send real-valued bands (e.g. the "
+                    "amplitude, float32)"
+                )
+            if len(set(src.dtypes)) > 1:  # pragma: no cover - GTiff has one sample format per file
+                raise BadRequest(
+                    f"the TIFF's bands have different types ({', '.join(sorted(set(src.dtypes)))})"
+                )
             itemsize = max(np.dtype(d).itemsize for d in src.dtypes) if src.count else 1
             block_h, block_w = src.block_shapes[0] if src.count else (1, 1)
             pixel_interleaved = (src.interleaving is None) or src.interleaving.name == "PIXEL"
             block = block_h * block_w * itemsize * (src.count if pixel_interleaved else 1)
             limits.check_size(src.height, src.width, src.count, itemsize, extra=block)
-            array = src.read()
+            # one copy: GDAL decodes straight into this array (its block cache is GDAL_CACHE_BYTES at most)
+            array = np.empty((src.count, src.height, src.width), dtype=src.dtypes[0])
+            src.read(out=array)
             crs = src.crs
             transform = src.transform if (src.crs is not None or not src.transform.is_identity) else None
             nodata = src.nodata
@@ -369,14 +482,19 @@ def _decode_tiff(body: bytes, limits: Limits) -> DecodedImage:
     except MemoryError:
         raise PayloadTooLarge("the TIFF is too large to decode: send a smaller image") from None
     except Exception as exc:  # rasterio/GDAL raise several types for unreadable data
-        raise BadRequest(f"corrupt or unreadable TIFF: {_strip_vsimem(_short(exc))}") from None
+        raise BadRequest(f"corrupt or unreadable TIFF: {_short(_strip_vsimem(str(exc)))}") from None
     if array.ndim != 3 or array.shape[0] < 1:
         raise BadRequest("the TIFF has no bands")
     return DecodedImage(array, TIFF, crs=crs, transform=transform, nodata=nodata)
 
 
+_UUID = r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+
+
 def _strip_vsimem(message: str) -> str:
-    return re.sub(r"'?/vsimem/[^\s']*'?", "the body", message)
+    """GDAL's in-memory file names (``/vsimem/...`` paths, the bare ``<uuid>.tif``) replaced by "the body"."""
+    message = re.sub(r"'?/vsimem/[^\s':]*'?", "the body", message)
+    return re.sub(rf"'?(?:[\w./-]*/)?{_UUID}(?:\.\w+)?'?", "the body", message)
 
 
 def npy_header(body: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:

@@ -66,6 +66,35 @@ def nginx_conf(config: ServeConfig, run_dir: Path, socket_path: str, as_root: bo
     slow_client = _json_literal(
         f"the request was not received in time (more than {client_s} between reads, EARTHMON_CLIENT_TIMEOUT_S)"
     )
+    routes = "POST /invocations, GET /ping, GET /execution-parameters"
+    # nginx's own refusals (before or instead of the application): JSON too, never nginx's HTML pages
+    own_errors = {
+        400: "bad request: the request line or headers could not be parsed (e.g. both Content-Length and "
+        "Transfer-Encoding, or two Content-Length headers)",
+        404: f"no such path: this server answers {routes}",
+        405: f"method not allowed: this server answers {routes}",
+        408: None,  # slow_client below
+        413: None,  # too_large
+        414: "request URI too long",
+        431: "request headers too large",
+        494: "request headers too large",
+        500: "internal error in the front (logged on the server)",
+    }
+    pages = [(408, "slow_client", 408, slow_client), (413, "too_large", 413, too_large)]
+    pages += [(code, f"error_{code}", 400 if code == 494 else code, _json_literal(message))
+              for code, message in own_errors.items() if message]  # fmt: skip
+    pages += [(502, "unavailable", 503, unavailable), (503, "unavailable", 503, unavailable),
+              (504, "too_slow", 504, too_slow)]  # fmt: skip
+    # internal URIs, not named locations: nginx cannot redirect a request whose URI it could not parse (e.g.
+    # "OPTIONS *") to a named location, and answers its HTML 500 instead
+    error_pages = "\n".join(
+        f"        error_page {code} ={status} /.earthmon-error/{name};" for code, name, status, _ in pages
+    )
+    locations = "\n".join(
+        f"        location = /.earthmon-error/{name} {{ internal; default_type application/json; "
+        f"return {status} {body}; }}"
+        for name, status, body in dict.fromkeys((n, st, b) for _, n, st, b in pages)
+    )
     user = "user nobody nogroup;  # workers, when started as root\n" if as_root else ""
     temp = "\n".join(
         f"    {kind}_temp_path {run_dir / kind};"
@@ -105,14 +134,10 @@ http {{
             proxy_next_upstream off;  # never replay an invocation
             proxy_intercept_errors off;
         }}
-        error_page 408 @slow_client;
-        error_page 413 @too_large;
-        error_page 502 503 @unavailable;
-        error_page 504 @too_slow;
-        location @slow_client {{ default_type application/json; return 408 {slow_client}; }}
-        location @too_large {{ default_type application/json; return 413 {too_large}; }}
-        location @unavailable {{ default_type application/json; return 503 {unavailable}; }}
-        location @too_slow {{ default_type application/json; return 504 {too_slow}; }}
+        # the application's own errors pass through (proxy_intercept_errors off); these are nginx's, and a worker
+        # restarting (502 from the socket) is answered 503 like every other "not available"
+{error_pages}
+{locations}
     }}
 }}
 """

@@ -32,26 +32,40 @@ def infer(
         )
     predictor = model.predictor(config)
     bands = predictor.config.bands
-    # the band count and the decoded size are checked from the body's header, before any pixel is decoded
+    # the band count and the decoded size are checked from the body's header, before any pixel is decoded; so are
+    # the request deadline and the time estimate (a decode cannot be interrupted once started)
     names = model.metadata.get("band_names")
+
+    def before_decode(height: int, width: int) -> None:
+        if deadline is None:
+            return
+        deadline.check()
+        windows = predictor.window_count(height, width)
+        estimate = model.estimate_s(windows)
+        if estimate is not None and estimate > deadline.remaining():
+            raise DeadlineExceeded(
+                f"this {width} x {height} image needs {windows} windows, about {estimate:.0f} s at the fastest "
+                f"speed measured, more than the {max(0.0, deadline.remaining()):.1f} s left of the request deadline",
+                0,
+                windows,
+            )
+
     image = codecs.decode_request(
         body,
         media,
         bands=bands,
         max_pixels=config.max_pixels,
         band_names=names if isinstance(names, list) else None,
+        before_decode=before_decode,
     )
     windows = predictor.window_count(*image.array.shape[1:])
-    if deadline is not None:
-        estimate = model.estimate_s(windows)
-        if estimate is not None and estimate > deadline.remaining():
-            raise DeadlineExceeded(
-                f"this {image.array.shape[2]} x {image.array.shape[1]} image needs {windows} windows, about "
-                f"{estimate:.0f} s at the fastest speed measured, more than the {max(0.0, deadline.remaining()):.1f} s "
-                "left of the request deadline",
-                0,
-                windows,
-            )
+    if deadline is not None and deadline.remaining() <= 0:
+        raise DeadlineExceeded(
+            f"decoding the {image.width} x {image.height} image took the whole request deadline "
+            f"({deadline.elapsed():.1f} s)",
+            0,
+            windows,
+        )
     started = time.perf_counter()
     probabilities = predictor.probabilities(image.array, deadline=deadline)
     model.observe(windows, time.perf_counter() - started)

@@ -342,6 +342,11 @@ def _valid_bodies() -> dict[str, bytes]:
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(buf, format=fmt)
         out[media] = buf.getvalue()
+    buf = io.BytesIO()  # the scan counter walks every marker of a progressive JPEG (red-team F1)
+    Image.fromarray(rng.integers(0, 255, (12, 10, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", progressive=True
+    )
+    out[f"{codecs.JPEG}+progressive"] = buf.getvalue()
     for compress in (None, "deflate"):
         with MemoryFile() as mem:
             options = {"compress": compress} if compress else {}
