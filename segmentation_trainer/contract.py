@@ -250,5 +250,26 @@ def extract_model_channel(channel: Path, dest: Path) -> Path:
         return channel
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tars[0]) as tar:
-        tar.extractall(dest, filter="data")
+        check_archive_budget(tar.getmembers(), tars[0].name)
+        tar.extractall(dest, filter="data")  # "data": no absolute paths, no ../, no links leaving dest, no devices
     return dest
+
+
+#: The most a model channel's archive may unpack to (a DeepLabV3-ResNet101 model.tar.gz unpacks to ~0.5 GB).
+MODEL_ARCHIVE_MAX_BYTES = 8 * 2**30
+MODEL_ARCHIVE_MAX_MEMBERS = 10_000
+
+
+def check_archive_budget(members: list[tarfile.TarInfo], name: str) -> None:
+    """Refuse an archive whose members would unpack to more than the budget, before anything is written."""
+    if len(members) > MODEL_ARCHIVE_MAX_MEMBERS:
+        raise ContractError(
+            f"{name} holds {len(members)} entries (at most {MODEL_ARCHIVE_MAX_MEMBERS}): "
+            "the model channel expects the model.tar.gz of a training job"
+        )
+    total = sum(m.size for m in members if m.isfile())
+    if total > MODEL_ARCHIVE_MAX_BYTES:
+        raise ContractError(
+            f"{name} unpacks to {total / 2**30:.1f} GiB (at most {MODEL_ARCHIVE_MAX_BYTES / 2**30:.0f} GiB): "
+            "the model channel expects the model.tar.gz of a training job"
+        )

@@ -92,17 +92,28 @@ class Hyperparameters:
 
 
 # ---------------------------------------------------------------------------------------------- parsing
+# Upper bounds that refuse a mistyped value in one line instead of an out-of-memory error deep in MXNet; far above
+# anything the built-in algorithm trains on a real instance (crop 240, base 520, batch 16, 10 epochs by default).
+MAX_IMAGE_SIDE = 8192
+MAX_BATCH = 4096
+MAX_EPOCHS = 100_000
+
+
 def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any], int]:
     def parse(v: Any) -> int:
         if isinstance(v, bool):
             raise ValueError("expected an integer")
+        text = str(v).strip()
         try:
-            f = float(str(v).strip())
+            i = int(text)  # exact, whatever the size (no rounding through float)
         except ValueError:
-            raise ValueError("expected an integer") from None
-        if not f.is_integer():
-            raise ValueError("expected an integer")
-        i = int(f)
+            try:  # "10.0" and "1e3" as the built-in accepts them, when exactly an integer
+                f = float(text)
+            except ValueError:
+                raise ValueError("expected an integer") from None
+            if not math.isfinite(f) or not f.is_integer() or abs(f) > 2**53:
+                raise ValueError("expected an integer")
+            i = int(f)
         _check_range(i, lo, hi)
         return i
 
@@ -184,33 +195,33 @@ def _path(v: Any) -> str:
 
 PARSERS: dict[str, Callable[[Any], Any]] = {
     "num_classes": _int(2, 254),
-    "num_training_samples": _int(1),
+    "num_training_samples": _int(1, 10**9),
     "backbone": _choice(BACKBONES),
     "algorithm": _choice(ALGORITHMS),
     "use_pretrained_model": _bool,
-    "base_size": _int(17),
-    "crop_size": _int(17),
-    "epochs": _int(1),
+    "base_size": _int(17, MAX_IMAGE_SIDE),
+    "crop_size": _int(17, MAX_IMAGE_SIDE),
+    "epochs": _int(1, MAX_EPOCHS),
     "learning_rate": _float(0.0, 1.0, lo_open=True),
     "optimizer": _choice(OPTIMIZERS),
     "lr_scheduler": _choice(LR_SCHEDULERS),
     "lr_scheduler_factor": _float(0.0, 1.0),
     "lr_scheduler_step": _int_list,
-    "mini_batch_size": _int(1),
-    "validation_mini_batch_size": _int(1),
+    "mini_batch_size": _int(1, MAX_BATCH),
+    "validation_mini_batch_size": _int(1, MAX_BATCH),
     "momentum": _float(0.0, 1.0),
     "weight_decay": _float(0.0, 1.0),
     "gamma1": _float(0.0, 1.0),
     "gamma2": _float(0.0, 1.0),
     "early_stopping": _bool,
-    "early_stopping_min_epochs": _int(1),
-    "early_stopping_patience": _int(1),
+    "early_stopping_min_epochs": _int(1, MAX_EPOCHS),
+    "early_stopping_patience": _int(1, MAX_EPOCHS),
     "early_stopping_tolerance": _float(0.0, 1.0),
     "syncbn": _bool,
     "precision_dtype": _choice(PRECISIONS),
     "pretrained_weights": _path,
     "class_names": _names,
-    "seed": _int(0),
+    "seed": _int(0, 2**32 - 1),
     "aux_loss_weight": _float(0.0, 10.0),
     "earthmon_compute_threads": _int(1, 1024),
     "earthmon_data_workers": _int(0, 64),

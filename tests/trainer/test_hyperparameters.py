@@ -141,3 +141,59 @@ def test_crop_size_rounds_up_to_a_multiple_of_8_and_strings_round_trip():
 def test_not_an_object():
     with pytest.raises(HyperparameterError, match="JSON object"):
         parse_hyperparameters(["num_classes", 2])
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("crop_size", "100000000000"),
+        ("base_size", "9000"),
+        ("mini_batch_size", "100000"),
+        ("epochs", "1e9"),
+        ("num_training_samples", str(10**12)),
+        ("seed", str(2**40)),
+    ],
+)
+def test_sizes_beyond_any_instance_are_refused_in_one_line(key, value):
+    """Red-team F13: a mistyped size is refused with the key named, not an out-of-memory error inside MXNet."""
+    with pytest.raises(HyperparameterError, match=key):
+        parse_hyperparameters({**REQUIRED, key: value})
+
+
+def test_large_integers_are_exact_and_float_spellings_still_accepted():
+    hp = parse_hyperparameters({**REQUIRED, "seed": str(2**32 - 1), "epochs": "12.0", "crop_size": "2.4e2"})
+    assert (hp.seed, hp.epochs, hp.crop_size) == (2**32 - 1, 12, 240)
+    with pytest.raises(HyperparameterError, match="seed"):
+        parse_hyperparameters({**REQUIRED, "seed": "9007199254740993.5"})
+
+
+def test_model_archive_budget_is_checked_before_extracting(tmp_path, monkeypatch):
+    """Red-team F13: a small model.tar.gz that would unpack to more than the budget writes nothing."""
+    import io
+    import tarfile
+
+    from segmentation_trainer import contract
+
+    channel = tmp_path / "model"
+    channel.mkdir()
+    with tarfile.open(channel / "model.tar.gz", "w:gz") as tar:
+        for i in range(3):
+            data = b"\0" * 4096
+            info = tarfile.TarInfo(f"part-{i}.params")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    monkeypatch.setattr(contract, "MODEL_ARCHIVE_MAX_BYTES", 8192)
+    dest = tmp_path / "extracted"
+    with pytest.raises(contract.ContractError, match="unpacks to"):
+        contract.extract_model_channel(channel, dest)
+    assert not any(dest.iterdir())
+    monkeypatch.setattr(contract, "MODEL_ARCHIVE_MAX_BYTES", 2**20)
+    monkeypatch.setattr(contract, "MODEL_ARCHIVE_MAX_MEMBERS", 2)
+    with pytest.raises(contract.ContractError, match="entries"):
+        contract.extract_model_channel(channel, dest)
+    monkeypatch.setattr(contract, "MODEL_ARCHIVE_MAX_MEMBERS", 10)
+    assert sorted(p.name for p in contract.extract_model_channel(channel, dest).iterdir()) == [
+        "part-0.params",
+        "part-1.params",
+        "part-2.params",
+    ]
