@@ -251,7 +251,9 @@ def extract_model_channel(channel: Path, dest: Path) -> Path:
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(tars[0]) as tar:
         check_archive_budget(tar.getmembers(), tars[0].name)
-        tar.extractall(dest, filter="data")  # "data": no absolute paths, no ../, no links leaving dest, no devices
+        tar.extractall(
+            dest, filter="data"
+        )  # "data": no absolute paths, no ../, no links leaving dest, no devices
     return dest
 
 

@@ -112,7 +112,7 @@ def _int(lo: int | None = None, hi: int | None = None) -> Callable[[Any], int]:
             except ValueError:
                 raise ValueError("expected an integer") from None
             if not math.isfinite(f) or not f.is_integer() or abs(f) > 2**53:
-                raise ValueError("expected an integer")
+                raise ValueError("expected an integer") from None
             i = int(f)
         _check_range(i, lo, hi)
         return i
