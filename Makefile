@@ -153,8 +153,8 @@ test-containers: venv-worker ## image tests on a running Docker engine (build fi
 
 # ---------------------------------------------------------------- benchmarks
 .PHONY: bench-worker
-bench-worker: venv-worker ## NDVI worker vs naive baseline vs GDAL floor on a full-size synthetic scene
-	$(PY) benchmarks/bench_worker.py
+bench-worker: venv-worker ## NDVI worker vs naive vs floor, full scene: local, nginx, shaped S3-like link (30 ms, 60 MB/s)
+	$(PY) benchmarks/bench_worker.py $(BENCH_WORKER_ARGS)
 
 .PHONY: bench-plan
 bench-plan: venv-worker ## launcher: plan 8,581 scenes into 25 jobs x 20 instances (each step vs reading the items)

@@ -51,11 +51,15 @@ def ensure_scene(size: int) -> Path:
     folder = HERE / "data" / f"scene-{size}" / item_id
     item = folder / f"{item_id}.json"
     if not item.exists():
-        from ndvi_worker.synthetic import write_scene
-
         print(f"generating a {size} x {size} synthetic scene in {folder} (once) ...", flush=True)
         t = time.monotonic()
-        write_scene(folder, item_id=item_id, size=size, seed=1, offset_applied=True)
+        # in a child process: a parent grown by the scene's arrays would make every later child's peak RSS
+        # (wait4 counts the forked copy before exec) look that big
+        code = (
+            "import sys; from pathlib import Path; from ndvi_worker.synthetic import write_scene; "
+            f"write_scene(Path(sys.argv[1]), item_id={item_id!r}, size={size}, seed=1, offset_applied=True)"
+        )
+        subprocess.run([PY, "-c", code, str(folder)], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
         print(f"  done in {time.monotonic() - t:.0f}s", flush=True)
     return item
 

@@ -83,7 +83,8 @@ def _mask_classes(ctx, param, value):  # noqa: ARG001
     "--workers",
     type=click.IntRange(1, 256),
     default=None,
-    help="Threads per scene for reading, computing and compressing. [default: CPU count]",
+    help="Compute threads per scene (NDVI, overviews, COG compression); reads have their own, see "
+    "--read-concurrency. [default: CPU count]",
 )
 @click.option(
     "--scenes-in-flight",
