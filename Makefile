@@ -44,13 +44,13 @@ demo: venv-worker ## run the NDVI worker on generated sample scenes (no Docker, 
 test: test-worker test-launcher test-trainer ## run every test (worker, launcher, trainer) in its own environment
 
 test-worker: venv-worker ## worker tests (.venv)
-	$(PY) -m pytest tests/worker $(PYTEST_ARGS)
+	$(PY) -m pytest tests/ndvi_worker $(PYTEST_ARGS)
 
 test-launcher: venv-worker ## launcher tests (.venv)
 	$(PY) -m pytest tests/launcher $(PYTEST_ARGS)
 
 test-trainer: venv-trainer ## trainer and serving tests (.venv-trainer)
-	$(PY_TRAINER) -m pytest tests/trainer $(PYTEST_ARGS)
+	$(PY_TRAINER) -m pytest tests/segmentation_trainer $(PYTEST_ARGS)
 
 .PHONY: lint format
 lint: venv-worker ## ruff lint + format check

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # earthmon_testing, whatever the rootdir/import mode
-
-from earthmon_testing import free_port, require, wait_port  # noqa: E402
+from earthmon_testing import free_port, require, wait_port
 
 
 @pytest.fixture(scope="session")

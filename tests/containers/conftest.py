@@ -17,7 +17,8 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from containers_helpers import docker, require
+
+from earthmon_testing.containers import docker, require
 
 REGION = "us-east-1"
 BUCKET = "earthmon-test"

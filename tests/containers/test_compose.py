@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from containers_helpers import REPO, docker, free_port, http, require
+
+from earthmon_testing.containers import REPO, docker, free_port, http, require
 
 pytestmark = pytest.mark.docker
 

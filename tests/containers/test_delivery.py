@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 import pytest
-from containers_helpers import REPO, docker, free_port, require, wait_http
+
+from earthmon_testing.containers import REPO, docker, free_port, require, wait_http
 
 # ------------------------------------------------------------------------------------------- registry
 

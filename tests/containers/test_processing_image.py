@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from containers_helpers import docker, inspect
+
+from earthmon_testing.containers import docker, inspect
 
 pytestmark = pytest.mark.docker
 

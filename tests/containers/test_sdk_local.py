@@ -10,7 +10,8 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from containers_helpers import docker
+
+from earthmon_testing.containers import docker
 
 pytestmark = pytest.mark.docker
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from containers_helpers import docker, free_port, http, require, wait_http
+
+from earthmon_testing.containers import docker, free_port, http, require, wait_http
 
 pytestmark = pytest.mark.docker
 

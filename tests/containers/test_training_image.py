@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from containers_helpers import REPO, docker, free_port, http, inspect, require, wait_http
+
 from earthmon_testing import TINY_TRAINING_HP
+from earthmon_testing.containers import REPO, docker, free_port, http, inspect, require, wait_http
 
 pytestmark = pytest.mark.docker
 

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from launcher_helpers import DATA, extra_page_items, free_port, load_json
+
+from earthmon_testing.launcher import SEARCH_RESPONSES, extra_page_items, free_port, load_json
 
 REGION = "us-east-1"
 BUCKET = "earthmon-test"
@@ -186,7 +187,7 @@ def stac_server(tmp_path: Path) -> Iterator[StacServer]:
     """A STAC API replaying the real Earth Search search pages (next links rewritten to this server), then one
     more page built from the real fixture items. Records every search request body."""
     pages_dir = tmp_path / "search-responses"
-    shutil.copytree(DATA / "search-responses", pages_dir)
+    shutil.copytree(SEARCH_RESPONSES, pages_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     page1 = load_json(pages_dir / "earth-search-v1-search-page1.json")

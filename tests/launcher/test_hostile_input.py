@@ -20,8 +20,8 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from launcher_helpers import free_port, synthetic_items
 
+from earthmon_testing.launcher import free_port, synthetic_items
 from launcher.cli import cli
 from launcher.ndvi.plan import Plan, PlanError, make_plan
 from launcher.ndvi.store import load_plan

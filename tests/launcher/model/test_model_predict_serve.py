@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from earthmon_testing import free_port, require
 
+from earthmon_testing import free_port, require
 from launcher.cli import cli
 
 ROOT = Path(__file__).resolve().parents[3]

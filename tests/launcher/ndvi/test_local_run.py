@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from launcher_helpers import require, synthetic_items
 
+from earthmon_testing.launcher import require, synthetic_items
 from launcher.cli import cli
 from launcher.ndvi.local_run import (
     docker_argv,

@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from launcher_helpers import fixture_items, synthetic_items
 
+from earthmon_testing.launcher import fixture_items, synthetic_items
 from launcher.cli import cli
 from launcher.ndvi.plan import (
     Plan,

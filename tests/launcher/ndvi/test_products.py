@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from launcher_helpers import require, synthetic_items
 
+from earthmon_testing.launcher import require, synthetic_items
 from launcher.cli import cli
 from launcher.ndvi.plan import Plan, PlanError, make_plan
 from launcher.ndvi.products import group_tiles, plan_composites, scan_outputs, volume_for

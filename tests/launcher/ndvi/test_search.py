@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from launcher_helpers import DATA, extra_page_items, fixture_items, load_json
 
+from earthmon_testing.launcher import SEARCH_RESPONSES, V0_ITEM, extra_page_items, fixture_items, load_json
 from launcher.aws import S3Uri
 from launcher.cli import cli
 from launcher.ndvi.items import item_location, mgrs_tile
@@ -34,7 +34,7 @@ def _item(id_: str) -> dict:
 
 def test_tile_from_v1_grid_code_and_v0_sentinel_props() -> None:
     assert mgrs_tile(_item("S2B_21PXK_20231110_0_L2A")) == "21PXK"
-    v0 = load_json(DATA / "items" / "v0_S2B_55GDP_20241003_0_L2A.json")
+    v0 = load_json(V0_ITEM)
     assert "grid:code" not in v0["properties"]
     assert mgrs_tile(v0) == "55GDP"
 
@@ -57,7 +57,7 @@ def test_item_location_from_canonical_links() -> None:
     assert loc.uri == (
         "s3://sentinel-cogs/sentinel-s2-l2a-cogs/21/P/XK/2023/11/S2B_21PXK_20231110_0_L2A/S2B_21PXK_20231110_0_L2A.json"
     )
-    v0 = load_json(DATA / "items" / "v0_S2B_55GDP_20241003_0_L2A.json")  # canonical is an https bucket URL
+    v0 = load_json(V0_ITEM)  # canonical is an https bucket URL
     assert item_location(v0).uri.endswith(
         "55/G/DP/2024/10/S2B_55GDP_20241003_0_L2A/S2B_55GDP_20241003_0_L2A.json"
     )
@@ -137,7 +137,7 @@ def test_dedupe_is_independent_of_page_order() -> None:
 
 
 def test_dedupe_drops_other_collections_and_rejects_unknown_strategy() -> None:
-    page2 = load_json(DATA / "search-responses" / "earth-search-v1-search-page2.json")["features"]
+    page2 = load_json(SEARCH_RESPONSES / "earth-search-v1-search-page2.json")["features"]
     kept, stats = dedupe(page2, collection="sentinel-2-l2a")
     assert [i["id"] for i in kept] == ["S2A_37WDS_20240419_0_L2A", "S2A_38WMA_20240419_0_L2A"]
     assert stats.other_collection == 8
@@ -199,9 +199,7 @@ def test_search_cli_follows_every_page_and_dedupes(stac_server, tmp_path: Path) 
     assert first["datetime"].startswith("2023-12-01T00:00:00") and "2023-12-07T23:59:59" in first["datetime"]
     assert first["query"] == {"eo:cloud_cover": {"lt": 10.0}}
     assert first["limit"] == 10
-    token1 = load_json(DATA / "search-responses" / "earth-search-v1-search-page1.json")["links"][0]["body"][
-        "next"
-    ]
+    token1 = load_json(SEARCH_RESPONSES / "earth-search-v1-search-page1.json")["links"][0]["body"]["next"]
     assert [r.get("next") for r in stac_server.requests] == [None, token1, "page3-token"]
 
 
@@ -306,7 +304,7 @@ def test_search_cli_sagemaker_geospatial_pages(aws, tmp_path: Path) -> None:
 
 
 def test_search_cli_explains_an_unreachable_api(tmp_path: Path) -> None:
-    from launcher_helpers import free_port
+    from earthmon_testing.launcher import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     result = CliRunner().invoke(

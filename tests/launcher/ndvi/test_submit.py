@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from launcher_helpers import synthetic_items
 
+from earthmon_testing.launcher import synthetic_items
 from launcher.aws import RateLimiter
 from launcher.cli import cli
 from launcher.ndvi.plan import Submission, make_plan

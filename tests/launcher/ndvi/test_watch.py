@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from click.testing import CliRunner
-from launcher_helpers import synthetic_items
 
+from earthmon_testing.launcher import synthetic_items
 from launcher.cli import cli
 from launcher.ndvi.plan import Submission, make_plan
 from launcher.ndvi.requests import processing_request
