@@ -8,6 +8,10 @@ pre-forked concurrency; then the server's default layout: one single-threaded wo
 
     .venv-trainer/bin/python benchmarks/bench_serve.py                      # DeepLabV3-ResNet50, crop 240
     .venv-trainer/bin/python benchmarks/bench_serve.py --backbone tiny --crop 64 --duration 10   # quick
+    .venv-trainer/bin/python benchmarks/bench_serve.py --layouts default --engines mxnet,onnx   # the engines
+
+``--engines`` (default ``mxnet``): each layout runs once per engine (EARTHMON_SERVE_ENGINE), the first engine of
+the first layout is the baseline. The model directory holds ``model.onnx`` (exported as at the end of training).
 
 Every request must succeed: any error or non-200 answer is counted and makes the exit status non-zero.
 """
@@ -45,7 +49,7 @@ def make_model_dir(directory: Path, backbone: str, algorithm: str, crop: int, ba
     metadata = build_metadata(
         config, mean=[0.1] * bands, std=[0.2] * bands, crop_size=crop, class_names=["background", "building"]
     )
-    save_model_dir(net, metadata, directory, symbol=False, onnx=False)
+    save_model_dir(net, metadata, directory, symbol=False, onnx=True)
 
 
 def free_port() -> int:
@@ -54,15 +58,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(base: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+def start_server(
+    base: Path, workers: int, threads: int, engine: str = "mxnet"
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {
         **os.environ,
         "SAGEMAKER_BASE_DIR": str(base),
         "SAGEMAKER_BIND_TO_PORT": str(port),
         "PYTHONPATH": str(ROOT),
+        "EARTHMON_SERVE_ENGINE": engine,
     }
-    log = (base / f"server-{workers}x{threads}.log").open("wb")
+    log = (base / f"server-{workers}x{threads}-{engine}.log").open("wb")
     cmd = [sys.executable, "-m", "segmentation_trainer.serving", "--host", "127.0.0.1"]
     cmd += ["--workers", str(workers), "--threads-per-worker", str(threads)]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -79,7 +86,7 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> float:
         try:
             if requests.get(f"{url}/ping", timeout=2).status_code == 200:
                 return time.monotonic() - started
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or a slow /ping while workers load
             pass
         time.sleep(0.2)
     raise RuntimeError(f"server not ready in {timeout} s")
@@ -128,6 +135,33 @@ def load(url: str, body: bytes, concurrency: int, duration: float) -> dict:
     }
 
 
+def compare_engines(model_dir: Path, batch: int, repeats: int, threads: int) -> dict:
+    """Seconds per batch of windows of each engine in one process, alternating (best and median of ``repeats``)."""
+    from segmentation_trainer.export import load_model, read_metadata
+    from segmentation_trainer.predict import mxnet_forward
+    from segmentation_trainer.serving import engines
+
+    metadata = read_metadata(model_dir)
+    net, _ = load_model(model_dir)
+    net.hybridize(static_alloc=True)
+    forwards = {
+        "mxnet": mxnet_forward(net),
+        "onnx": engines.onnx_forward(engines.onnx_file(model_dir, metadata), threads),
+    }
+    crop = int(metadata["crop_size"])
+    x = np.random.default_rng(0).normal(size=(batch, int(metadata["bands"]), crop, crop)).astype(np.float32)
+    times: dict[str, list[float]] = {name: [] for name in forwards}
+    for fwd in forwards.values():
+        fwd(x)
+    for _ in range(repeats):
+        for name, fwd in forwards.items():
+            t0 = time.perf_counter()
+            fwd(x)
+            times[name].append(time.perf_counter() - t0)
+    diff = float(np.abs(forwards["onnx"](x) - forwards["mxnet"](x)).max())
+    return {"times": times, "max_abs_diff": diff, "load_avg": os.getloadavg()[0]}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -142,8 +176,42 @@ def main() -> int:
     parser.add_argument(
         "--layouts", default="1x{cpus},default", help="WORKERSxTHREADS per worker, first = baseline"
     )
+    parser.add_argument("--engines", default="mxnet", help="comma-separated: mxnet, onnx, auto")
+    parser.add_argument(
+        "--compare-engines",
+        type=int,
+        default=0,
+        metavar="REPEATS",
+        help="only time MXNet and ONNX Runtime forward passes (a batch of --window-batch windows), alternating, "
+        "in one process with --threads math threads; no server",
+    )
+    parser.add_argument("--window-batch", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="math threads for --compare-engines")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
+
+    if args.compare_engines:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[name] = str(args.threads)  # before MXNet is imported (make_model_dir imports it)
+        os.environ["MXNET_CPU_WORKER_NTHREADS"] = "1"
+        with tempfile.TemporaryDirectory(prefix="bench-engines-") as tmp:
+            make_model_dir(Path(tmp) / "model", args.backbone, args.algorithm, args.crop, args.bands)
+            out = compare_engines(Path(tmp) / "model", args.window_batch, args.compare_engines, args.threads)
+        print(
+            f"{args.algorithm}/{args.backbone}, batch of {args.window_batch} windows of {args.crop}x{args.crop}, "
+            f"{args.bands} bands, {args.threads} math thread(s), load average {out['load_avg']:.2f}; "
+            f"max |onnx - mxnet| = {out['max_abs_diff']:.2e}"
+        )
+        med = {name: float(np.median(t)) for name, t in out["times"].items()}
+        for name, t in out["times"].items():
+            print(
+                f"{name:6s} median {med[name]:7.3f} s, best {min(t):7.3f} s, runs "
+                + " ".join(f"{v:.2f}" for v in t)
+            )
+        print(f"mxnet / onnx (median): {med['mxnet'] / med['onnx']:.2f}x")
+        if args.json:
+            args.json.write_text(json.dumps(out, indent=1))
+        return 0
 
     from segmentation_trainer.serving.config import default_workers
 
@@ -169,8 +237,8 @@ def main() -> int:
         t0 = time.monotonic()
         make_model_dir(base / "model", args.backbone, args.algorithm, args.crop, args.bands)
         print(f"model directory written in {time.monotonic() - t0:.1f} s")
-        for workers, threads in layouts:
-            proc, url = start_server(base, workers, threads)
+        for workers, threads, engine in [(w, t, e) for w, t in layouts for e in args.engines.split(",")]:
+            proc, url = start_server(base, workers, threads, engine)
             try:
                 ready = wait_ready(url, proc)
                 load(url, body, workers, min(5.0, args.duration / 4))  # warm-up: every worker's first shapes
@@ -178,19 +246,29 @@ def main() -> int:
             finally:
                 proc.send_signal(signal.SIGTERM)
                 code = proc.wait(60)
-            result.update(workers=workers, threads=threads, ready_s=ready, exit_code=code)
+            result.update(workers=workers, threads=threads, engine=engine, ready_s=ready, exit_code=code)
+            result["engine_log"] = [
+                line
+                for line in (base / f"server-{workers}x{threads}-{engine}.log")
+                .read_text(errors="replace")
+                .splitlines()
+                if " engine " in line
+            ][:workers]
             results.append(result)
     base_rps = results[0]["req_per_s"]
     print(
-        f"{'layout':>16} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'requests':>9} {'errors':>7} {'vs base':>8}"
+        f"load average {os.getloadavg()[0]:.2f}\n"
+        f"{'layout':>24} {'req/s':>8} {'p50 ms':>9} {'p99 ms':>9} {'requests':>9} {'errors':>7} {'vs base':>8}"
     )
     for r in results:
         ratio = r["req_per_s"] / base_rps if base_rps else float("nan")
-        layout = f"{r['workers']}w x {r['threads']}t"
+        layout = f"{r['workers']}w x {r['threads']}t {r['engine']}"
         print(
-            f"{layout:>16} {r['req_per_s']:8.2f} {r['p50_ms']:9.0f} {r['p99_ms']:9.0f} "
+            f"{layout:>24} {r['req_per_s']:8.2f} {r['p50_ms']:9.0f} {r['p99_ms']:9.0f} "
             f"{r['requests']:9d} {r['errors']:7d} {ratio:7.2f}x"
         )
+        for line in r["engine_log"]:
+            print(f"  {line[line.index('engine ') :]}")
         if r["first_error"]:
             print(f"  first error: {r['first_error']}")
     if args.json:

@@ -136,6 +136,20 @@ def time_forward(forward: Forward, batch: np.ndarray, repeats: int = 2) -> float
     return best
 
 
+def time_engines(forwards: dict[str, Forward], batch: np.ndarray, rounds: int = 3) -> dict[str, float]:
+    """The fastest call of each engine on ``batch``, the engines alternating (one warm-up call each first), so a
+    burst of load from other processes hits both alike."""
+    for forward in forwards.values():
+        forward(batch)
+    best = {name: float("inf") for name in forwards}
+    for _ in range(max(1, rounds)):
+        for name, forward in forwards.items():
+            started = time.perf_counter()
+            forward(batch)
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
 def choose(setting: str, timings: dict[str, float]) -> str:
     """The engine to serve with: the setting, or under ``auto`` the fastest of ``timings`` (seconds per batch;
     MXNet when only it was timed)."""

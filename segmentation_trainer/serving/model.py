@@ -108,7 +108,7 @@ def load_model_dir(
                 exc,
             )
     if engine == "auto" and len(forwards) > 1:
-        timings = {name: engines.time_forward(fwd, batch) for name, fwd in forwards.items()}
+        timings = engines.time_engines(forwards, batch)
         chosen = engines.choose("auto", timings)
     else:
         chosen = "mxnet" if engine == "auto" else engine

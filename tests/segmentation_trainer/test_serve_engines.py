@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -23,6 +24,24 @@ def model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("engines-model")
     write_tiny_model_dir(directory, num_classes=2, bands=4, crop_size=48, onnx=False)
     return directory
+
+
+def test_time_engines_alternates_and_keeps_the_fastest():
+    calls = []
+
+    def fake(name, seconds):
+        def forward(batch):
+            calls.append(name)
+            time.sleep(seconds)
+
+        return forward
+
+    best = engines.time_engines(
+        {"mxnet": fake("mxnet", 0.02), "onnx": fake("onnx", 0.0)}, np.zeros(1), rounds=2
+    )
+    assert calls == ["mxnet", "onnx"] * 3  # warm-up, then alternating rounds
+    assert best["onnx"] < best["mxnet"]
+    assert engines.choose("auto", best) == "onnx"
 
 
 def test_choose_by_setting_and_by_speed():
@@ -60,11 +79,11 @@ def test_onnx_engine_exports_at_start_and_matches_mxnet(model_dir):
 
 @pytest.mark.parametrize("faster", ["onnx", "mxnet"])
 def test_auto_serves_with_the_faster_engine(model_dir, monkeypatch, faster):
-    def fake_time(forward, batch, repeats=2):
-        is_onnx = hasattr(forward, "session")
-        return 0.1 if (is_onnx == (faster == "onnx")) else 0.3
+    def fake_time(forwards, batch, rounds=3):
+        assert set(forwards) == {"mxnet", "onnx"} and hasattr(forwards["onnx"], "session")
+        return {name: 0.1 if name == faster else 0.3 for name in forwards}
 
-    monkeypatch.setattr(engines, "time_forward", fake_time)
+    monkeypatch.setattr(engines, "time_engines", fake_time)
     model = load_model_dir(model_dir, window_batch=2, engine="auto")
     assert model.engine == faster
     assert model.engine_timings == {"mxnet": pytest.approx(0.1 if faster == "mxnet" else 0.3),
