@@ -243,7 +243,7 @@ def test_f3_loopback_and_private_hosts_by_default_and_refused_on_request(href, m
 def test_f3_decimal_loopback_is_not_fetched_end_to_end(synthetic_input, run_worker, tmp_path):
     """The red team's end-to-end fetch: bands at ``http://2130706433:PORT/`` (127.0.0.1) and the decimal metadata
     address. Both scenes are rejected, the canary server on 127.0.0.1 receives nothing, the others complete."""
-    from test_security import Canary
+    from earthmon_testing.worker import Canary
 
     items = sorted(synthetic_input.rglob("*.json"))
     with Canary() as canary:

@@ -9,14 +9,12 @@ import json
 import os
 import secrets
 import shutil
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
-from earthmon_testing.worker import free_port
+from earthmon_testing.worker import Canary, free_port
 from ndvi_worker.contract import ProcessingPaths
 from ndvi_worker.io import SceneError, gdal_path, with_retries
 from ndvi_worker.report import SceneRecord, exit_message, host_report, output_item
@@ -59,37 +57,6 @@ def every_file_bytes(*roots: Path) -> bytes:
                 if p.is_file():
                     blob += p.read_bytes()
     return blob
-
-
-class Canary:
-    """An HTTP server on loopback that counts every request it receives (it must receive none)."""
-
-    def __init__(self) -> None:
-        self.requests: list[str] = []
-        canary = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):  # noqa: N802
-                canary.requests.append(self.path)
-                self.send_response(404)
-                self.end_headers()
-
-            do_HEAD = do_GET  # noqa: N815
-
-            def log_message(self, *args):
-                pass
-
-        self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> Canary:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def vrt_reading(path: Path | str, size: int = 64) -> str:

@@ -353,7 +353,7 @@ def rgb_base_dir(tmp_path_factory):
 @pytest.fixture
 def rgb_server(rgb_base_dir, request):
     pytest.importorskip("gunicorn")
-    from test_serve_resilience import Server
+    from earthmon_testing.serving import Server
 
     srv = Server(rgb_base_dir, getattr(request, "param", {}))
     yield srv

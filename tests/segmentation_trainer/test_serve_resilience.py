@@ -8,11 +8,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from earthmon_testing import free_port, require
+from earthmon_testing.serving import Server
 from segmentation_trainer.serving.app import create_app
 from segmentation_trainer.serving.config import ServeConfig
-from segmentation_trainer.serving.front import find_nginx
 from segmentation_trainer.serving.model import LoadedModel, load_model_dir
 
 requests = pytest.importorskip("requests")
@@ -126,61 +121,6 @@ def test_deadline_settings_are_validated(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------- the process
-class Server:
-    """``python -m segmentation_trainer.serving`` (the image's `serve`) with nginx in front, on loopback."""
-
-    def __init__(self, base_dir: Path, env: dict[str, str], front: str = "nginx"):
-        if front == "nginx":
-            require(find_nginx() is not None, "nginx is not installed (apt-get install nginx-light)")
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = base_dir / f"server-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "segmentation_trainer.serving", "--host", "127.0.0.1", "--front", front],
-            env={
-                **os.environ,
-                "SAGEMAKER_BASE_DIR": str(base_dir),
-                "SAGEMAKER_BIND_TO_PORT": str(self.port),
-                "SAGEMAKER_MODEL_SERVER_WORKERS": "1",
-                "PYTHONPATH": str(ROOT),
-                **env,
-            },
-            stdout=self.log.open("wb"),
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text()
-            try:
-                if requests.get(f"{self.url}/ping", timeout=2).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"server not ready:\n{self.log.read_text()}")
-
-    def ping_s(self) -> float:
-        started = time.monotonic()
-        response = requests.get(f"{self.url}/ping", timeout=5)
-        assert response.status_code == 200
-        return time.monotonic() - started
-
-    def invoke(self, body: bytes, timeout: float = 60):
-        headers = {"Content-Type": "application/x-npy", "Accept": "application/json"}
-        return requests.post(f"{self.url}/invocations", data=body, headers=headers, timeout=timeout)
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                return self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                return self.proc.wait()
-        return self.proc.returncode
-
-
 @pytest.fixture
 def server(base_dir, request):
     srv = Server(base_dir, getattr(request, "param", {}))
