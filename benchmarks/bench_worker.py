@@ -40,7 +40,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
-CONTENDERS = ("naive", "floor", "worker")
+CONTENDERS = ("naive", "floor", "staging", "worker")
+#: run unless --only says otherwise; "staging" is the worker with its previous write path (uncompressed staging
+#: GeoTIFFs compressed by GDAL's COG driver at the end, NDVI_STAGING_COG=1): before/after in the same run
+DEFAULT_CONTENDERS = ("naive", "floor", "worker")
 #: the reference planetary job (docs/domain.md section 2)
 PLANETARY_SCENES, JOBS, INSTANCES_PER_JOB, INSTANCE_TYPE = 8581, 25, 20, "ml.m5.xlarge"
 PHASE = re.compile(r"(\w+) ([\d.]+)s/([\d.]+)s")
@@ -212,6 +215,8 @@ def commands(item: Path, out: Path) -> dict:
         "floor": [PY, str(HERE / "floor_worker.py"), str(item), str(out / "floor.tif")],
         "worker": [PY, "-m", "ndvi_worker", "--input", str(item.parent), "--output", str(out / "w"),
                    "--overwrite", "--log-level", "INFO"],
+        "staging": ["env", "NDVI_STAGING_COG=1", PY, "-m", "ndvi_worker", "--input", str(item.parent),
+                    "--output", str(out / "s"), "--overwrite", "--log-level", "INFO"],
     }  # fmt: skip
 
 
@@ -243,7 +248,11 @@ def main() -> None:
     ap.add_argument("--no-http", action="store_true", help="local files only (no nginx, no shaped link)")
     ap.add_argument("--latency-ms", type=float, default=30.0, help="shaped link: time to first byte")
     ap.add_argument("--rate-mbps", type=float, default=60.0, help="shaped link: MB/s per connection")
-    ap.add_argument("--only", default=",".join(CONTENDERS), help="contenders to run (naive,floor,worker)")
+    ap.add_argument(
+        "--only",
+        default=",".join(DEFAULT_CONTENDERS),
+        help="contenders to run (naive,floor,worker; staging = the worker's previous write path)",
+    )
     ap.add_argument(
         "--memory-sizes", default="2196,5490", help="extra scene sizes for the worker's peak RSS vs size"
     )
@@ -334,12 +343,14 @@ def main() -> None:
                 f"{reqs} | {wire} | {link} |"
             )
 
-    if "worker" in only:
-        print("\nworker phases (median wall / process CPU seconds; start-up = CPU outside the phases):\n")
+    for contender in [c for c in ("staging", "worker") if c in only]:
+        print(
+            f"\n{contender} phases (median wall / process CPU seconds; start-up = CPU outside the phases):\n"
+        )
         print("| source | " + " | ".join(("open", "chunks", "cog", "quicklook", "start-up etc.")) + " |")
         print("|---|---|---|---|---|---|")
         for label, by_name in results.items():
-            runs = by_name["worker"]
+            runs = by_name[contender]
             phases = [worker_phases(m["stdout"]) for m in runs]
             cells = []
             for phase in ("open", "chunks", "cog", "quicklook"):

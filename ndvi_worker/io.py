@@ -226,6 +226,7 @@ class BandReader:
         self._free: list = []
         self._lock = threading.Lock()
         self._counted: set[tuple[int, int]] = set()
+        self._last_block: dict[int, int | None] = {}  # id(handle) -> file-order index of its last block read
         self.bytes_read = 0
         self._attempts = 0
         self.info = with_retries(self._describe, f"open {href}", attempts=retries)
@@ -244,11 +245,33 @@ class BandReader:
             self._local.ds = ds
         return ds
 
-    def _take(self):
+    def _take(self, window=None):
+        """A free handle (the least recently used, see :meth:`_give_back`), never one whose last read ended
+        where this window's first block starts in the file: GDAL's /vsicurl/ doubles the range it fetches on a
+        handle that reads consecutive bytes, refetching blocks other handles read (seen under load as a tile
+        fetched twice). When every free handle is such a one, a new handle is opened."""
+        start = self._first_block(window)
         with self._lock:
-            if self._free:
-                return self._free.pop(0)  # the least recently used: see _give_back
+            for k, ds in enumerate(self._free):
+                if start is None or self._last_block.get(id(ds)) != start - 1:
+                    return self._free.pop(k)
         return self._new_handle()
+
+    def _first_block(self, window) -> int | None:
+        """The file-order index of a window's first block (row-major tiles), None when unknown."""
+        if window is None or not hasattr(self, "info"):
+            return None
+        by, bx = self.info.block_shape
+        per_row = -(-self.info.shape[1] // bx)
+        return int(window.row_off) // by * per_row + int(window.col_off) // bx
+
+    def _last_of(self, window) -> int | None:
+        if window is None or not hasattr(self, "info"):
+            return None
+        by, bx = self.info.block_shape
+        per_row = -(-self.info.shape[1] // bx)
+        r1, c1 = int(window.row_off + window.height) - 1, int(window.col_off + window.width) - 1
+        return r1 // by * per_row + c1 // bx
 
     def _give_back(self, ds) -> None:
         # handles are reused in turn, not last-in first-out: GDAL's /vsicurl/ reads ahead (ever larger ranges)
@@ -280,9 +303,10 @@ class BandReader:
         """Read a :class:`rasterio.windows.Window` of band 1, with retries on transient errors."""
 
         def attempt() -> np.ndarray:
-            ds = self._take()
+            ds = self._take(window)
             try:
                 data = ds.read(1, window=window)
+                self._last_block[id(ds)] = self._last_of(window)
             except Exception:
                 # a handle that hit an error may be in a bad state: it is not reused
                 with contextlib.suppress(Exception):
@@ -499,10 +523,24 @@ class StagingRaster:
         with self._locks[level]:
             self._datasets[level].write(data, 1, window=window)
 
+    def write_at(self, data: np.ndarray, row_off: int, col_off: int, level: int = 0) -> None:
+        from rasterio.windows import Window
+
+        self.write(data, Window(col_off, row_off, data.shape[1], data.shape[0]), level)
+
     def close(self) -> None:
         for ds in self._datasets:
             if not ds.closed:
                 ds.close()
+
+    def abort(self) -> None:
+        """Nothing to do: the scene's scratch folder is removed with the staging files."""
+
+    def finish(self, dst: Path, threads: int) -> None:
+        """GDAL's COG driver compresses the staging files into ``dst``; the staging files are removed."""
+        write_cog(self.vrt(), dst, self.fmt, threads=threads)
+        for level in range(self.levels + 1):
+            self.path(level).unlink()
 
     def vrt(self) -> Path:
         """A VRT of the full resolution with the overview files as its explicit overviews."""
@@ -539,6 +577,71 @@ class StagingRaster:
         return path
 
 
+def direct_cog_supported(fmt: OutputFormat, shape: tuple[int, int]) -> bool:
+    """Whether the COG can be assembled from tiles compressed in the compute threads (:class:`DirectCogSink`)."""
+    from ndvi_worker import cog_writer
+
+    if fmt.max_z_error is not None or os.environ.get("NDVI_STAGING_COG") == "1":  # the old path, on demand
+        return False
+    return cog_writer.supported(fmt.compress, fmt.predictor, fmt.dtype, shape)
+
+
+class DirectCogSink:
+    """The chunks' tiles compressed once, in the compute threads, into a COG assembled directly
+    (:class:`ndvi_worker.cog_writer.DirectCog`): no staging GeoTIFF, no second compression pass."""
+
+    def __init__(
+        self, folder: Path, info: BandInfo, fmt: OutputFormat, tags: dict[str, str], levels: int, chunk: int
+    ):
+        from affine import Affine
+
+        from ndvi_worker import cog_writer
+        from ndvi_worker.ndvi import INT16_SCALE
+        from ndvi_worker.pyramid import overview_shape
+
+        self.levels = levels
+        rows, cols = info.shape
+        profile = {
+            "driver": "GTiff",
+            "width": cols,
+            "height": rows,
+            "count": 1,
+            "dtype": fmt.dtype,
+            "crs": info.crs,
+            "transform": Affine(*info.transform),
+            "nodata": fmt.nodata,
+            "tiled": True,
+            "blockxsize": fmt.blocksize,
+            "blockysize": fmt.blocksize,
+            "compress": fmt.compress,
+        }
+        scale = 1.0 / INT16_SCALE if fmt.dtype == "int16" else None
+        base = cog_writer.template_tags(folder, profile, tags, "ndvi", scale)
+        self.cog = cog_writer.DirectCog(
+            folder,
+            [overview_shape(info.shape, k) for k in range(levels + 1)],
+            base,
+            fmt.dtype,
+            fmt.nodata,
+            fmt.blocksize,
+            fmt.compress,
+            fmt.level,
+            chunk,
+        )
+
+    def write_at(self, data: np.ndarray, row_off: int, col_off: int, level: int = 0) -> None:
+        self.cog.write(data, row_off, col_off, level)
+
+    def close(self) -> None:
+        """The tiles stay in the spill file until :meth:`finish` (or :meth:`abort`)."""
+
+    def abort(self) -> None:
+        self.cog.close()
+
+    def finish(self, dst: Path, threads: int) -> None:  # noqa: ARG002 - same signature as StagingRaster's
+        self.cog.finish(dst)
+
+
 def _xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
 
@@ -556,6 +659,7 @@ def write_quicklook(cog: Path, dst: Path, max_size: int = 512) -> None:
     transparent where masked."""
     import rasterio
     import rasterio.errors
+    import rasterio.shutil
     from rasterio.enums import Resampling
 
     with rasterio.open(cog) as ds:

@@ -182,20 +182,19 @@ def ndvi_core(
         cloud &= ~nodata
         stats.scl_masked = int(np.count_nonzero(cloud))
         invalid |= cloud
-    r = red.astype(np.float32)
-    ndvi = nir.astype(np.float32)
+    # nir - red and nir + red straight from the integer DN into float32 (numpy casts block by block: no float copy
+    # of either band); exact, as every value is an integer below 2**24, so the offset cancels in the difference
+    # and adds 2 x add_dn to the sum, exactly as (nir + add_dn) +- (red + add_dn)
+    ndvi = np.subtract(nir, red, dtype=np.float32)
+    den = np.add(nir, red, dtype=np.float32)
     if add_dn:
-        r += np.float32(add_dn)
-        ndvi += np.float32(add_dn)
-    den = ndvi + r
-    ndvi -= r
-    valid = ~invalid
+        den += np.float32(2 * add_dn)
     # valid pixels have denominators >= 4 and |nir - red| < nir + red, so their quotient lies in (-1, 1) after
     # rounding too (nothing to clip); the others get a finite value from a denominator of at least 1, then 0
     np.maximum(den, np.float32(1.0), out=den)
     np.divide(ndvi, den, out=ndvi)
     np.copyto(ndvi, np.float32(0), where=invalid)
-    stats.valid = int(np.count_nonzero(valid))
+    stats.valid = stats.pixels - int(np.count_nonzero(invalid))
     if stats.valid:
         # float32 values summed pairwise in float64 (numpy's default), identical to summing them masked
         stats.total = float(ndvi.sum(dtype=np.float64))
@@ -205,8 +204,13 @@ def ndvi_core(
         # reduction is needed only otherwise
         all_valid = stats.valid == stats.pixels
         low, high = float(ndvi.min()), float(ndvi.max())
-        stats.minimum = low if low < 0 or all_valid else float(ndvi.min(where=valid, initial=np.inf))
-        stats.maximum = high if high > 0 or all_valid else float(ndvi.max(where=valid, initial=-np.inf))
+        if not (low < 0 or all_valid) or not (high > 0 or all_valid):
+            valid = ~invalid
+            if not (low < 0 or all_valid):
+                low = float(ndvi.min(where=valid, initial=np.inf))
+            if not (high > 0 or all_valid):
+                high = float(ndvi.max(where=valid, initial=-np.inf))
+        stats.minimum, stats.maximum = low, high
     return ndvi, invalid, stats
 
 

@@ -1,12 +1,13 @@
 """Orchestration: find the shard's items, process scenes (several in flight, each chunked), report.
 
 Per scene: open the three bands (retrying transient errors), check the grids, then independent chunk tasks (read
-red / nir / SCL windows aligned with the COG blocks -> NDVI -> write into an uncompressed staging GeoTIFF) run
-through :func:`ndvi_worker.readahead.run_chunks`: many range requests in flight on I/O threads, a bounded window
-of chunks ahead of the compute threads, so memory is ``window x chunk`` whatever the scene size and however many
-reads are in flight; GDAL's COG driver then
-compresses the full resolution once and builds the overviews; the COG, a quicklook PNG and the STAC item are moved
-into the output folder, the STAC item last (its presence marks the scene complete).
+red / nir / SCL windows aligned with the COG blocks -> NDVI and its overviews -> tiles compressed once, in the
+compute thread, into a spill file) run through :func:`ndvi_worker.readahead.run_chunks`: many range requests in
+flight on I/O threads, a bounded window of chunks ahead of the compute threads, so memory is ``window x chunk``
+whatever the scene size and however many reads are in flight; the COG is then assembled in GDAL's COG layout from
+the compressed tiles (:mod:`ndvi_worker.cog_writer`; formats it does not write go through uncompressed staging
+GeoTIFFs and GDAL's COG driver); the COG, a quicklook PNG and the STAC item are moved into the output folder, the
+STAC item last (its presence marks the scene complete).
 """
 
 from __future__ import annotations
@@ -206,12 +207,12 @@ def compute_to_staging(
     fmt: wio.OutputFormat,
     work: Path,
     pipeline: PipelineStats | None = None,
-) -> tuple[wio.StagingRaster, dict]:
-    """Run the chunks (read -> NDVI -> overviews -> staging files): reads on ``cfg.read_concurrency`` threads,
-    a bounded window of chunks ahead of the ``cfg.workers`` compute threads; return the staging raster and
-    the scene's NDVI statistics."""
-    from rasterio.windows import Window
-
+) -> tuple[wio.StagingRaster | wio.DirectCogSink, dict]:
+    """Run the chunks (read -> NDVI -> overviews -> tiles): reads on ``cfg.read_concurrency`` threads, a bounded
+    window of chunks ahead of the ``cfg.workers`` compute threads; return where the tiles went and the scene's
+    NDVI statistics. The tiles are compressed once, in the compute threads, into a COG assembled directly
+    (:mod:`ndvi_worker.cog_writer`) when the format allows (the defaults do); otherwise they are written into
+    uncompressed staging GeoTIFFs that GDAL's COG driver compresses at the end."""
     shape = bands.red.info.shape
     levels = overview_count(shape, cfg.blocksize)
     if cfg.chunk_size % (2**levels):  # chunks must tile every overview level exactly
@@ -223,7 +224,10 @@ def compute_to_staging(
         "NDVI_SCALE": "0.0001" if cfg.dtype == "int16" else "1",
     }
     encode = encode_int16 if cfg.dtype == "int16" else encode_float32
-    staging = wio.StagingRaster(work, bands.red.info, fmt, tags, levels)
+    if wio.direct_cog_supported(fmt, shape):
+        sink = wio.DirectCogSink(work, bands.red.info, fmt, tags, levels, cfg.chunk_size)
+    else:
+        sink = wio.StagingRaster(work, bands.red.info, fmt, tags, levels)
 
     def chunk_task(window, inputs) -> BlockStats:
         red, nir, scl_block = inputs
@@ -231,14 +235,10 @@ def compute_to_staging(
         ndvi, invalid, stats = ndvi_core(red, nir, **extra, add_dn=scene.offset.add_dn,
                                          mask_classes=cfg.mask_classes)  # fmt: skip
         del red, nir, extra
-        staging.write(encode(ndvi, invalid), window)
+        r0, c0 = int(window.row_off), int(window.col_off)
+        sink.write_at(encode(ndvi, invalid), r0, c0)
         for level, (mean, empty) in enumerate(chunk_overviews(ndvi, invalid, levels, zeroed=True), start=1):
-            f = 2**level
-            staging.write(
-                encode(mean, empty),
-                Window(window.col_off // f, window.row_off // f, *mean.shape[::-1]),
-                level,
-            )
+            sink.write_at(encode(mean, empty), r0 >> level, c0 >> level, level)
         return stats
 
     try:
@@ -251,12 +251,15 @@ def compute_to_staging(
             ahead=prefetch_window(cfg),
             stats=pipeline,
         )
+    except BaseException:
+        sink.abort()
+        raise
     finally:
-        staging.close()
+        sink.close()
     total = BlockStats()
     for part in parts:
         total = total + part
-    return staging, total.summary()
+    return sink, total.summary()
 
 
 class PhaseClock:
@@ -295,12 +298,10 @@ def process_scene(
     try:
         with wio.scratch_dir(staging_root, scene.output_stem) as work:
             pipeline = PipelineStats()
-            staging, stats = compute_to_staging(scene, bands, cfg, fmt, work, pipeline)
+            sink, stats = compute_to_staging(scene, bands, cfg, fmt, work, pipeline)
             phases.mark("chunks")
             cog_name = f"{scene.output_stem}.tif"
-            wio.write_cog(staging.vrt(), work / cog_name, fmt, threads=cfg.workers)
-            for level in range(staging.levels + 1):
-                staging.path(level).unlink()
+            sink.finish(work / cog_name, threads=cfg.workers)
             phases.mark("cog")
             png_name = None
             if cfg.quicklook:

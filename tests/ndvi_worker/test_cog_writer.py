@@ -102,7 +102,9 @@ def test_direct_cog_matches_gdal_cog_driver(scene_1300, run_worker, tmp_path):
 def test_direct_cog_other_formats(scene_1300, run_worker, tmp_path, args):
     reference = _run(run_worker, scene_1300, tmp_path / "staging", *args, staging=True)
     direct = _run(run_worker, scene_1300, tmp_path / "direct", *args)
-    assert_same_cog(reference, direct, same_tiles="DEFLATE" not in args)
+    # byte-identical tiles too, except DEFLATE (libdeflate vs zlib) and 256 tiles, where GDAL's edge tiles carry
+    # whatever its block cache held beyond the raster's edge (pixels inside are identical, as checked)
+    assert_same_cog(reference, direct, same_tiles="DEFLATE" not in args and "--blocksize" not in args)
 
 
 def test_formats_the_writer_does_not_handle_go_through_gdal():
