@@ -38,6 +38,15 @@ CONFIGS = {
     "before": {"earthmon_bn_recalibration_batches": "0"},
     "defaults": {},
     "documented": {"base_size": "128", "learning_rate": "0.01", "lr_scheduler": "cosine"},
+    # ablations (--configs): each change alone
+    "documented-no-bn": {
+        "base_size": "128",
+        "learning_rate": "0.01",
+        "lr_scheduler": "cosine",
+        "earthmon_bn_recalibration_batches": "0",
+    },
+    "base-size": {"base_size": "128"},
+    "base-size-no-bn": {"base_size": "128", "earthmon_bn_recalibration_batches": "0"},
 }
 
 

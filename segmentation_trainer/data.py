@@ -440,3 +440,26 @@ def validation_batches(dataset: Dataset, batch_size: int) -> Iterator[tuple[np.n
         for start in range(0, len(indices), batch_size):
             items = [dataset.load(i) for i in indices[start : start + batch_size]]
             yield np.stack([a for a, _ in items]), np.stack([b for _, b in items])
+
+
+def native_scale_batches(
+    dataset: Dataset, batch_size: int, crop_size: int, rng: np.random.Generator, batches: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """``batches`` batches of random ``crop_size`` crops of training images at their own scale (no rescaling, no
+    flip; smaller images padded with 0 = the mean): the inputs evaluation and inference see, for re-estimating
+    batch-norm statistics (:func:`segmentation_trainer.fit.recalibrate_batchnorm`)."""
+    order = rng.permutation(len(dataset))
+    for b in range(batches):
+        imgs, labs = [], []
+        for k in range(batch_size):
+            image, label = dataset.load(int(order[(b * batch_size + k) % len(order)]))
+            c, h, w = image.shape
+            ph, pw = max(crop_size - h, 0), max(crop_size - w, 0)
+            if ph or pw:
+                image = np.pad(image, ((0, 0), (0, ph), (0, pw)))
+                label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_LABEL)
+            y = int(rng.integers(0, image.shape[1] - crop_size + 1))
+            x = int(rng.integers(0, image.shape[2] - crop_size + 1))
+            imgs.append(image[:, y : y + crop_size, x : x + crop_size])
+            labs.append(label[y : y + crop_size, x : x + crop_size])
+        yield np.stack(imgs), np.stack(labs)

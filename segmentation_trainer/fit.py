@@ -17,7 +17,6 @@ fingerprint resumes after the last completed epoch.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import logging
 import math
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from segmentation_trainer.contract import IGNORE_LABEL, METRIC_DEFINITIONS, QUALITY_LINE, THROUGHPUT_LINE
-from segmentation_trainer.data import Dataset, training_batches, validation_batches
+from segmentation_trainer.data import Dataset, native_scale_batches, training_batches, validation_batches
 from segmentation_trainer.hyperparameters import Hyperparameters
 from segmentation_trainer.metrics import confusion_matrix, mean_iou, pixel_accuracy
 
@@ -450,19 +449,11 @@ def fit(
             c0 = time.monotonic()
             calib_rng = np.random.default_rng([hp.seed, epoch, 1])
             used = recalibrate_batchnorm(
-                net,
-                itertools.islice(
-                    training_batches(
-                        train, batch_size, hp.base_size, crop, calib_rng, workers=config.workers
-                    ),
-                    calibration,
-                ),
-                ctxs,
-                dtype,
+                net, native_scale_batches(train, batch_size, crop, calib_rng, calibration), ctxs, dtype
             )
             record["bn_recalibration"] = {"batches": used, "seconds": round(time.monotonic() - c0, 2)}
             log.info(
-                "batch-norm statistics re-estimated for the epoch's final weights on %d training batches in %.1f s",
+                "batch-norm statistics re-estimated for the epoch's final weights on %d batches of training images at their own scale in %.1f s",
                 used,
                 time.monotonic() - c0,
             )

@@ -76,3 +76,22 @@ def test_calibration_batches_setting():
     assert bn_calibration_batches(hp(), 2) == 1
     assert bn_calibration_batches(hp(earthmon_bn_recalibration_batches="0"), 100) == 0
     assert bn_calibration_batches(hp(earthmon_bn_recalibration_batches="20"), 4) == 20
+
+
+def test_native_scale_batches_are_unscaled_crops():
+    from segmentation_trainer.data import Dataset, Pair, label_lut, native_scale_batches
+
+    class InMemory(Dataset):
+        def load(self, index):
+            image = np.full((3, 40, 30), float(index), np.float32)
+            return image, np.full((40, 30), index % 2, np.uint8)
+
+    ds = InMemory([Pair(None, None)] * 5, label_lut(None), [0.0] * 3, [1.0] * 3)
+    batches = list(native_scale_batches(ds, 4, 32, np.random.default_rng(0), 3))
+    assert len(batches) == 3
+    data, label = batches[0]
+    assert data.shape == (4, 3, 32, 32) and label.shape == (4, 32, 32)
+    # the 30 px wide images are padded (0 = the mean, label 255), never rescaled
+    for img, lab in zip(data, label, strict=True):
+        assert set(np.unique(img[:, :, :30])) <= set(range(5)) and (img[:, :, 30:] == 0).all()
+        assert (lab[:, 30:] == 255).all()
