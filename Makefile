@@ -161,14 +161,14 @@ bench-plan: venv-worker ## launcher: plan 8,581 scenes into 25 jobs x 20 instanc
 	$(PY) benchmarks/bench_plan.py
 
 .PHONY: bench-serve
-bench-serve: venv-trainer ## serve: req/s and p50/p99 of 512x512 requests on the real server (layouts vs 1 worker)
+bench-serve: venv-trainer ## serve: req/s and p50/p99 of 512x512 requests on the real server (layouts, --engines mxnet,onnx)
 	$(PY_TRAINER) benchmarks/bench_serve.py
 
 .PHONY: bench-train bench-train-convergence
-bench-train: venv-trainer ## trainer: DeepLabV3-ResNet50 training images/s at crop 240 and 480 vs GluonCV's reference loop
+bench-train: venv-trainer ## trainer: DeepLabV3-ResNet50 images/s and CPU use vs GluonCV's reference loop (same threads) and the machine's peak
 	$(PY_TRAINER) benchmarks/bench_train_throughput.py
 
-bench-train-convergence: venv-trainer ## trainer: from scratch on SN6-like data for 15 min, mIoU curve (target >= 0.75)
+bench-train-convergence: venv-trainer ## trainer: validation mIoU vs wall time from scratch, built-in defaults vs documented settings
 	$(PY_TRAINER) benchmarks/bench_train_convergence.py
 
 .PHONY: clean
