@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from segmentation_trainer.contract import IGNORE_LABEL
+from segmentation_trainer.pixels import normalise, valid_mask  # noqa: F401  (valid_mask: part of data's API)
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +212,6 @@ def image_shape(path: Path) -> tuple[int, int, int]:
         raise DataError(f"cannot read image {path}: {exc}") from exc
 
 
-def valid_mask(image: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(H, W) True where every band is finite and the pixel is not nodata in all bands."""
-    ok = np.ones(image.shape[1:], dtype=bool)
-    if np.issubdtype(image.dtype, np.floating):
-        ok &= np.isfinite(image).all(axis=0)
-    if nodata is not None and not (isinstance(nodata, float) and math.isnan(nodata)):
-        ok &= ~(image == nodata).all(axis=0)
-    return ok
-
-
 # ----------------------------------------------------------------------------------------------- statistics
 @dataclass
 class BandStats:
@@ -266,19 +257,6 @@ def compute_stats(pairs: Sequence[Pair], max_images: int = 256, pixel_stride: in
 
 
 # ----------------------------------------------------------------------------------------------- transforms
-def normalise(
-    image: np.ndarray, nodata: float | None, mean: Sequence[float], std: Sequence[float]
-) -> np.ndarray:
-    """(C, H, W) -> float32 (image - mean) / std, invalid pixels 0 (= the mean)."""
-    valid = valid_mask(image, nodata)
-    out = image.astype(np.float32)
-    out -= np.asarray(mean, np.float32)[:, None, None]
-    out /= np.asarray(std, np.float32)[:, None, None]
-    out[:, ~valid] = 0.0
-    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
-    return out
-
-
 def _resize(image_hwc: np.ndarray, size_wh: tuple[int, int], nearest: bool) -> np.ndarray:
     import cv2
 
@@ -365,7 +343,7 @@ class Dataset:
             )
         if len(self.mean) != image.shape[0]:
             raise DataError(f"{pair.image.name} has {image.shape[0]} bands, the model takes {len(self.mean)}")
-        out = (normalise(image, nodata, self.mean, self.std), label)
+        out = (normalise(image, self.mean, self.std, nodata=nodata), label)
         if self.cache:
             with self._lock:
                 self._cache[index] = out

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from segmentation_trainer import pixels
 from segmentation_trainer.contract import IGNORE_LABEL
 from segmentation_trainer.model import NetworkConfig
 
@@ -86,8 +87,8 @@ class ModelMetadata(dict):
     def normalise(self, array: np.ndarray) -> np.ndarray:
         """Raw pixels (H, W, C), (C, H, W) or (H, W) for one band -> float32 (C, H, W) ready for the network.
 
-        ``(array * input_scale - mean) / std`` per band; nodata pixels (``nodata`` value) and non-finite
-        values become 0 after normalisation (the training mean). A 3-dimensional array is taken as
+        ``(array * input_scale - mean) / std`` per band; pixels that are nodata in every band or not finite in
+        some band become 0 in every band (the training mean), exactly as in training. A 3-dimensional array is taken as
         channels-first when its first axis has ``bands`` entries, else channels-last.
         """
         return normalise(array, self)
@@ -118,23 +119,16 @@ def to_chw(array: np.ndarray, bands: int) -> np.ndarray:
 
 
 def normalise(array: np.ndarray, metadata: Mapping[str, Any]) -> np.ndarray:
-    """See :meth:`ModelMetadata.normalise`."""
-    bands = int(metadata["bands"])
-    a = to_chw(array, bands)
-    invalid = ~np.isfinite(a) if np.issubdtype(a.dtype, np.floating) else np.zeros(a.shape, bool)
-    nodata = metadata.get("nodata")
-    if nodata is not None:
-        invalid |= a == nodata
-    mean = np.asarray(metadata["mean"], dtype=np.float32).reshape(-1, 1, 1)
-    std = np.asarray(metadata["std"], dtype=np.float32).reshape(-1, 1, 1)
-    out = a.astype(np.float32)
-    scale = float(metadata.get("input_scale", 1.0))
-    if scale != 1.0:
-        out *= np.float32(scale)
-    out -= mean
-    out /= np.where(std == 0, 1, std)
-    out[invalid] = 0.0
-    return out
+    """See :meth:`ModelMetadata.normalise`: the model's statistics applied by the one rule of
+    :func:`segmentation_trainer.pixels.normalise` (the rule training used)."""
+    a = to_chw(array, int(metadata["bands"]))
+    return pixels.normalise(
+        a,
+        metadata["mean"],
+        metadata["std"],
+        scale=float(metadata.get("input_scale", 1.0)),
+        nodata=metadata.get("nodata"),
+    )
 
 
 def build_metadata(

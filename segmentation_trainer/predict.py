@@ -17,10 +17,12 @@ The networks of this image (GluonCV DeepLabV3 and PSP) are built for a fixed inp
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+
+from segmentation_trainer.pixels import normalise
 
 Forward = Callable[[np.ndarray], np.ndarray]
 
@@ -144,23 +146,6 @@ def sliding_window_probabilities(
     assert total is not None
     total /= counts
     return np.ascontiguousarray(total[:, :height, :width])
-
-
-def normalise(
-    image: np.ndarray, mean: Sequence[float], std: Sequence[float], scale: float = 1.0
-) -> np.ndarray:
-    """(image * scale - mean) / std per band, as float32 (C, H, W)."""
-    channels = image.shape[0]
-    mean_arr = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
-    std_arr = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
-    if mean_arr.shape[0] != channels or std_arr.shape[0] != channels:
-        raise ValueError(f"normalisation has {mean_arr.shape[0]} bands, the image {channels}")
-    out = image.astype(np.float32)
-    if scale != 1.0:
-        out *= np.float32(scale)
-    out -= mean_arr
-    out /= np.where(std_arr == 0, 1, std_arr)
-    return out
 
 
 @dataclass(frozen=True)

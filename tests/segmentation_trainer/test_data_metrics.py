@@ -57,7 +57,7 @@ def test_normalise_sets_invalid_pixels_to_the_mean():
     image = np.full((2, 3, 3), 4.0, np.float32)
     image[:, 0, 0] = 0  # nodata
     image[1, 2, 2] = np.nan
-    out = data.normalise(image, 0.0, [2.0, 2.0], [2.0, 1.0])
+    out = data.normalise(image, [2.0, 2.0], [2.0, 1.0], nodata=0.0)
     assert out[0, 1, 1] == 1.0 and out[1, 1, 1] == 2.0
     assert (out[:, 0, 0] == 0).all() and (out[:, 2, 2] == 0).all()
 
@@ -169,3 +169,22 @@ def test_mask_polygons_separate_components_and_keep_holes():
     polys = metrics.mask_polygons(mask, 1)
     assert sorted(p.area for p in polys) == [36, 100 - 9]
     assert metrics.mask_polygons(mask, 1, min_area=50)[0].area == 91
+
+
+def test_training_and_serving_normalise_the_same_pixels_the_same_way():
+    """One rule (segmentation_trainer.pixels): what the trainer feeds the network and what a served model's
+    metadata.normalise feeds it are identical, including a pixel that is nodata in one band only (kept) and in every
+    band (zeroed), and a pixel that is NaN in one band (zeroed in every band)."""
+    from segmentation_trainer.export import ModelMetadata
+
+    rng = np.random.default_rng(3)
+    image = rng.uniform(1, 100, size=(4, 8, 8)).astype(np.float32)
+    image[2, 1, 1] = 0.0  # nodata in one band only: a valid pixel
+    image[:, 2, 2] = 0.0  # nodata in every band
+    image[3, 3, 3] = np.nan
+    mean, std = [10.0, 20.0, 30.0, 40.0], [5.0, 5.0, 0.0, 2.0]
+    trained = data.normalise(image, mean, std, nodata=0.0)
+    served = ModelMetadata(bands=4, mean=mean, std=std, nodata=0.0).normalise(image)
+    assert np.array_equal(trained, served)
+    assert served[2, 1, 1] == -30.0  # (0 - 30) / 1: kept, std 0 counts as 1
+    assert (served[:, 2, 2] == 0).all() and (served[:, 3, 3] == 0).all()
