@@ -192,8 +192,26 @@ def composite_command(
 )
 @click.option("--png-max-width", type=click.IntRange(64, 65536), default=4096, show_default=True)
 @click.option("--no-viewer", is_flag=True, help="Do not write index.html.")
+@click.option(
+    "--assets-root",
+    metavar="URL",
+    default=None,
+    help="s3:// or https:// URL the input folder mirrors: relative COG hrefs of the items are read in place "
+    "from it (their overviews only) instead of from the input folder, which then needs only the items. "
+    "[default: hrefs resolve against each item's file]",
+)
 def mosaic_command(
-    input_dir, output_dir, dtype, workers, staging_dir, log_level, resolution, bbox, png_max_width, no_viewer
+    input_dir,
+    output_dir,
+    dtype,
+    workers,
+    staging_dir,
+    log_level,
+    resolution,
+    bbox,
+    png_max_width,
+    no_viewer,
+    assets_root,
 ):
     """An EPSG:4326 NDVI mosaic of every product (from their overviews), its STAC collection and a viewer."""
     from ndvi_worker.mosaic import check_resolution, parse_bbox
@@ -207,6 +225,13 @@ def mosaic_command(
         parsed_bbox = parse_bbox(bbox) if bbox is not None else None
     except ValueError as exc:
         raise _usage("--bbox", exc) from exc
+    if assets_root is not None:
+        from ndvi_worker.safety import HrefError, check_assets_root
+
+        try:
+            assets_root = check_assets_root(assets_root)
+        except HrefError as exc:
+            raise _usage("--assets-root", exc) from exc
     _setup(log_level)
     from ndvi_worker.products_io import MosaicOptions, run_mosaic
 
@@ -217,6 +242,7 @@ def mosaic_command(
         workers=workers or os.cpu_count() or 2,
         png_max_width=png_max_width,
         viewer=not no_viewer,
+        assets_root=assets_root,
     )
     report, status, stats = run_mosaic(input_dir, output_dir, opts, staging_dir)
     click.echo(f"mosaic: {json.dumps(stats)}", err=True)

@@ -65,11 +65,18 @@ class ProductsReport:
 # ------------------------------------------------------------------------------------------------ finding inputs
 
 
-def find_products(input_dir: Path) -> tuple[list[core.ProductInput], list[Problem]]:
+def find_products(
+    input_dir: Path, assets_root: str | None = None
+) -> tuple[list[core.ProductInput], list[Problem]]:
     """Every NDVI product (a STAC item with an ``ndvi`` asset: per-scene outputs and composites) under
-    ``input_dir``, with its grid read from its COG header; unreadable items or COGs become problems."""
+    ``input_dir``, with its grid read from its COG header; unreadable items or COGs become problems.
+
+    ``assets_root`` (checked by :func:`ndvi_worker.safety.check_assets_root`): the URL the input folder mirrors.
+    A relative COG href of the item ``<input_dir>/<folder>/<item>.json`` is then read in place from
+    ``<assets_root><folder>/<href>`` (never from the input folder, which holds only the items), and cannot leave
+    the root; absolute hrefs go through the href allowlist as always."""
     from ndvi_worker.discover import find_items
-    from ndvi_worker.stac import ItemError, mgrs_tile, resolve_href
+    from ndvi_worker.stac import ItemError, mgrs_tile
 
     products: list[core.ProductInput] = []
     problems: list[Problem] = []
@@ -93,7 +100,7 @@ def find_products(input_dir: Path) -> tuple[list[core.ProductInput], list[Proble
             problems.append(Problem(entry.source, str(exc)))
             continue
         try:
-            cog = wio.gdal_path(resolve_href(asset["href"], entry.location))
+            cog = wio.gdal_path(_cog_href(asset["href"], entry.location, input_dir, assets_root))
             grid = read_grid(cog)
         except Exception as exc:  # noqa: BLE001 - reported per input, the rest goes on
             problems.append(Problem(entry.source, f"cannot open its COG: {_short(exc)}"))
@@ -110,6 +117,30 @@ def find_products(input_dir: Path) -> tuple[list[core.ProductInput], list[Proble
             )
         )
     return products, problems
+
+
+def _cog_href(href: object, location: str, input_dir: Path, assets_root: str | None) -> str:
+    """The COG's href: resolved against the item's file, or for a relative href under ``assets_root``, against
+    the same folder under the root (:func:`ndvi_worker.safety.under_assets_root`)."""
+    from ndvi_worker.safety import HrefError, under_assets_root
+    from ndvi_worker.stac import resolve_href
+
+    if assets_root is None or not isinstance(href, str) or _is_absolute(href):
+        return resolve_href(href, location)  # type: ignore[arg-type]
+    folder = os.path.relpath(os.path.dirname(location), input_dir.resolve()).replace(os.sep, "/")
+    if folder.startswith("../") or folder == "..":
+        raise HrefError(
+            "the item lies outside the input folder (a symbolic link): no place under the assets root"
+        )
+    folder = "" if folder == "." else folder
+    return under_assets_root(assets_root, folder, href)
+
+
+def _is_absolute(href: str) -> bool:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(href)
+    return bool(parsed.scheme and len(parsed.scheme) > 1) or href.startswith("/")
 
 
 def read_grid(path: str) -> core.Grid:
@@ -464,6 +495,7 @@ class MosaicOptions:
     blocksize: int = 512
     png_max_width: int = 4096
     viewer: bool = True
+    assets_root: str | None = None  # checked s3:// or https:// root the input folder mirrors (read in place)
 
 
 @dataclass
@@ -491,7 +523,9 @@ def run_mosaic(
     import rasterio
 
     report = ProductsReport()
-    products, problems = find_products(input_dir)
+    if opts.assets_root:
+        wio.configure_gdal(s3=opts.assets_root.startswith("s3://"))
+    products, problems = find_products(input_dir, opts.assets_root)
     report.failed.extend(problems)
     for p in problems:
         log.error("skipping input %s: %s", p.source, p.error)

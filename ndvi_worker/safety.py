@@ -308,6 +308,51 @@ def gdal_path(href: str) -> str:
     return href
 
 
+def check_assets_root(root: object) -> str:
+    """Validate ``--assets-root`` (the URL the input folder mirrors: relative asset hrefs resolve under it), returned
+    with one trailing ``/``. Only ``s3://bucket[/prefix]`` and ``https://host[/prefix]`` are accepted, with no
+    query, fragment, ``.``/``..`` segment or percent-encoded dot; the host rules of :func:`check_host` apply."""
+    if not isinstance(root, str) or not root:
+        raise HrefError("the assets root is empty")
+    scheme = _scheme(root)
+    if scheme not in ("s3", "https"):
+        raise HrefError("the assets root must be an s3:// or https:// URL")
+    try:
+        parts = urlsplit(root)
+    except ValueError as exc:
+        raise HrefError(f"malformed URL ({exc})") from None
+    if parts.query or parts.fragment:
+        raise HrefError("the assets root cannot have a query string or fragment")
+    base = root.rstrip("/") + "/"
+    _check_relative_path(parts.path.strip("/"), "the assets root")
+    check_href(base + "x.tif")  # the scheme's own rules (bucket name, host, control characters, length)
+    return base
+
+
+def _check_relative_path(path: str, what: str) -> None:
+    if "%2e" in path.lower() or "\\" in path:
+        raise HrefError(f"{what} contains a percent-encoded dot or a backslash")
+    if any(seg in (".", "..") for seg in path.split("/") if seg):
+        raise HrefError(f"{what} contains a '.' or '..' segment")
+
+
+def under_assets_root(root: str, folder: str, href: str) -> str:
+    """The URL of a relative asset href of an item found in ``folder`` (its folder relative to the input folder,
+    ``''`` at the top) under a checked assets root: ``root + folder/href`` normalised, refused
+    (:class:`HrefError`) when it would leave the root (``..`` above it, an absolute path) and checked again by
+    :func:`check_href`."""
+    if not isinstance(href, str) or not href or _scheme(href) is not None or href.startswith("/"):
+        raise HrefError("only relative hrefs resolve against the assets root")
+    if "%2e" in href.lower() or "\\" in href or "?" in href or "#" in href:
+        raise HrefError("a relative href under the assets root cannot hold %2e, a backslash, ? or #")
+    joined = posixpath.normpath(posixpath.join(folder or ".", href))
+    if joined in (".", "..") or joined.startswith(("../", "/")):
+        raise HrefError("the href leads out of the assets root")
+    url = root + joined
+    check_href(url)
+    return url
+
+
 # ----------------------------------------------------------------------------------------------- redaction
 
 _SECRET_NAME = (

@@ -1057,8 +1057,8 @@ def _describe_round(console, round_) -> None:
         )
     else:
         console.print(
-            f"mosaic round {round_.round}: one job over {jobs[0].objects // 2} {round_.source} product(s), "
-            f"{gib:.2f} GiB"
+            f"mosaic round {round_.round}: one job over {jobs[0].objects} {round_.source} product(s) (its manifest "
+            f"lists the items; their COGs, {gib:.2f} GiB, are read in place from S3, overviews only)"
         )
 
 
@@ -1141,8 +1141,9 @@ def composite(method, period, jobs, memory_mb, **o) -> None:
 def mosaic(source, resolution, bbox, **o) -> None:
     """Stage 2: the EPSG:4326 mosaic of the run (with its STAC collection and offline viewer) as one Processing job.
 
-    Its ManifestFile lists every per-scene output of stage 1, or every composite of the latest composite round
-    (with its retries). The container runs `ndvi-worker mosaic --input ... --output ...`.
+    Its ManifestFile lists the STAC items of every per-scene output of stage 1, or of every composite of the latest
+    composite round (with its retries), and nothing else: the container runs `ndvi-worker mosaic --input ...
+    --output ... --assets-root s3://<the manifest's prefix>`, which reads each COG's overviews in place from S3.
     """
     from launcher.ndvi.products import composite_done, latest_composite_family, plan_mosaic
 

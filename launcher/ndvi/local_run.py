@@ -184,6 +184,21 @@ def log_tail(path: str | os.PathLike[str], limit: int = 300) -> str:
     return lines[-1][:limit] if lines else ""
 
 
+def local_assets(args: Sequence[str]) -> tuple[list[str], str | None]:
+    """ContainerArguments without `--assets-root <url>` (a local run stages the COGs instead), and the url."""
+    out: list[str] = []
+    root = None
+    it = iter(args)
+    for a in it:
+        if a == "--assets-root":
+            root = next(it, "")
+        elif a.startswith("--assets-root="):
+            root = a.split("=", 1)[1]
+        else:
+            out.append(a)
+    return out, root
+
+
 def local_key(uri: str, prefix: str) -> str:
     """Where an object lands under LocalPath: its key relative to the manifest prefix."""
     return uri[len(prefix) :] if uri.startswith(prefix) else uri.split("/", 3)[-1]
@@ -322,6 +337,13 @@ def run_job(
     for uri in uris:
         if not uri.startswith("s3://") or not uri[5:].split("/", 1)[0]:
             raise PlanError(f"the manifest {job.manifest_uri} lists {uri[:80]!r}, not an s3:// URI")
+    args = list(request.get("AppSpecification", {}).get("ContainerArguments", []))
+    args, assets_root = local_assets(args)
+    if assets_root is not None:
+        # the mosaic reads its COGs in place on SageMaker (--assets-root s3://...); a local run has no S3 endpoint
+        # or credentials inside the container, so it stages each item's COG beside it (<stem>.json ->
+        # <stem>.tif, the worker's and the composites' layout) and reads local files, as before
+        uris = sorted({*uris, *(u[: -len(".json")] + ".tif" for u in uris if u.endswith(".json"))})
     all_hosts = hosts(instances)
     distribution = (
         (request.get("ProcessingInputs") or [{}])[0].get("S3Input", {}).get("S3DataDistributionType")
@@ -330,7 +352,6 @@ def run_job(
     shares = [sorted(uris)] * instances if distribution == "FullyReplicated" else split_keys(uris, instances)
     pending = list(zip(all_hosts, shares, strict=True))
     job_dir = inside(workdir, job.name)
-    args = list(request.get("AppSpecification", {}).get("ContainerArguments", []))
     environment = dict(request.get("Environment", {}))
     if extra_env:
         environment.update(extra_env)

@@ -134,9 +134,42 @@ def _manifest_uri(plan: Plan, kind: str, round_: int, index: int) -> str:
     return f"{plan.s3_prefix.rstrip('/')}/manifests/{letter}.json"
 
 
+def mosaic_volume(resolution: float = 0.01) -> int:
+    """EBS GB for the mosaic job, which downloads only the items (its COGs are read in place): twice its scratch
+    over the global grid at `resolution` (the float32 sum and count, the int16 staging raster and COG) plus 10,
+    at least 30 (0.01 degrees: 36000 x 18000 pixels, 8.4 GB of scratch -> 30 GB)."""
+    pixels = math.ceil(360 / resolution) * math.ceil(180 / resolution)
+    return min(16384, max(MIN_VOLUME_GB, math.ceil(2 * pixels * (8 + 2 + 2 + 1) / GIB) + 10))
+
+
+def assets_root_args(args: Sequence[str], root: str) -> tuple[str, ...]:
+    """A mosaic round's worker options with `--assets-root <root>` (replacing one a retried round carried)."""
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == "--assets-root":
+            skip = True
+            continue
+        if not a.startswith("--assets-root="):
+            out.append(a)
+    return (*out, "--assets-root", root)
+
+
+def _resolution(args: Sequence[str]) -> float:
+    for k, a in enumerate(args[:-1]):
+        if a == "--resolution":
+            return float(args[k + 1])
+    return 0.01
+
+
 def _job(plan: Plan, kind: str, round_: int, index: int, tiles: Sequence[str], files: Sequence[ProductFile],
-         volume_gb: int | None) -> tuple[ProductJob, list[Any]]:  # fmt: skip
-    uris = sorted(u for f in files for u in (f.json_uri, f.tif_uri))
+         volume_gb: int | None, items_only: bool = False) -> tuple[ProductJob, list[Any]]:  # fmt: skip
+    """A job and its manifest: both files of every product, or with `items_only` (the mosaic) the STAC items
+    alone (the worker reads the COGs' overviews in place, `--assets-root`)."""
+    uris = sorted(u for f in files for u in ((f.json_uri,) if items_only else (f.json_uri, f.tif_uri)))
     size = sum(f.size for f in files)
     name = product_job_name(plan.run_id, kind, round_, index)
     if len(name) > 63:
@@ -207,7 +240,9 @@ def plan_mosaic(
     retry_of: int | None = None,
 ) -> tuple[Plan, ProductRound, dict[str, list[Any]]]:
     """A mosaic round: one job over every per-scene output (`source` scenes) or every composite of the latest
-    composite round and its retries (`source` composites)."""
+    composite round and its retries (`source` composites). Its manifest lists only the STAC items; the worker gets
+    `--assets-root <the manifest's prefix>` and reads each COG's overviews in place from S3 (a planetary week's
+    COGs are ~1 TB; the overviews it needs are a few percent of that, fetched with Range requests)."""
     if source == "composites":
         family = latest_composite_family(plan)
         if family is None:
@@ -222,7 +257,11 @@ def plan_mosaic(
     if not files:
         raise PlanError(f"no outputs of {what} to mosaic yet")
     round_ = next_round(plan, "mosaic")
-    job, manifest = _job(plan, "mosaic", round_, 0, (), files, volume_gb)
+    volume = volume_gb or mosaic_volume(_resolution(args))
+    job, manifest = _job(plan, "mosaic", round_, 0, (), files, volume, items_only=True)
+    # the input folder mirrors the manifest's prefix (SageMaker places each key relative to it): the COG of
+    # <prefix><job>/<id>_ndvi.json, href ./<id>_ndvi.tif, is read in place at <prefix><job>/<id>_ndvi.tif
+    args = assets_root_args(args, manifest[0]["prefix"])
     product = ProductRound(
         kind="mosaic", round=round_, created=created, source=source, args=tuple(args), jobs=(job,),
         retry_of=retry_of,

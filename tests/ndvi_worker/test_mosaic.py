@@ -173,6 +173,10 @@ def test_composites_replace_their_sources_in_the_mosaic(tmp_path: Path):
         (["--bbox", "1,2,3"], "--bbox"),
         (["--bbox", "10,0,5,5"], "--bbox"),
         (["--resolution", "0"], "--resolution"),
+        (["--assets-root", "ftp://host/x/"], "--assets-root"),
+        (["--assets-root", "http://host/x/"], "--assets-root"),
+        (["--assets-root", "s3://bucket/a/../b/"], "--assets-root"),
+        (["--assets-root", "https://169.254.169.254/x/"], "--assets-root"),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path, args, needle):
@@ -186,3 +190,165 @@ def test_bad_arguments_are_one_line_and_exit_2(tmp_path: Path, args, needle):
     )
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ reading in place (S3)
+
+
+class _CountingProxy:
+    """A reverse proxy in front of the moto server counting the body bytes of every GET of a .tif: what the
+    worker really fetched from S3."""
+
+    def __init__(self, upstream: str):
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        self.tif_bytes: dict[str, int] = {}
+        self.requests: list[tuple[str, str, str | None]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # noqa: ANN002
+                pass
+
+            def _forward(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "connection"}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                conn.close()
+                path = self.path.split("?", 1)[0]
+                outer.requests.append((self.command, path, self.headers.get("Range")))
+                if self.command == "GET" and path.endswith(".tif"):
+                    outer.tif_bytes[path] = outer.tif_bytes.get(path, 0) + len(data)
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+
+            do_GET = do_HEAD = do_PUT = do_POST = _forward  # noqa: N815
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _noisy(seed: int) -> np.ndarray:
+    """Quadrants plus noise: a COG that does not compress to nothing, so bytes read tell levels apart."""
+    rng = np.random.default_rng(seed)
+    return (_quadrants() + rng.uniform(-0.05, 0.05, (SIZE, SIZE))).astype("float32")
+
+
+def test_mosaic_reads_cogs_in_place_from_s3_overviews_only(moto_s3, tmp_path: Path, monkeypatch):
+    """The launcher's layout: the input folder holds only the items (<job>/<id>_ndvi.json, href ./<id>_ndvi.tif);
+    --assets-root s3://... names where the folder's COGs live. The mosaic equals the one built from local files,
+    and the bytes fetched at the server are a small fraction of the COGs (overviews, never full resolution)."""
+    import boto3
+    import rasterio
+
+    from ndvi_worker import io as wio
+
+    local = tmp_path / "local"
+    for job, (tile, date, seed) in (
+        ("j-000", ("31UFU", "2023-12-03", 1)),
+        ("j-001", ("32ULC", "2023-12-05", 2)),
+    ):
+        write_product(local / job, f"S2A_{tile}_{date.replace('-', '')}_0_L2A", _noisy(seed), date,
+                      *EU[tile], 100.0)  # fmt: skip
+    ref = tmp_path / "ref"
+    report, status, _ = run_mosaic(local, ref, MosaicOptions(resolution=0.01), tmp_path / "s0")
+    assert status == 0, report.to_dict()
+
+    s3 = boto3.client("s3", endpoint_url=moto_s3, region_name="us-west-2", aws_access_key_id="testing",
+                      aws_secret_access_key="testing")  # fmt: skip
+    s3.create_bucket(Bucket="mosaic-in", CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
+    items = tmp_path / "items"  # what SageMaker downloads: the items only
+    cog_sizes = {}
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            rel = path.relative_to(local).as_posix()
+            s3.upload_file(str(path), "mosaic-in", f"run/output/{rel}")
+            if path.suffix == ".json":
+                (items / rel).parent.mkdir(parents=True, exist_ok=True)
+                (items / rel).write_text(path.read_text())
+            else:
+                cog_sizes[f"/mosaic-in/run/output/{rel}"] = path.stat().st_size
+    assert not list(items.rglob("*.tif"))
+
+    proxy = _CountingProxy(moto_s3)
+    try:
+        for key, value in wio.GDAL_DEFAULTS.items():  # configure_gdal sets them: restored after the test
+            monkeypatch.setenv(key, __import__("os").environ.get(key, value))
+        for key, value in {
+            "AWS_S3_ENDPOINT": proxy.endpoint, "AWS_HTTPS": "NO", "AWS_VIRTUAL_HOSTING": "FALSE",
+            "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-west-2",
+        }.items():  # fmt: skip
+            monkeypatch.setenv(key, value)
+        out = tmp_path / "remote"
+        opts = MosaicOptions(resolution=0.01, assets_root="s3://mosaic-in/run/output/")
+        report, status, stats = run_mosaic(items, out, opts, tmp_path / "s1")
+    finally:
+        proxy.close()
+    assert status == 0, report.to_dict()
+    assert stats["overview_reads"] == 2 and stats["full_resolution_reads"] == 0
+    with rasterio.open(ref / "mosaic_ndvi.tif") as a, rasterio.open(out / "mosaic_ndvi.tif") as b:
+        assert a.bounds == b.bounds and np.array_equal(a.read(1), b.read(1))
+    assert set(proxy.tif_bytes) == set(cog_sizes), proxy.requests
+    for path, size in cog_sizes.items():
+        assert size > 1_000_000
+        assert proxy.tif_bytes[path] < size / 10, (path, proxy.tif_bytes[path], size)
+
+
+def test_assets_root_rules(tmp_path: Path):
+    """Relative hrefs stay under the root (no '..' above it, no encoded dots); absolute hrefs keep the
+    allowlist; an item outside the input folder has no place under the root."""
+    from ndvi_worker.products_io import find_products
+    from ndvi_worker.safety import HrefError, check_assets_root, under_assets_root
+
+    root = check_assets_root("s3://bucket/run/output")
+    assert root == "s3://bucket/run/output/"
+    assert under_assets_root(root, "job-0", "./a_ndvi.tif") == "s3://bucket/run/output/job-0/a_ndvi.tif"
+    assert under_assets_root(root, "job-0", "../job-1/b.tif") == "s3://bucket/run/output/job-1/b.tif"
+    for href in (
+        "../../x.tif",
+        "../../../etc/x.tif",
+        "/etc/x.tif",
+        "%2e%2e/%2e%2e/x.tif",
+        "s3://other/x.tif",
+    ):
+        with pytest.raises(HrefError):
+            under_assets_root(root, "job-0", href)
+    for bad in ("s3://bucket/a/./b", "https://example.com/x/?q=1", "file:///tmp/", "/tmp/x", "s3://B/x"):
+        with pytest.raises(HrefError):
+            check_assets_root(bad)
+    assert check_assets_root("https://example.com/data") == "https://example.com/data/"
+
+    folder = tmp_path / "in" / "job-0"
+    write_product(folder, "S2A_31UFU_20231203_0_L2A", _quadrants(), "2023-12-03", *EU["31UFU"], 100.0)
+    item_path = folder / "S2A_31UFU_20231203_0_L2A_ndvi.json"
+    item = json.loads(item_path.read_text())
+    item["assets"]["ndvi"]["href"] = "../../../elsewhere/x_ndvi.tif"
+    item_path.write_text(json.dumps(item))
+    products, problems = find_products(tmp_path / "in", root)
+    assert not products and "leads out of the assets root" in problems[0].error
+    item["assets"]["ndvi"]["href"] = "/proc/self/environ"
+    item_path.write_text(json.dumps(item))
+    products, problems = find_products(tmp_path / "in", root)
+    assert not products and "/proc" in problems[0].error

@@ -305,12 +305,23 @@ def test_status_watch_resume_cover_composites_and_mosaic(aws, stage1: Path) -> N
     assert r.exit_code == 0, r.output
     (create,) = [c.body for c in aws.sent("sagemaker", "CreateProcessingJob")]
     assert create["ProcessingJobName"] == "dec-m0-000"
+    # the COGs are read in place (overviews only): the manifest lists the items, the worker gets their root
     assert create["AppSpecification"]["ContainerArguments"] == [
         "mosaic", "--input", "/opt/ml/processing/input", "--output", "/opt/ml/processing/output", "--resolution", "0.05",
+        "--assets-root", f"s3://{BUCKET}/ndvi/dec/output/",
     ]  # fmt: skip
     assert create["ProcessingInputs"][0]["InputName"] == "composites"
-    uris = _manifest(s3, create["ProcessingInputs"][0]["S3Input"]["S3Uri"])
-    assert sorted(u.split("/output/", 1)[1] for u in uris if u.endswith(".json")) == [
+    assert create["ProcessingInputs"][0]["S3Input"]["S3DataType"] == "ManifestFile"
+    assert create["ProcessingResources"]["ClusterConfig"]["VolumeSizeInGB"] == 30  # not sized by the COGs
+    manifest_uri = create["ProcessingInputs"][0]["S3Input"]["S3Uri"]
+    bucket, key = manifest_uri[5:].split("/", 1)
+    raw = json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    assert raw[0] == {
+        "prefix": f"s3://{BUCKET}/ndvi/dec/output/"
+    }  # = --assets-root: the input folder mirrors it
+    uris = _manifest(s3, manifest_uri)
+    assert uris and all(u.endswith(".json") for u in uris), uris  # no .tif: nothing downloads a COG
+    assert sorted(u.split("/output/", 1)[1] for u in uris) == [
         "dec-c0-000/31UFU_20231201_20231207_ndvi-mean.json",
         "dec-c0-001/31UGU_20231201_20231207_ndvi-mean.json",
         "dec-c0-001/32ULC_20231201_20231207_ndvi-mean.json",
@@ -321,9 +332,10 @@ def test_status_watch_resume_cover_composites_and_mosaic(aws, stage1: Path) -> N
     aws.calls.clear()
     r = _run("resume", "--plan", str(stage1), "--skip-preflight")
     assert r.exit_code == 0 and "mosaic round 1 (retry of 0)" in r.output, r.output
-    assert [c.body["ProcessingJobName"] for c in aws.sent("sagemaker", "CreateProcessingJob")] == [
-        "dec-m1-000"
-    ]
+    (retry,) = [c.body for c in aws.sent("sagemaker", "CreateProcessingJob")]
+    assert retry["ProcessingJobName"] == "dec-m1-000"
+    args = retry["AppSpecification"]["ContainerArguments"]
+    assert args.count("--assets-root") == 1 and args[-1] == f"s3://{BUCKET}/ndvi/dec/output/"
 
 
 def test_resume_submits_a_stage_2_round_never_submitted(aws, stage1: Path) -> None:
