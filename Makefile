@@ -156,6 +156,10 @@ test-containers: venv-worker ## image tests on a running Docker engine (build fi
 bench-worker: venv-worker ## NDVI worker vs naive vs floor, full scene: local, nginx, shaped S3-like link (30 ms, 60 MB/s)
 	$(PY) benchmarks/bench_worker.py $(BENCH_WORKER_ARGS)
 
+.PHONY: bench-mosaic
+bench-mosaic: venv-worker ## mosaic cost on the global 0.01-degree grid for 50/200/800 synthetic tiles (per-input and final-pass time)
+	$(PY) benchmarks/bench_mosaic.py 50 200 800
+
 .PHONY: bench-plan
 bench-plan: venv-worker ## launcher: plan 8,581 scenes into 25 jobs x 20 instances (each step vs reading the items)
 	$(PY) benchmarks/bench_plan.py
