@@ -200,6 +200,11 @@ def run_with_nginx(config: ServeConfig, nginx: str, argv_overrides: list[str]) -
             time.sleep(0.1)
         gunicorn, front = procs["gunicorn"], procs.get("nginx")
         if stopping:
+            # Stop accepting at once (nginx's graceful quit closes the port and finishes the requests it is
+            # proxying) while gunicorn drains those requests: the port is free within a second of SIGTERM, and the
+            # container stops before an orchestrator's kill timeout (docker/compose: 10 s).
+            if front is not None and front.poll() is None:
+                front.send_signal(signal.SIGQUIT)
             gunicorn.send_signal(signal.SIGINT if stopping[0] == signal.SIGINT else signal.SIGTERM)
         elif front is not None and front.poll() is not None:
             log.error("nginx exited with status %s: stopping the server", front.returncode)

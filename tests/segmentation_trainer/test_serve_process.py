@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -190,10 +191,18 @@ def test_sigterm_finishes_the_request_in_flight(base_dir):
         ping_s = time.monotonic() - t0
         signalled = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
+        port_closed_s = None  # the front stops accepting at once (an orchestrator's kill timeout is ~10 s)
+        while time.monotonic() - signalled < 5 and port_closed_s is None:
+            try:
+                socket.create_connection(("127.0.0.1", srv.port), timeout=0.2).close()
+                time.sleep(0.05)
+            except OSError:
+                port_closed_s = time.monotonic() - signalled
         thread.join(60)
         code = srv.proc.wait(30)
     finally:
         srv.stop()
+    assert port_closed_s is not None and port_closed_s < 2.0, port_closed_s
     assert result["status"] == 200 and result["size"] > 0
     assert result["done"] > signalled, "the request finished before SIGTERM: make it bigger"
     assert ping_s < 1.0
