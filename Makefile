@@ -47,7 +47,7 @@ test-worker: venv-worker ## worker tests (.venv)
 	$(PY) -m pytest tests/ndvi_worker $(PYTEST_ARGS)
 
 test-launcher: venv-worker ## launcher tests (.venv)
-	$(PY) -m pytest tests/launcher $(PYTEST_ARGS)
+	$(PY) -m pytest tests/launcher -m "not docker" $(PYTEST_ARGS)
 
 test-trainer: venv-trainer ## trainer and serving tests (.venv-trainer)
 	$(PY_TRAINER) -m pytest tests/segmentation_trainer $(PYTEST_ARGS)
@@ -148,8 +148,10 @@ push: venv-worker ## push both images to ECR (account/region from the AWS sessio
 		$(PROCESSING_IMAGE):$(IMAGE_TAG) $(TRAINING_IMAGE):$(TRAINING_VERSION_TAG)
 
 .PHONY: test-containers
+# Docker-marked tests of the other suites run here, after the images are built (make test skips them).
+DOCKER_TESTS_ELSEWHERE := tests/launcher/ndvi/test_products.py::test_stage_2_local_with_the_processing_image
 test-containers: venv-worker ## image tests on a running Docker engine (build first; see .ci/containers)
-	$(PY) -m pytest tests/containers $(PYTEST_ARGS)
+	$(PY) -m pytest tests/containers $(DOCKER_TESTS_ELSEWHERE) $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------- benchmarks
 .PHONY: bench-worker
