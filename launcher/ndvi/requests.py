@@ -32,42 +32,49 @@ ENV_KEY = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 
 
-def processing_request(
-    plan: Plan, job: JobPlan, submission: Submission, secrets: Mapping[str, str] | None = None
+def _processing_job(
+    plan: Plan,
+    job: JobPlan | ProductJob,
+    submission: Submission,
+    secrets: Mapping[str, str] | None,
+    *,
+    volume_gb: int,
+    container_args: Sequence[str],
+    input_name: str,
+    distribution: str,
+    output_name: str,
+    tags: Mapping[str, str],
 ) -> dict[str, Any]:
-    """The CreateProcessingJob request for one job of the plan. `secrets`: the values of
-    `submission.env_from_caller` (read from the caller's environment, never stored in the plan)."""
-    args = list(submission.worker_args) if submission.worker_args else list(DEFAULT_WORKER_ARGS)
-    app: dict[str, Any] = {"ImageUri": submission.image}
-    if args:
-        app["ContainerArguments"] = args
+    """The CreateProcessingJob request both stages send: the job's ManifestFile in, Continuous output to the job's
+    own folder, the submission's image, role, instance type, run time and environment (with `secrets`, the values
+    of `submission.env_from_caller`); tagged with the run id, then `tags`. Each stage gives only what differs."""
     request: dict[str, Any] = {
         "ProcessingJobName": job.name,
         "ProcessingResources": {
             "ClusterConfig": {
                 "InstanceCount": job.instance_count,
                 "InstanceType": submission.instance_type,
-                "VolumeSizeInGB": submission.volume_gb,
+                "VolumeSizeInGB": volume_gb,
             }
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": submission.max_runtime_seconds},
-        "AppSpecification": app,
+        "AppSpecification": {"ImageUri": submission.image, "ContainerArguments": list(container_args)},
         "ProcessingInputs": [
             {
-                "InputName": "items",
+                "InputName": input_name,
                 "S3Input": {
                     "S3Uri": job.manifest_uri,
                     "LocalPath": INPUT_PATH,
                     "S3DataType": "ManifestFile",
                     "S3InputMode": "File",
-                    "S3DataDistributionType": "ShardedByS3Key",
+                    "S3DataDistributionType": distribution,
                 },
             }
         ],
         "ProcessingOutputConfig": {
             "Outputs": [
                 {
-                    "OutputName": "ndvi",
+                    "OutputName": output_name,
                     "S3Output": {
                         "S3Uri": plan.job_output_uri(job),
                         "LocalPath": OUTPUT_PATH,
@@ -77,16 +84,33 @@ def processing_request(
             ]
         },
         "RoleArn": submission.role,
-        "Tags": [
-            {"Key": TAG_RUN_ID, "Value": plan.run_id},
-            {"Key": TAG_ROUND, "Value": str(job.round)},
-            {"Key": TAG_JOB_INDEX, "Value": str(job.index)},
-        ],
+        "Tags": [{"Key": key, "Value": value} for key, value in {TAG_RUN_ID: plan.run_id, **tags}.items()],
     }
     environment = {**submission.environment, **(secrets or {})}
     if environment:
         request["Environment"] = environment
     return request
+
+
+def processing_request(
+    plan: Plan, job: JobPlan, submission: Submission, secrets: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The CreateProcessingJob request for one job of the plan (stage 1, NDVI): its instances share the
+    ManifestFile (ShardedByS3Key), the worker runs the submission's worker args (default: DEFAULT_WORKER_ARGS).
+    `secrets`: the values of `submission.env_from_caller` (read from the caller's environment, never stored in the
+    plan)."""
+    return _processing_job(
+        plan,
+        job,
+        submission,
+        secrets,
+        volume_gb=submission.volume_gb,
+        container_args=submission.worker_args or DEFAULT_WORKER_ARGS,
+        input_name="items",
+        distribution="ShardedByS3Key",
+        output_name="ndvi",
+        tags={TAG_ROUND: str(job.round), TAG_JOB_INDEX: str(job.index)},
+    )
 
 
 def product_args(round_: ProductRound) -> list[str]:
@@ -103,56 +127,20 @@ def product_request(
     secrets: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The CreateProcessingJob request of a stage-2 job: one instance, its ManifestFile FullyReplicated (all of it
-    on that instance: the launcher grouped whole tiles into it), Continuous output to the job's own folder. The
-    stage-1 submission gives the image, role, instance type, run time and environment; its worker args do not
-    apply."""
-    request: dict[str, Any] = {
-        "ProcessingJobName": job.name,
-        "ProcessingResources": {
-            "ClusterConfig": {
-                "InstanceCount": job.instance_count,
-                "InstanceType": submission.instance_type,
-                "VolumeSizeInGB": job.volume_gb,
-            }
-        },
-        "StoppingCondition": {"MaxRuntimeInSeconds": submission.max_runtime_seconds},
-        "AppSpecification": {"ImageUri": submission.image, "ContainerArguments": product_args(round_)},
-        "ProcessingInputs": [
-            {
-                "InputName": "ndvi" if round_.source == "scenes" else "composites",
-                "S3Input": {
-                    "S3Uri": job.manifest_uri,
-                    "LocalPath": INPUT_PATH,
-                    "S3DataType": "ManifestFile",
-                    "S3InputMode": "File",
-                    "S3DataDistributionType": "FullyReplicated",
-                },
-            }
-        ],
-        "ProcessingOutputConfig": {
-            "Outputs": [
-                {
-                    "OutputName": "composites" if round_.kind == "composite" else "mosaic",
-                    "S3Output": {
-                        "S3Uri": plan.job_output_uri(job),
-                        "LocalPath": OUTPUT_PATH,
-                        "S3UploadMode": "Continuous",
-                    },
-                }
-            ]
-        },
-        "RoleArn": submission.role,
-        "Tags": [
-            {"Key": TAG_RUN_ID, "Value": plan.run_id},
-            {"Key": TAG_STAGE, "Value": round_.kind},
-            {"Key": TAG_ROUND, "Value": str(round_.round)},
-            {"Key": TAG_JOB_INDEX, "Value": str(job.index)},
-        ],
-    }
-    environment = {**submission.environment, **(secrets or {})}
-    if environment:
-        request["Environment"] = environment
-    return request
+    on that instance: the launcher grouped whole tiles into it), the job's own volume size. The stage-1 submission
+    gives the image, role, instance type, run time and environment; its worker args do not apply."""
+    return _processing_job(
+        plan,
+        job,
+        submission,
+        secrets,
+        volume_gb=job.volume_gb,
+        container_args=product_args(round_),
+        input_name="ndvi" if round_.source == "scenes" else "composites",
+        distribution="FullyReplicated",
+        output_name="composites" if round_.kind == "composite" else "mosaic",
+        tags={TAG_STAGE: round_.kind, TAG_ROUND: str(round_.round), TAG_JOB_INDEX: str(job.index)},
+    )
 
 
 def _check_range(errors: list[str], name: str, value: Any, lo: int, hi: int) -> None:
