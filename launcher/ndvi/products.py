@@ -400,3 +400,81 @@ def _resume(kind: str, plan: Plan, original: ProductRound, descriptions: Mapping
         if (d := descriptions.get(name := j.name)) is not None and d.get("ProcessingJobStatus") in ACTIVE
     )
     return ProductResume(kind, original, missing, unsubmitted, active)
+
+
+# ------------------------------------------------------------------------------------------ what a round is given
+
+
+def composite_args(method: str, period: str | None, dtype: str | None, memory_mb: int | None) -> list[str]:
+    """The worker's options of a composite round: `--method M [--period START/END] [--dtype D] [--memory-mb N]`.
+    ValueError for a period the worker would refuse."""
+    args = ["--method", method]
+    if period is not None:
+        from ndvi_worker.composite import parse_period
+
+        parse_period(period)
+        args += ["--period", period.strip()]
+    if dtype:
+        args += ["--dtype", dtype]
+    if memory_mb is not None:
+        args += ["--memory-mb", str(memory_mb)]
+    return args
+
+
+def mosaic_args(resolution: float | None, bbox: str | None, dtype: str | None) -> list[str]:
+    """The worker's options of a mosaic round: `[--resolution DEG] [--bbox W,S,E,N] [--dtype D]`. ValueError for a
+    resolution or extent the worker would refuse."""
+    from ndvi_worker.mosaic import check_resolution, parse_bbox
+
+    args: list[str] = []
+    if resolution is not None:
+        check_resolution(resolution)
+        args += ["--resolution", repr(float(resolution))]
+    if bbox is not None:
+        parse_bbox(bbox)
+        args += ["--bbox", bbox.strip()]
+    if dtype:
+        args += ["--dtype", dtype]
+    return args
+
+
+def mosaic_source(plan: Plan, source: str) -> str:
+    """`--source auto` made concrete: the latest composites when the plan has some, else the per-scene outputs."""
+    if source != "auto":
+        return source
+    return "composites" if latest_composite_family(plan) is not None else "scenes"
+
+
+def scenes_missing(plan: Plan, outputs: Outputs) -> str | None:
+    """What a round over the per-scene outputs lacks (None: every scene has its output)."""
+    n = plan.scene_count - len(outputs.scenes)
+    return f"{n} of {plan.scene_count} scene(s) have no output yet" if n else None
+
+
+def mosaic_inputs_missing(plan: Plan, outputs: Outputs, source: str) -> str | None:
+    """What a mosaic round over `source` (scenes, composites or auto) lacks (None: nothing, or no composite round,
+    which plan_mosaic reports)."""
+    if mosaic_source(plan, source) == "scenes":
+        return scenes_missing(plan, outputs)
+    family = latest_composite_family(plan)
+    if family is None:
+        return None  # plan_mosaic says what to do
+    wanted = [t for j in family.jobs for t in j.tiles]
+    n = len(set(wanted) - set(composite_done(plan, outputs, family)))
+    return (
+        f"{n} of {len(wanted)} tile(s) of composite round {family.round} have no composite yet" if n else None
+    )
+
+
+def retry_round(
+    plan: Plan, outputs: Outputs, todo: ProductResume, jobs: int | None, created: str
+) -> tuple[Plan, ProductRound, dict[str, list[Any]]]:
+    """`resume`'s retry of `todo.original` (same args): its missing tiles in `jobs` jobs [default: as many as the
+    original's] for composites, the mosaic again (same source) for a mosaic."""
+    original = todo.original
+    if todo.kind == "composite":
+        return plan_composites(
+            plan, outputs, original.args, jobs or len(original.jobs), created, tiles=todo.missing,
+            retry_of=original.round,
+        )  # fmt: skip
+    return plan_mosaic(plan, outputs, original.source, original.args, created, retry_of=original.round)
