@@ -1,8 +1,9 @@
 """`launcher`: the command line of both workflows, one click group.
 
 Layers: `launcher.cli` parses options and prints (`console` holds what every command shares: the console, the one
-error mapping, option helpers); `cli.ndvi` has the planetary NDVI job's commands over `launcher.ndvi`, `cli.model`
-the model workflow's over `launcher.model`; both use the AWS edge `launcher.aws`. Nothing below the CLI imports it.
+error mapping, option helpers); `cli.ndvi` has the planetary NDVI job's commands over `launcher.ndvi` (one module a
+stage of the run), `cli.model` the model workflow's over `launcher.model`; both use the AWS edge `launcher.aws`.
+Nothing below the CLI imports it.
 """
 
 from __future__ import annotations
