@@ -168,6 +168,7 @@ def decode_mask(body: bytes, accept: str, shape: tuple[int, int] | None = None) 
     from rasterio.env import Env
     from rasterio.errors import NotGeoreferencedWarning
     from rasterio.io import MemoryFile
+    from rasterio.session import DummySession
 
     driver, magics = ("PNG", (PNG_MAGIC,)) if accept == PNG else ("GTiff", TIFF_MAGICS)
     if accept not in MASK_TYPES or not body.startswith(magics):
@@ -175,7 +176,8 @@ def decode_mask(body: bytes, accept: str, shape: tuple[int, int] | None = None) 
             f"the response is not a readable {accept} mask: wrong signature ({len(body)} bytes starting {body[:16]!r})"
         )
     try:
-        with warnings.catch_warnings(), Env(**SAFE_GDAL_OPTIONS), MemoryFile(body) as mem:
+        # DummySession: the user's cloud credentials stay out of GDAL's configuration while it reads the answer
+        with warnings.catch_warnings(), Env(session=DummySession(), **SAFE_GDAL_OPTIONS), MemoryFile(body) as mem:
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with mem.open(driver=driver) as src:
                 check_mask_header(src, accept, shape)

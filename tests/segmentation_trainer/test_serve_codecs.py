@@ -316,3 +316,26 @@ def test_nodata_mask():
     np.testing.assert_array_equal(
         codecs.DecodedImage(floats, codecs.TIFF, nodata=float("nan")).nodata_mask(), [[True, False]]
     )
+
+
+def test_tiff_codecs_never_load_cloud_credentials(monkeypatch):
+    """GDAL reads a caller's bytes and writes answers with no AWS session: rasterio would otherwise build a boto3
+    session from the container's environment on every request (the execution role's keys in GDAL's configuration,
+    and 50-150 ms a request)."""
+    import rasterio.session
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPLANTEDCANARY000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-canary-secret")
+    built: list[str] = []
+    original = rasterio.session.AWSSession.__init__
+
+    def record(self, *args, **kwargs):
+        built.append("AWSSession")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio.session.AWSSession, "__init__", record)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    body = codecs.encode_geotiff(mask)
+    image = codecs.decode_request(body, codecs.TIFF, bands=1)
+    assert image.array.shape[-2:] == (64, 64)
+    assert built == []

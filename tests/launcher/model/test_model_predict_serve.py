@@ -217,6 +217,29 @@ def test_decode_mask_checks_the_header_before_reading():
         decode_mask(_sparse_tiff(count=1, size=8, dtype="uint8"), "image/tiff", (40, 40))
 
 
+def test_decode_mask_keeps_the_users_credentials_out_of_gdal(monkeypatch):
+    """The server's answer is read with no AWS session: the user's keys never reach GDAL's configuration while it
+    parses bytes from a server the user may not control."""
+    import rasterio.session
+
+    from launcher.model.predict import decode_mask
+
+    body = _sparse_tiff(count=1, size=40, dtype="uint8")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAPLANTEDCANARY000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "planted-canary-secret")
+    built: list[str] = []
+    original = rasterio.session.AWSSession.__init__
+
+    def record(self, *args, **kwargs):
+        built.append("AWSSession")
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(rasterio.session.AWSSession, "__init__", record)
+    mask = decode_mask(body, "image/tiff", (40, 40))
+    assert mask.shape == (40, 40)
+    assert built == []
+
+
 def test_predict_with_the_server_down_is_one_line(tmp_path):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     args = ["predict", str(_sar_tif(tmp_path / "in.tif")), "--out", str(tmp_path / "mask.tif"), "--url", url]
