@@ -9,13 +9,10 @@ against a local moto server. boto3 and sagemaker are imported lazily so `launche
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
 import re
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -282,42 +279,3 @@ def error_code(error: Exception) -> str:
 
 def error_message(error: Exception) -> str:
     return str(getattr(error, "response", {}).get("Error", {}).get("Message", error))
-
-
-# ------------------------------------------------------------------------------------ SageMaker SDK local mode
-
-TELEMETRY_OPT_OUT = {
-    "SchemaVersion": "1.0",
-    "SageMaker": {"PythonSDK": {"Modules": {"TelemetryOptOut": True}}},
-}
-
-
-@contextlib.contextmanager
-def local_mode_scratch() -> Iterator[str]:
-    """A folder for all SageMaker local mode writes on the host (downloaded channels and models, the compose file,
-    the containers' /opt/ml trees), removed afterwards: set as ``local.container_root``. Without it local mode leaves
-    its S3 downloads in the system temp folder (the size of the data or model, every run)."""
-    root = tempfile.mkdtemp(prefix="earthmon-local-mode-")
-    try:
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)  # files a container wrote as another user may stay
-
-
-def local_session(
-    container_root: str | None = None,
-) -> Any:  # pragma: no cover - needs the sagemaker SDK + Docker
-    """The one SageMaker SDK `LocalSession` of the launcher (both workflows): the launcher's boto3 session, the S3
-    endpoint of the standard variables if any, telemetry off, local code, local mode's host files under
-    ``container_root`` (see `local_mode_scratch`)."""
-    from sagemaker.local import LocalSession
-
-    kwargs: dict[str, Any] = {"boto_session": session(), "sagemaker_config": TELEMETRY_OPT_OUT}
-    endpoint = s3_endpoint_url()
-    if endpoint:
-        kwargs["s3_endpoint_url"] = endpoint
-    sess = LocalSession(**kwargs)
-    sess.config = {
-        "local": {"local_code": True, **({"container_root": container_root} if container_root else {})}
-    }
-    return sess

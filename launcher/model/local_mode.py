@@ -15,9 +15,9 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from launcher.aws import local_mode_scratch, local_session
 from launcher.model.requests import TrainingSpec
 from launcher.model.source import Script
+from launcher.sdk_local import local_mode_scratch, local_session
 from segmentation_trainer.contract import METRIC_DEFINITIONS
 
 LOCAL_PORT = 8080
@@ -108,6 +108,7 @@ def deploy_local(
             try:
                 stop.wait()
             finally:
+                # the SDK stops compose; leaving the scratch context waits for the container to exit, then removes it
                 predictor.delete_endpoint()
     finally:
         for sig, handler in previous.items():

@@ -177,7 +177,11 @@ def decode_mask(body: bytes, accept: str, shape: tuple[int, int] | None = None) 
         )
     try:
         # DummySession: the user's cloud credentials stay out of GDAL's configuration while it reads the answer
-        with warnings.catch_warnings(), Env(session=DummySession(), **SAFE_GDAL_OPTIONS), MemoryFile(body) as mem:
+        with (
+            warnings.catch_warnings(),
+            Env(session=DummySession(), **SAFE_GDAL_OPTIONS),
+            MemoryFile(body) as mem,
+        ):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with mem.open(driver=driver) as src:
                 check_mask_header(src, accept, shape)

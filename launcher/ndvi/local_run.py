@@ -25,11 +25,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from launcher.aws import S3Uri, is_not_found, list_objects, local_mode_scratch, local_session, parse_s3_uri
+from launcher.aws import S3Uri, is_not_found, list_objects, parse_s3_uri
 from launcher.errors import ArgumentError, PlanError
 from launcher.ndvi.paths import inside
 from launcher.ndvi.plan import JobPlan, Plan, ProductJob, Submission, manifest_uris
 from launcher.ndvi.requests import INPUT_PATH, OUTPUT_PATH
+from launcher.sdk_local import local_mode_scratch, local_session
 from launcher.secrets import EnvOptions, redact_request
 from ndvi_worker.contract import CONTAINER, DEFAULT_BASE_DIR
 

@@ -59,6 +59,8 @@ def test_training_job_in_sdk_local_mode(training_image: str, compose, aws: str, 
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         names = {Path(n).name for n in tar.getnames()}
     assert {"hyperparams.json", "model_algo-1"} <= names, names
+    left = set(docker("ps", "-aq").stdout.split()) - compose
+    assert not left, f"train --local left its job containers behind: {left}"
 
 
 def test_user_script_in_sdk_local_mode(training_image: str, compose, aws: str, tmp_path: Path) -> None:
@@ -236,3 +238,5 @@ def test_launcher_local_sdk_local_runs_a_plan(
     # the worker exits 1 for a failed scene, so the job fails as on SageMaker, and the launcher says so
     assert r.exit_code == 1, r.output[-3000:]
     assert f"{job.name}: Failed" in r.output and "0/1 job(s) completed" in r.output
+    left = set(docker("ps", "-aq").stdout.split()) - compose
+    assert not left, f"local --sdk-local left its job containers behind: {left}"

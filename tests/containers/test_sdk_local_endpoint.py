@@ -136,8 +136,8 @@ def test_deploy_and_predict_in_sdk_local_mode(
     while time.monotonic() < deadline and not _port_free(LOCAL_PORT):
         time.sleep(1)
     assert _port_free(LOCAL_PORT), "the local endpoint still listens after Ctrl-C"
-    running = set(docker("ps", "-q").stdout.split()) - before
-    assert not running, f"containers left running after Ctrl-C: {running}"
+    left = set(docker("ps", "-aq").stdout.split()) - before
+    assert not left, f"containers left after Ctrl-C (running or stopped): {left}"
 
     # The same model served by plain `docker run IMAGE serve`: the SDK path must give the same mask.
     port = free_port()

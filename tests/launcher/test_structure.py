@@ -113,7 +113,7 @@ def test_one_definition_of_each_rule():
     assert defined_in(r"^class RequestError\b") == ["launcher/errors.py"]
     assert defined_in(r"^class \w*Error\b") == ["launcher/errors.py"]
     assert defined_in(r"AWS_ENDPOINT_URL_S3") == ["launcher/aws.py"]
-    assert defined_in(r"LocalSession\(") == ["launcher/aws.py"]
+    assert defined_in(r"LocalSession\(") == ["launcher/sdk_local.py"]
     assert defined_in(r"re\.compile\(r\"\^?\[a-zA-Z0-9\]\(-\*\[a-zA-Z0-9\]\)\{0,62\}") == [
         "launcher/aws.py"
     ]  # the job-name pattern

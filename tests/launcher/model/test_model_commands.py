@@ -341,6 +341,27 @@ def test_deploy_local_refuses_a_taken_port(monkeypatch):
     assert not model_local.port_in_use(port)
 
 
+def test_local_mode_cleans_up_only_its_own_compose_containers(tmp_path):
+    """After Ctrl-C, deploy/train --local remove the containers of the compose projects under their own scratch
+    folder: not another run's, not a sibling folder sharing the prefix, not containers without the label."""
+    from launcher.sdk_local import containers_under
+
+    scratch = tmp_path / "earthmon-local-mode-abc"
+    (scratch / "tmpx1").mkdir(parents=True)
+    (tmp_path / "earthmon-local-mode-abcdef" / "tmpy").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(scratch)
+    rows = [
+        ("ours", str(scratch / "tmpx1")),
+        ("ours-through-a-link", str(tmp_path / "link" / "tmpx1")),
+        ("sibling-prefix", str(tmp_path / "earthmon-local-mode-abcdef" / "tmpy")),
+        ("elsewhere", "/srv/compose/project"),
+        ("no-label", ""),
+        ("the-root-itself", str(scratch)),
+    ]
+    assert containers_under(rows, str(scratch)) == ["ours", "ours-through-a-link", "the-root-itself"]
+    assert containers_under([], str(scratch)) == []
+
+
 # ----------------------------------------------------------------------------------------------- script mode
 @pytest.fixture
 def source_tree(tmp_path):
