@@ -200,6 +200,14 @@ def composite_command(
     "from it (their overviews only) instead of from the input folder, which then needs only the items. "
     "[default: hrefs resolve against each item's file]",
 )
+@click.option(
+    "--inputs-href",
+    metavar="PATH|URL",
+    default=None,
+    help="Where the input folder is published, seen from where the output folder is: a relative path (../) or "
+    "an https:// URL. collection.json and index.html link the inputs under it, so the links hold once both "
+    "folders are uploaded (the launcher sets it for SageMaker jobs). [default: the path between the folders here]",
+)
 def mosaic_command(
     input_dir,
     output_dir,
@@ -212,6 +220,7 @@ def mosaic_command(
     png_max_width,
     no_viewer,
     assets_root,
+    inputs_href,
 ):
     """An EPSG:4326 NDVI mosaic of every product (from their overviews), its STAC collection and a viewer."""
     from ndvi_worker.mosaic import check_resolution, parse_bbox
@@ -232,6 +241,13 @@ def mosaic_command(
             assets_root = check_assets_root(assets_root)
         except HrefError as exc:
             raise _usage("--assets-root", exc) from exc
+    if inputs_href is not None:
+        from ndvi_worker.safety import HrefError, check_inputs_href
+
+        try:
+            inputs_href = check_inputs_href(inputs_href)
+        except HrefError as exc:
+            raise _usage("--inputs-href", exc) from exc
     _setup(log_level)
     from ndvi_worker.products_io import MosaicOptions, run_mosaic
 
@@ -243,6 +259,7 @@ def mosaic_command(
         png_max_width=png_max_width,
         viewer=not no_viewer,
         assets_root=assets_root,
+        inputs_href=inputs_href,
     )
     report, status, stats = run_mosaic(input_dir, output_dir, opts, staging_dir)
     click.echo(f"mosaic: {json.dumps(stats)}", err=True)

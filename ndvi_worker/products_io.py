@@ -389,6 +389,16 @@ def grid_footprint(grid: core.Grid) -> dict:
     return core.footprint_geometry(list(zip(lons, lats, strict=False)))
 
 
+def _item_href(path: str, out: Path, inputs: tuple[Path, str | None] | None) -> str:
+    """The link from the output folder to an input item: under ``--inputs-href`` when given (and the item is in
+    the input folder), else the relative path on this machine."""
+    if inputs is not None and inputs[1]:
+        rel = _relative_href(path, inputs[0])
+        if not os.path.isabs(rel) and not rel.startswith(".."):
+            return inputs[1] + Path(rel).as_posix()
+    return _relative_href(path, out)
+
+
 def _relative_href(path: str, base_dir: Path) -> str:
     try:
         return os.path.relpath(path, base_dir.resolve())
@@ -496,6 +506,9 @@ class MosaicOptions:
     png_max_width: int = 4096
     viewer: bool = True
     assets_root: str | None = None  # checked s3:// or https:// root the input folder mirrors (read in place)
+    # checked base of the links to the inputs where both folders are published (safety.check_inputs_href);
+    # None: the path from the output folder to the input folder on this machine
+    inputs_href: str | None = None
 
 
 @dataclass
@@ -604,7 +617,11 @@ def run_mosaic(
         wio.publish(png, output_dir / "mosaic_ndvi.png")
     _remove_if_empty(staging_root)
     included = [pl.product for pl in placed if any(d["source"] == pl.product.item_id for d in report.done)]
-    report.failed.extend(write_collection_and_viewer(included, output_dir, grid, map_shape, opts.viewer))
+    report.failed.extend(
+        write_collection_and_viewer(
+            included, output_dir, grid, map_shape, opts.viewer, inputs=(input_dir, opts.inputs_href)
+        )
+    )
     stats["seconds"] = round(time.monotonic() - t0, 3)
     _write_report(report, output_dir, "mosaic")
     return report, 1 if report.failed else 0, stats
@@ -764,13 +781,17 @@ def write_collection_and_viewer(
     grid: mcore.MosaicGrid | None,
     map_shape: tuple[int, int, int, int] | None,
     viewer: bool = True,
+    inputs: tuple[Path, str | None] | None = None,
 ) -> list[Problem]:
     """``collection.json`` (every product's item linked, relative to the output folder) and ``index.html``.
-    Returns the products left out of the viewer (a field it cannot draw): each is reported, the page is written."""
+    ``inputs`` = (the input folder, the checked ``--inputs-href``): with an href, an item's link is that base + its
+    path in the input folder (where the two folders are published, e.g. side by side in S3) instead of the path
+    between the folders on this machine. Returns the products left out of the viewer (a field it cannot draw): each
+    is reported, the page is written."""
     from ndvi_worker.viewer import render_viewer
 
     out = output_dir.resolve()
-    entries = [(p.item, _relative_href(p.item_path, out)) for p in products]
+    entries = [(p.item, _item_href(p.item_path, out, inputs)) for p in products]
     assets = {
         "mosaic": {
             "href": "./mosaic_ndvi.tif",

@@ -329,6 +329,44 @@ def check_assets_root(root: object) -> str:
     return base
 
 
+INPUTS_HREF_SEGMENT = re.compile(r"^(\.\.|[A-Za-z0-9_][A-Za-z0-9._=+-]*)$")
+
+
+def check_inputs_href(value: object) -> str:
+    """Validate ``--inputs-href`` (where the input folder is published, seen from where the output folder is
+    published: the base of the links that collection.json and index.html write to the inputs), returned with one
+    trailing ``/``. Either a relative path of ``..`` and plain folder names (``../``, ``../run-0001/``), or an
+    ``https://`` URL under the host rules of :func:`check_href`, with no query or fragment. The value is written
+    into a web page: nothing else (no scheme, no ``//``, no quote, space or control character) is accepted."""
+    if not isinstance(value, str) or not value or len(value) > 1024:
+        raise HrefError("the inputs href is empty or longer than 1024 characters")
+    if re.search(r"[\s\"'<>`\\^{}|]", value) or _CONTROL.search(value):
+        raise HrefError("the inputs href cannot hold spaces, quotes, <, >, backslashes or control characters")
+    if _scheme(value) is not None:
+        if _scheme(value) != "https":
+            raise HrefError("the inputs href must be a relative path (../) or an https:// URL")
+        try:
+            parts = urlsplit(value)
+        except ValueError as exc:
+            raise HrefError(f"malformed URL ({exc})") from None
+        if parts.query or parts.fragment or "@" in parts.netloc:
+            raise HrefError("the inputs href cannot have a query string, fragment or user name")
+        base = value.rstrip("/") + "/"
+        _check_relative_path(parts.path.strip("/"), "the inputs href")
+        check_href(base + "x.json")
+        return base
+    if value.startswith("/"):
+        raise HrefError("the inputs href must be relative to the output folder (../) or an https:// URL")
+    segments = [seg for seg in value.split("/") if seg]
+    if (
+        not segments
+        or not all(INPUTS_HREF_SEGMENT.match(seg) for seg in segments)
+        or "//" in value.rstrip("/")
+    ):
+        raise HrefError("the inputs href may hold only '..' and folder names of letters, digits and ._=+-")
+    return "/".join(segments) + "/"
+
+
 def _check_relative_path(path: str, what: str) -> None:
     if "%2e" in path.lower() or "\\" in path:
         raise HrefError(f"{what} contains a percent-encoded dot or a backslash")

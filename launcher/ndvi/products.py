@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import math
+import posixpath
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -142,20 +143,39 @@ def mosaic_volume(resolution: float = 0.01) -> int:
     return min(16384, max(MIN_VOLUME_GB, math.ceil(2 * pixels * (8 + 2 + 2 + 1) / GIB) + 10))
 
 
-def assets_root_args(args: Sequence[str], root: str) -> tuple[str, ...]:
-    """A mosaic round's worker options with `--assets-root <root>` (replacing one a retried round carried)."""
+def with_option(args: Sequence[str], option: str, value: str) -> tuple[str, ...]:
+    """Worker options with ``option value`` set (replacing one a retried round carried, as ``--opt v`` or
+    ``--opt=v``)."""
     out: list[str] = []
     skip = False
     for a in args:
         if skip:
             skip = False
             continue
-        if a == "--assets-root":
+        if a == option:
             skip = True
             continue
-        if not a.startswith("--assets-root="):
+        if not a.startswith(option + "="):
             out.append(a)
-    return (*out, "--assets-root", root)
+    return (*out, option, value)
+
+
+def inputs_href(output_uri: str, input_prefix: str) -> str | None:
+    """The mosaic's ``--inputs-href``: the input prefix as a path relative to the job's output prefix (both
+    ``s3://`` in one bucket), e.g. ``../`` for ``s3://b/run/`` seen from ``s3://b/run/run-m0001-000/``; None across
+    buckets or for keys the worker's rule refuses (the links then stay relative to the instance's folders)."""
+    out, inp = parse_s3_uri(output_uri), parse_s3_uri(input_prefix)
+    if out.bucket != inp.bucket:
+        return None
+    from ndvi_worker.safety import HrefError, check_inputs_href
+
+    rel = posixpath.relpath("/" + inp.key.strip("/"), "/" + out.key.strip("/"))
+    try:
+        return (
+            None if rel == "." else check_inputs_href(rel)
+        )  # the worker's own rule: a key it would refuse -> None
+    except HrefError:
+        return None
 
 
 def _resolution(args: Sequence[str]) -> float:
@@ -260,8 +280,12 @@ def plan_mosaic(
     volume = volume_gb or mosaic_volume(_resolution(args))
     job, manifest = _job(plan, "mosaic", round_, 0, (), files, volume, items_only=True)
     # the input folder mirrors the manifest's prefix (SageMaker places each key relative to it): the COG of
-    # <prefix><job>/<id>_ndvi.json, href ./<id>_ndvi.tif, is read in place at <prefix><job>/<id>_ndvi.tif
-    args = assets_root_args(args, manifest[0]["prefix"])
+    # <prefix><job>/<id>_ndvi.json, href ./<id>_ndvi.tif, is read in place at <prefix><job>/<id>_ndvi.tif;
+    # collection.json and index.html link the inputs where they are in S3, seen from the mosaic's output prefix
+    args = with_option(args, "--assets-root", manifest[0]["prefix"])
+    href = inputs_href(plan.job_output_uri(job), manifest[0]["prefix"])
+    if href is not None:
+        args = with_option(args, "--inputs-href", href)
     product = ProductRound(
         kind="mosaic", round=round_, created=created, source=source, args=tuple(args), jobs=(job,),
         retry_of=retry_of,

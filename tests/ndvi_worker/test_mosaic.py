@@ -30,9 +30,11 @@ def _quadrants(offset: float = 0.0) -> np.ndarray:
     return ndvi
 
 
-def _write(folder: Path, tile: str, date: str, offset: float, epsg: int, origin) -> None:
+def _write(
+    folder: Path, tile: str, date: str, offset: float, epsg: int, origin, quicklook: bool = False
+) -> None:
     item_id = f"S2A_{tile}_{date.replace('-', '')}_0_L2A"
-    write_product(folder, item_id, _quadrants(offset), date, epsg, origin, 100.0)
+    write_product(folder, item_id, _quadrants(offset), date, epsg, origin, 100.0, quicklook=quicklook)
 
 
 def _quadrant_points(epsg: int, origin: tuple[float, float]) -> dict[str, tuple[float, float]]:
@@ -352,3 +354,98 @@ def test_assets_root_rules(tmp_path: Path):
     item_path.write_text(json.dumps(item))
     products, problems = find_products(tmp_path / "in", root)
     assert not products and "/proc" in problems[0].error
+
+
+def _viewer_data(html_text: str) -> dict:
+    """The data index.html carries (what render_viewer put in place of the marker)."""
+    from ndvi_worker.viewer import DATA_MARKER
+    from ndvi_worker.viewer.page import PAGE
+
+    before, after = PAGE.split(DATA_MARKER)
+    assert html_text.startswith(before) and html_text.endswith(after)
+    return json.loads(html_text[len(before) : len(html_text) - len(after)].replace("<\\/", "</"))
+
+
+def test_inputs_href_links_the_published_layout(tmp_path: Path):
+    """On SageMaker the mosaic's input folder is not uploaded: the inputs live in S3 beside the mosaic's output
+    prefix. With --inputs-href the collection's item links and the viewer's quicklook/COG/item links point there:
+    copied side by side as in S3, pystac reads every item and every linked file exists."""
+    import shutil
+
+    import pystac
+
+    folder = tmp_path / "instance" / "input"
+    _write(folder / "run-0000-007", "31UFU", "2023-12-03", 0.0, *EU["31UFU"], quicklook=True)
+    _write(folder / "run-0001-002", "32ULC", "2023-12-05", 0.02, *EU["32ULC"], quicklook=True)
+    out = tmp_path / "instance" / "output"
+    report, status, _ = run_mosaic(
+        folder, out, MosaicOptions(resolution=0.05, inputs_href="../"), tmp_path / "s"
+    )
+    assert status == 0, report.to_dict()
+    links = sorted(link["href"] for link in json.loads((out / "collection.json").read_text())["links"]
+                   if link["rel"] == "item")  # fmt: skip
+    assert links == ["../run-0000-007/S2A_31UFU_20231203_0_L2A_ndvi.json",
+                     "../run-0001-002/S2A_32ULC_20231205_0_L2A_ndvi.json"]  # fmt: skip
+
+    published = tmp_path / "s3" / "bucket" / "run"  # the run's output prefix, as SageMaker uploads it
+    shutil.copytree(folder, published)
+    shutil.copytree(out, published / "run-m0001-000")
+    collection = pystac.Collection.from_file(str(published / "run-m0001-000" / "collection.json"))
+    assert sorted(i.id for i in collection.get_items()) == [
+        "S2A_31UFU_20231203_0_L2A_ndvi",
+        "S2A_32ULC_20231205_0_L2A_ndvi",
+    ]
+    page = published / "run-m0001-000" / "index.html"
+    features = _viewer_data(page.read_text())["features"]
+    assert len(features) == 2
+    for f in features:
+        for key in ("quicklook", "cog", "item"):
+            assert f[key].startswith("../run-000"), (key, f[key])
+            assert (page.parent / f[key]).resolve().is_file(), (key, f[key])
+
+    # without it, the links are the paths between the folders on this machine (local runs keep working)
+    run_mosaic(folder, tmp_path / "local-out", MosaicOptions(resolution=0.05), tmp_path / "s2")
+    local = _viewer_data((tmp_path / "local-out" / "index.html").read_text())["features"]
+    assert all((tmp_path / "local-out" / f["quicklook"]).resolve().is_file() for f in local)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("../", "../"), ("..", "../"), ("../run-0001-002", "../run-0001-002/"), ("./", None),
+     ("https://data.example.org/ndvi/run", "https://data.example.org/ndvi/run/")],
+)  # fmt: skip
+def test_inputs_href_accepts_relative_paths_and_https(value, expected):
+    from ndvi_worker.safety import HrefError, check_inputs_href
+
+    if expected is None:
+        with pytest.raises(HrefError):
+            check_inputs_href(value)
+    else:
+        assert check_inputs_href(value) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "/etc/", "javascript:alert(1)//", "data:text/html,x", "http://example.org/x", "s3://bucket/run/",
+     "//evil.example/x", "..//x", '../"><script>', "../</script>", "a b/", "%2e%2e/", "..\\x", "../x?y",
+     "https://user@example.org/x", "https://example.org/x?sig=1", "https://example.org/x#f", "https://example.org/\"onload=x",
+     "https://example.org/a/../b", "../\nx", "x" * 2000],
+)  # fmt: skip
+def test_inputs_href_refuses_what_does_not_belong_in_a_page(value):
+    from ndvi_worker.safety import HrefError, check_inputs_href
+
+    with pytest.raises(HrefError):
+        check_inputs_href(value)
+
+
+def test_mosaic_cli_refuses_a_bad_inputs_href_in_one_line(tmp_path: Path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "ndvi_worker", "mosaic", "--input", str(folder), "--output", str(tmp_path / "o"),
+         "--inputs-href", "javascript:alert(1)//"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "--inputs-href" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -88,3 +88,17 @@ def test_retry_round_keeps_the_originals_args() -> None:
     assert len(retry.jobs) <= len(original.jobs) and len(manifests) == len(retry.jobs)
     _, one_job, _ = retry_round(with_composites, outputs, todo, 1, "t2")
     assert len(one_job.jobs) == 1
+
+
+def test_inputs_href_is_the_input_prefix_seen_from_the_output_prefix():
+    from launcher.ndvi.products import inputs_href, with_option
+
+    assert inputs_href("s3://b/run/out/run-m0-000/", "s3://b/run/out/") == "../"
+    assert inputs_href("s3://b/run/out/run-m0-000/", "s3://b/run/out/run-0003/") == "../run-0003/"
+    assert inputs_href("s3://b/products/m/", "s3://b/run/out/") == "../../run/out/"
+    assert inputs_href("s3://b/run/out/", "s3://b/run/out/") is None
+    assert inputs_href("s3://b/run/out/m/", "s3://other/run/out/") is None  # no relative path across buckets
+    assert inputs_href("s3://b/run/out/m/", "s3://b/my run/<x>/") is None  # a key the worker would refuse
+    assert with_option(["--x", "1", "--inputs-href=../a/", "--y"], "--inputs-href", "../") == (
+        "--x", "1", "--y", "--inputs-href", "../",
+    )  # fmt: skip

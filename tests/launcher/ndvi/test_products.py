@@ -308,8 +308,12 @@ def test_status_watch_resume_cover_composites_and_mosaic(aws, stage1: Path) -> N
     # the COGs are read in place (overviews only): the manifest lists the items, the worker gets their root
     assert create["AppSpecification"]["ContainerArguments"] == [
         "mosaic", "--input", "/opt/ml/processing/input", "--output", "/opt/ml/processing/output", "--resolution", "0.05",
-        "--assets-root", f"s3://{BUCKET}/ndvi/dec/output/",
+        "--assets-root", f"s3://{BUCKET}/ndvi/dec/output/", "--inputs-href", "../",
     ]  # fmt: skip
+    # collection.json and index.html link the inputs where they are: beside the mosaic's output prefix
+    assert create["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"] == (
+        f"s3://{BUCKET}/ndvi/dec/output/dec-m0-000/"
+    )
     assert create["ProcessingInputs"][0]["InputName"] == "composites"
     assert create["ProcessingInputs"][0]["S3Input"]["S3DataType"] == "ManifestFile"
     assert create["ProcessingResources"]["ClusterConfig"]["VolumeSizeInGB"] == 30  # not sized by the COGs
@@ -335,7 +339,8 @@ def test_status_watch_resume_cover_composites_and_mosaic(aws, stage1: Path) -> N
     (retry,) = [c.body for c in aws.sent("sagemaker", "CreateProcessingJob")]
     assert retry["ProcessingJobName"] == "dec-m1-000"
     args = retry["AppSpecification"]["ContainerArguments"]
-    assert args.count("--assets-root") == 1 and args[-1] == f"s3://{BUCKET}/ndvi/dec/output/"
+    assert args.count("--assets-root") == 1 and args.count("--inputs-href") == 1
+    assert args[-4:] == ["--assets-root", f"s3://{BUCKET}/ndvi/dec/output/", "--inputs-href", "../"]
 
 
 def test_resume_submits_a_stage_2_round_never_submitted(aws, stage1: Path) -> None:
