@@ -79,6 +79,12 @@ def local(
     the_plan = load_plan(plan_path)
     product_names = [n for n in job_names if the_plan.product_job(n) is not None]
     ndvi_names = [n for n in job_names if n not in product_names]
+    if sdk_local and product_names:
+        raise click.UsageError(
+            f"--sdk-local runs NDVI jobs only; {', '.join(product_names[:3])} "
+            f"{'is a composite/mosaic job' if len(product_names) == 1 else 'are composite/mosaic jobs'}: run "
+            "stage 2 with `launcher composite --local` / `launcher mosaic --local`, or drop --sdk-local"
+        )
     jobs = runner.select_jobs(the_plan, ndvi_names, round_) if ndvi_names or not product_names else []
     submission = runner.local_submission(the_plan, image, role)
     names = runner.secret_names(submission, options)

@@ -254,6 +254,10 @@ def test_status_watch_resume_cover_composites_and_mosaic(aws, stage1: Path) -> N
     s3 = client("s3")
     r = _run("composite", "--plan", str(stage1), "--method", "mean", "--jobs", "2", "--skip-preflight")
     assert r.exit_code == 0, r.output
+    # SDK local mode runs NDVI jobs only: a stage-2 job named there is refused in one line, not silently skipped
+    r = _run("local", "--plan", str(stage1), "--sdk-local", "--job", "dec-c0-000", "--no-docker")
+    assert r.exit_code == 2 and "--sdk-local runs NDVI jobs only" in r.output, r.output
+    assert "launcher composite --local" in r.output and "Traceback" not in r.output
     # c0-000 wrote one of its two tiles, c0-001 both
     written = {"dec-c0-000": ["31UFU"], "dec-c0-001": ["31UGU", "32ULC"]}
     for job, tiles in written.items():
