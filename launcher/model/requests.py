@@ -93,22 +93,27 @@ def input_data_config(channels: Mapping[str, str], data_format: str = "jpg") -> 
     }
     config = []
     for name, uri in channels.items():
-        channel: dict[str, Any] = {
-            "ChannelName": name,
-            "DataSource": {
-                "S3DataSource": {
-                    "S3DataType": "S3Prefix",
-                    "S3Uri": _s3_uri(uri, f"channel {name}"),
-                    "S3DataDistributionType": "FullyReplicated",
-                }
-            },
-            "InputMode": "File",
-            "CompressionType": "None",
-        }
+        channel = _s3_channel(name, uri)
         if name in content_types:
             channel["ContentType"] = content_types[name]
         config.append(channel)
     return config
+
+
+def _s3_channel(name: str, uri: str) -> dict[str, Any]:
+    """One S3Prefix, FullyReplicated, File-mode, uncompressed channel (the URI checked)."""
+    return {
+        "ChannelName": name,
+        "DataSource": {
+            "S3DataSource": {
+                "S3DataType": "S3Prefix",
+                "S3Uri": _s3_uri(uri, f"channel {name}"),
+                "S3DataDistributionType": "FullyReplicated",
+            }
+        },
+        "InputMode": "File",
+        "CompressionType": "None",
+    }
 
 
 @dataclass(frozen=True)
@@ -156,21 +161,7 @@ def script_input_data_config(channels: Mapping[str, str]) -> list[dict[str, Any]
         raise RequestError(
             f"channel name(s) {bad[:5]}: letters, digits, '.', '_', '-' (at most 64, no leading dot)"
         )
-    return [
-        {
-            "ChannelName": name,
-            "DataSource": {
-                "S3DataSource": {
-                    "S3DataType": "S3Prefix",
-                    "S3Uri": _s3_uri(uri, f"channel {name}"),
-                    "S3DataDistributionType": "FullyReplicated",
-                }
-            },
-            "InputMode": "File",
-            "CompressionType": "None",
-        }
-        for name, uri in channels.items()
-    ]
+    return [_s3_channel(name, uri) for name, uri in channels.items()]
 
 
 def _training_definition(spec: TrainingSpec, checkpoint_uri: str) -> dict[str, Any]:
