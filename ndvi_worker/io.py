@@ -656,7 +656,8 @@ def write_cog(src: Path, dst: Path, fmt: OutputFormat, threads: int) -> None:
 
 def write_quicklook(cog: Path, dst: Path, max_size: int = 512) -> None:
     """A small colour PNG of the NDVI (read from the COG's overviews): brown (-0.2) to dark green (0.9),
-    transparent where masked."""
+    transparent where masked (at most ``max_size`` pixels on its longer side), with the mosaic PNG's legend strip
+    below it, so the picture says its colour range (:func:`with_legend`)."""
     import rasterio
     import rasterio.errors
     import rasterio.shutil
@@ -668,8 +669,8 @@ def write_quicklook(cog: Path, dst: Path, max_size: int = 512) -> None:
         data = ds.read(1, out_shape=shape, masked=True, resampling=Resampling.nearest).astype("float32")
         factor = ds.scales[0] or 1.0
     values = data.filled(np.nan) * factor
-    rgba = colorize_ndvi(values)
-    profile = {"driver": "PNG", "width": shape[1], "height": shape[0], "count": 4, "dtype": "uint8"}
+    rgba = with_legend(colorize_ndvi(values))
+    profile = {"driver": "PNG", "width": rgba.shape[2], "height": rgba.shape[1], "count": 4, "dtype": "uint8"}
     with warnings.catch_warnings(), rasterio.MemoryFile() as mem:
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with mem.open(**{**profile, "driver": "GTiff"}) as tmp:
@@ -677,6 +678,21 @@ def write_quicklook(cog: Path, dst: Path, max_size: int = 512) -> None:
             rasterio.shutil.copy(tmp, str(dst), driver="PNG")
     with contextlib.suppress(FileNotFoundError):
         os.remove(str(dst) + ".aux.xml")
+
+
+def with_legend(rgba_map: np.ndarray, min_width: int = 240) -> np.ndarray:
+    """An RGBA (4, H, W) map with the NDVI legend strip (:func:`ndvi_worker.mosaic.legend_strip`: the ramp from
+    -0.2 to 0.9 with ticks, and the transparent 'NO DATA' swatch) below it: (4, H + legend rows, max(W,
+    ``min_width``)); the map keeps its top-left corner, and a map narrower than the legend is padded with
+    transparent pixels on the right. The mosaic PNG is drawn the same way."""
+    from ndvi_worker.mosaic import legend_strip
+
+    rows, cols = rgba_map.shape[1:]
+    legend = legend_strip(max(cols, min_width), colorize_ndvi)
+    canvas = np.zeros((4, rows + legend.shape[1], legend.shape[2]), dtype=np.uint8)
+    canvas[:, :rows, :cols] = rgba_map
+    canvas[:, rows:, :] = legend
+    return canvas
 
 
 _RAMP = np.array(
