@@ -16,6 +16,7 @@ def render_viewer(data: dict) -> str:
     """The page with ``data`` (features, mosaic placement; see products_io) embedded as JSON: a page opened from
     file:// cannot fetch its neighbours, so the data travels inside it."""
     text = json.dumps(data, separators=(",", ":"), allow_nan=False)
-    # inside <script>, "</" could close the element and "<!--" open a comment: escape both
-    text = text.replace("</", "<\\/").replace("<!--", "<\\!--")
+    # inside <script>, "</" could close the element and "<!--" open a comment: write <, > and & as JSON \u escapes
+    # (still valid JSON, and no markup can form; "<\\!--" would not be valid JSON)
+    text = text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     return PAGE.replace(DATA_MARKER, text)

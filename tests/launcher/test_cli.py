@@ -30,7 +30,7 @@ def test_help_imports_no_heavy_module() -> None:
         "    cli(['--help'], prog_name='launcher')\n"
         "except SystemExit:\n"
         "    pass\n"
-        "heavy = ('boto3', 'botocore', 'sagemaker', 'pystac_client', 'folium', 'numpy', 'rasterio')\n"
+        "heavy = ('boto3', 'botocore', 'sagemaker', 'pystac_client', 'numpy', 'rasterio')\n"
         "print('HEAVY=' + ','.join(m for m in heavy if m in sys.modules))\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

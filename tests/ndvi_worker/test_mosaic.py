@@ -363,7 +363,7 @@ def _viewer_data(html_text: str) -> dict:
 
     before, after = PAGE.split(DATA_MARKER)
     assert html_text.startswith(before) and html_text.endswith(after)
-    return json.loads(html_text[len(before) : len(html_text) - len(after)].replace("<\\/", "</"))
+    return json.loads(html_text[len(before) : len(html_text) - len(after)])
 
 
 def test_inputs_href_links_the_published_layout(tmp_path: Path):
@@ -449,3 +449,21 @@ def test_mosaic_cli_refuses_a_bad_inputs_href_in_one_line(tmp_path: Path):
     assert proc.returncode == 2, proc.stderr
     assert "--inputs-href" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "text", ["a<!--b", "</script><script>alert(1)</script>", "x&amp;<b>", "-->", "<\\!--"]
+)
+def test_viewer_data_stays_valid_json_and_inert_markup(text):
+    """Item fields reach the page's script: whatever they hold, the embedded data parses back to the same value
+    and can neither close the script element nor open a comment ("<!--" broke the JSON before)."""
+    from ndvi_worker.viewer import render_viewer
+
+    html_text = render_viewer({"features": [{"id": text, "method": text}]})
+    assert _viewer_data(html_text)["features"] == [{"id": text, "method": text}]
+    from ndvi_worker.viewer import DATA_MARKER
+    from ndvi_worker.viewer.page import PAGE
+
+    before, after = PAGE.split(DATA_MARKER)
+    embedded = html_text[len(before) : len(html_text) - len(after)]
+    assert "<" not in embedded and ">" not in embedded

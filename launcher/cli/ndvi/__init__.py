@@ -11,7 +11,7 @@
                                     sending the requests, running them here
 
 Thin: arguments -> config objects -> `launcher.ndvi` (the pure core: search, plan, requests, products, watch; its I/O
-edges: store, submit, status, local_run) -> printed results. Heavy modules (boto3, pystac-client, folium, sagemaker)
+edges: store, submit, status, local_run) -> printed results. Heavy modules (boto3, pystac-client, sagemaker)
 are imported inside the commands.
 """
 
