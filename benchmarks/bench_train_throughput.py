@@ -59,6 +59,28 @@ def cpu_seconds() -> float:
     return total
 
 
+def thread_schedstat() -> dict[int, tuple[float, float]]:
+    """Per thread of this process: (seconds on a CPU, seconds runnable but waiting for one) from
+    /proc/self/task/*/schedstat (Linux). Waiting for a CPU is contention from other processes, not idling."""
+    out = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            run_ns, wait_ns, _ = (task / "schedstat").read_text().split()
+            out[int(task.name)] = (int(run_ns) / 1e9, int(wait_ns) / 1e9)
+    return out
+
+
+def compute_thread_split(
+    before: dict, after: dict, wall: float, top: int = 2
+) -> list[tuple[float, float, float]]:
+    """(running, waiting for a CPU, blocked or stolen) as fractions of ``wall``, for the ``top`` busiest threads."""
+    deltas = sorted(
+        ((r - before.get(k, (0.0, 0.0))[0], w - before.get(k, (0.0, 0.0))[1]) for k, (r, w) in after.items()),
+        reverse=True,
+    )
+    return [(r / wall, w / wall, max(0.0, 1 - (r + w) / wall)) for r, w in deltas[:top]]
+
+
 def make_data(root: Path, tiles: int, size: int) -> Path:
     from segmentation_trainer.synthetic import generate_rectangles
 
@@ -289,10 +311,12 @@ def child(args) -> int:
     ctxs = contexts()
     loop = {"reference": reference_loop, "earthmon": earthmon_loop}[args.loop]
     data = Path(args.data)
-    c0, t0 = cpu_seconds(), time.perf_counter()
+    c0, t0, s0 = cpu_seconds(), time.perf_counter(), thread_schedstat()
     rate, cpu_per_image = loop(
         data, args.crop, args.batch, args.warmup, args.batches, ctxs, args.backbone, args.base
     )
+    # the two busiest threads (MXNet's engine thread + its OpenMP worker) over the loop, set-up and warm-up included
+    split = compute_thread_split(s0, thread_schedstat(), time.perf_counter() - t0)
     out = {
         "loop": args.loop,
         "threads": args.threads,
@@ -302,6 +326,7 @@ def child(args) -> int:
         "peak_gflops": peak_gflops(),
         "wall_s": time.perf_counter() - t0,
         "cpu_s": cpu_seconds() - c0,
+        "thread_split": split,
     }
     print("RESULT " + json.dumps(out), flush=True)
     return 0
@@ -372,7 +397,9 @@ def main(argv=None) -> int:
                 print(
                     f"run {r + 1} {name:44s} {res['images_per_s']:7.3f} images/s, {res['cpu_s_per_image']:6.2f} CPU "
                     f"s/image, CPU utilisation {util:5.0%}, {frac:5.1%} of peak {res['peak_gflops']:.0f} GFLOP/s, "
-                    f"load {res['load_avg']:.1f}  [{res['threads_detail']}]",
+                    f"load {res['load_avg']:.1f}, compute threads running/waiting for a CPU/blocked "
+                    + ", ".join(f"{r:.0%}/{w:.0%}/{b:.0%}" for r, w, b in res["thread_split"])
+                    + f"  [{res['threads_detail']}]",
                     flush=True,
                 )
     base_name = configs[0][0]
