@@ -158,9 +158,14 @@ test-containers: venv-worker ## image tests on a running Docker engine (build fi
 bench-worker: venv-worker ## NDVI worker vs naive vs floor, full scene: local, nginx, shaped S3-like link (30 ms, 60 MB/s)
 	$(PY) benchmarks/bench_worker.py $(BENCH_WORKER_ARGS)
 
+.PHONY: bench-composite
+bench-composite: venv-worker ## composite max/median/mean of 6 dates of a full tile vs one scene's NDVI (wall, CPU, peak RSS)
+	$(PY) benchmarks/bench_composite.py $(BENCH_COMPOSITE_ARGS)
+
 .PHONY: bench-mosaic
-bench-mosaic: venv-worker ## mosaic cost on the global 0.01-degree grid for 50/200/800 synthetic tiles (per-input and final-pass time)
+bench-mosaic: venv-worker ## mosaic cost on the global 0.01-degree grid: 50/200/800 synthetic tiles, then 8,581 small outputs (time per scene)
 	$(PY) benchmarks/bench_mosaic.py 50 200 800
+	$(PY) benchmarks/bench_mosaic.py 8581 --small --clean
 
 .PHONY: bench-plan
 bench-plan: venv-worker ## launcher: plan 8,581 scenes into 25 jobs x 20 instances (each step vs reading the items)
