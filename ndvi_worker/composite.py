@@ -159,16 +159,21 @@ def check_same_grid(inputs: Sequence[ProductInput]) -> Grid:
 # ------------------------------------------------------------------------------------------------ memory
 
 
-def window_side(dates: int, budget_bytes: int, blocksize: int = 512, minimum: int = 16) -> int:
+def window_side(
+    dates: int, budget_bytes: int, blocksize: int = 512, minimum: int = 16, maximum: int = 4096
+) -> int:
     """Side of the square windows processed at once so that one window's stack across all ``dates`` (float32,
     with about 3 temporaries of its size for decoding and the reductions) fits in ``budget_bytes``.
 
-    A multiple of 16, at most ``blocksize``: memory is bounded whatever the number of dates (more dates,
-    smaller windows)."""
+    A multiple of ``blocksize`` when the budget allows one block or more (the window is then whole blocks of the
+    inputs and the output, computed as one dask graph of block-sized chunks in parallel), else a multiple of 16
+    (at least ``minimum``), at most ``maximum``: memory is bounded whatever the number of dates (more dates,
+    smaller windows), and few large windows keep the per-window scheduling cost small."""
     per_pixel = 4 * max(1, dates) * 4  # 4 B x dates x (the stack + 3 temporaries)
-    side = int(math.sqrt(max(1, budget_bytes) / per_pixel))
-    side = max(minimum, min(blocksize, side // 16 * 16))
-    return side
+    side = min(maximum, int(math.sqrt(max(1, budget_bytes) / per_pixel)))
+    if side >= blocksize:
+        return side // blocksize * blocksize
+    return max(minimum, side // 16 * 16)
 
 
 def windows(shape: tuple[int, int], side: int) -> list[tuple[int, int, int, int]]:
@@ -201,37 +206,71 @@ def decode_ndvi(values, nodata: float | None, scale: float = 1.0, offset: float 
     return np.where(valid, decoded, np.float32(np.nan)).astype("float32")
 
 
+def reduce_block(block: np.ndarray, days: Sequence[int], method: str) -> np.ndarray:
+    """One block's reduction along time, in numpy, in few passes: ``block`` is (time, y, x) float32 NDVI with NaN
+    where there is no valid observation; returns (3, y, x) float32: the composite NDVI (NaN where no observation),
+    the count of valid observations and, for ``max``, the day of the first maximum (-1 where none; else -1)."""
+    import warnings
+
+    valid = ~np.isnan(block)
+    count = valid.sum(axis=0, dtype=np.int16)
+    seen = count > 0
+    out = np.empty((3, *block.shape[1:]), dtype=np.float32)
+    out[1] = count
+    out[2] = -1
+    if method == "mean":
+        total = np.where(valid, block, np.float32(0)).sum(axis=0, dtype=np.float64)
+        np.divide(total, count, out=total, where=seen)
+        out[0] = np.where(seen, total, np.nan)
+    elif method == "median":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels: NaN, as wanted
+            out[0] = np.nanmedian(block, axis=0)
+    else:
+        filled = np.where(valid, block, np.float32(-np.inf))
+        index = filled.argmax(axis=0)  # first maximum: the earliest date on ties
+        best = np.take_along_axis(filled, index[None], axis=0)[0]
+        out[0] = np.where(seen, best, np.nan)
+        out[2] = np.where(seen, np.asarray(days, dtype=np.float32)[index], np.float32(-1))
+    return out
+
+
 def composite_stack(stack, days: Sequence[int], method: str):
     """Reduce a (time, y, x) float32 NDVI stack (NaN = no valid observation) along time.
 
     ``stack`` is an xarray DataArray, numpy- or dask-backed (lazy in, lazy out); ``days`` holds each time step's
     day since the period start. Returns an :class:`xarray.Dataset` with ``ndvi`` (float32, NaN where no
-    observation), ``count`` (int16) and, for ``max``, ``day`` (int16, -1 where no observation)."""
+    observation), ``count`` (int16) and, for ``max``, ``day`` (int16, -1 where no observation).
+
+    Each spatial block is reduced by :func:`reduce_block` (dask ``map_blocks`` over blocks holding every date: a
+    pixel's dates are reduced at once, blocks in parallel), rather than by a chain of generic xarray reductions,
+    each of which was one more pass over the stack and one more layer of tasks."""
     import xarray as xr
 
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if stack.dims[0] != "time":
         raise ValueError("the stack's first dimension must be 'time'")
-    valid = stack.notnull()
-    count = valid.sum("time").astype("int16")
-    out = {"count": count}
-    if method == "mean":
-        total = stack.fillna(0).sum("time", dtype="float64")
-        out["ndvi"] = (total / count.where(count > 0)).astype("float32")
-    elif method == "median":
-        # a median needs every date of a pixel at once: time in one chunk (the window's stack, budgeted)
-        whole = stack.chunk({"time": -1}) if stack.chunks else stack
-        out["ndvi"] = whole.median("time", skipna=True).astype("float32")
+    data = stack.data
+    if stack.chunks:
+        whole = data.rechunk({0: -1})  # every date of a block at once (the window's stack, budgeted)
+        reduced = whole.map_blocks(
+            reduce_block,
+            list(days),
+            method,
+            dtype=np.float32,
+            chunks=((3,), *whole.chunks[1:]),
+            meta=np.empty((0, 0, 0), dtype=np.float32),
+        )
     else:
-        filled = stack.fillna(-np.inf)
-        index = filled.argmax("time")  # first maximum: the earliest date on ties
-        best = filled.max("time")
-        out["ndvi"] = best.where(count > 0).astype("float32")
-        day_values = xr.DataArray(np.asarray(days, dtype="int16"), dims=("time",))
-        if stack.chunks:
-            day_values = day_values.chunk()
-        out["day"] = day_values.isel(time=index).where(count > 0, -1).astype("int16")
+        reduced = reduce_block(np.asarray(data, dtype=np.float32), days, method)
+    dims = stack.dims[1:]
+    out = {
+        "count": xr.DataArray(reduced[1], dims=dims).astype("int16"),
+        "ndvi": xr.DataArray(reduced[0], dims=dims),
+    }
+    if method == "max":
+        out["day"] = xr.DataArray(reduced[2], dims=dims).astype("int16")
     return xr.Dataset(out)
 
 

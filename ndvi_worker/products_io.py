@@ -190,22 +190,17 @@ def open_inputs(inputs: list[core.ProductInput], side: int) -> list:
     return decoded
 
 
-def _window_block(raw, r0: int, c0: int):
-    """The dask chunk starting at (r0, c0): windows and chunks share one grid, so a window is one block."""
-    side_y, side_x = raw.chunks[0][0], raw.chunks[1][0]
-    return raw.blocks[r0 // side_y, c0 // side_x]
-
-
 def window_stack(decoded: list, window: tuple[int, int, int, int]):
     """The (time, y, x) float32 NDVI stack of one window across all inputs, each decoded with its own nodata and
-    scale: a small dask graph (one chunk per input), so computing a window never touches the rest of the tile."""
+    scale: a dask graph of the window's chunks only (block-sized, computed in parallel), so computing a window never
+    touches the rest of the tile."""
     import dask.array as dsa
     import xarray as xr
 
     r0, r1, c0, c1 = window
     data = dsa.stack(
         [
-            _window_block(raw, r0, c0).map_blocks(
+            raw[r0:r1, c0:c1].map_blocks(
                 core.decode_ndvi,
                 nodata,
                 scale,
@@ -240,7 +235,9 @@ def composite_tile(
     start, end = opts.period or (min(dates), max(dates))
     days = [(p.date - start).days if p.date else 0 for p in inputs]
     side = core.window_side(len(inputs), opts.memory_mb * 2**20, blocksize=opts.blocksize)
-    opened = open_inputs(inputs, side)
+    opened = open_inputs(
+        inputs, min(side, opts.blocksize)
+    )  # chunks of a block (or of the window, if smaller)
     bands = core.BANDS[opts.method]
     stem = core.composite_stem(tile, start, end, opts.method)
     nodata = INT16_NODATA if opts.dtype == "int16" else float("nan")
