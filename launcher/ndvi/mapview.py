@@ -61,36 +61,15 @@ def _position(p: object) -> bool:
     )
 
 
-def _clip_lon(ring: list[tuple[float, float]], lon: float, keep_below: bool) -> list[tuple[float, float]]:
-    """Sutherland-Hodgman clip of a closed ring against the meridian ``lon``."""
-
-    def inside(p: tuple[float, float]) -> bool:
-        return p[0] <= lon if keep_below else p[0] >= lon
-
-    out: list[tuple[float, float]] = []
-    for a, b in zip(ring, ring[1:], strict=False):
-        if inside(a):
-            out.append(a)
-        if inside(a) != inside(b):
-            t = (lon - a[0]) / (b[0] - a[0])
-            out.append((lon, a[1] + t * (b[1] - a[1])))
-    if out and out[0] != out[-1]:
-        out.append(out[0])
-    return out
-
-
 def split_ring(ring: Sequence[Sequence[float]]) -> list[list[list[float]]]:
     """A closed lon/lat ring as one or two rings that never cross the antimeridian: a ring with a jump of more
     than 180 degrees between consecutive vertices crosses it, and is cut at +/-180 into an east and a west part."""
-    pts = [(float(p[0]), float(p[1])) for p in ring]
-    if pts[0] != pts[-1]:
-        pts.append(pts[0])
-    if not any(abs(b[0] - a[0]) > 180 for a, b in zip(pts, pts[1:], strict=False)):
-        return [[list(p) for p in pts]]
-    unwrapped = [(x + 360 if x < 0 else x, y) for x, y in pts]  # continuous across 180
-    east = _clip_lon(unwrapped, 180.0, keep_below=True)
-    west = [(x - 360, y) for x, y in _clip_lon(unwrapped, 180.0, keep_below=False)]
-    return [[list(p) for p in part] for part in (east, west) if len(part) >= 4]
+    from ndvi_worker.composite import footprint_geometry  # the worker's one antimeridian rule
+
+    geometry = footprint_geometry([(p[0], p[1]) for p in ring])
+    if geometry["type"] == "Polygon":
+        return geometry["coordinates"]
+    return [polygon[0] for polygon in geometry["coordinates"]]
 
 
 def clean_footprint(geometry: object) -> list[list[list[list[float]]]] | None:
