@@ -60,14 +60,35 @@ def _launcher(*args: str) -> list[str]:
 
 
 def _port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now: bind with SO_REUSEADDR, as every server does (nginx,
+    gunicorn, docker-proxy). A plain bind is not the question: it also fails for the 60 s a closed connection of
+    the port spends in TIME-WAIT (the SDK's own health-check connection ends when the endpoint stops), while
+    nothing listens."""
     import socket
 
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return False
     return True
+
+
+def _port_diagnostics(port: int) -> str:
+    """What holds ``port``: its sockets (listening or not, with their process), docker-proxy processes and every
+    container with its compose labels, for the failure message."""
+    out = []
+    for cmd in (["ss", "-tanp", f"( sport = :{port} or dport = :{port} )"], ["pgrep", "-a", "docker-proxy"],
+                ["docker", "ps", "-a", "--format",
+                 '{{.ID}} {{.Status}} {{.Ports}} {{.Label "com.docker.compose.project.working_dir"}}'],
+                ["docker", "network", "ls"]):  # fmt: skip
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            out.append(f"$ {' '.join(cmd)}\n{run.stdout}{run.stderr}")
+        except (OSError, subprocess.SubprocessError) as exc:
+            out.append(f"$ {' '.join(cmd)}: {exc}")
+    return "\n".join(out)
 
 
 def test_deploy_and_predict_in_sdk_local_mode(
@@ -135,7 +156,8 @@ def test_deploy_and_predict_in_sdk_local_mode(
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not _port_free(LOCAL_PORT):
         time.sleep(1)
-    assert _port_free(LOCAL_PORT), "the local endpoint still listens after Ctrl-C"
+    if not _port_free(LOCAL_PORT):
+        pytest.fail("the local endpoint still listens after Ctrl-C\n" + _port_diagnostics(LOCAL_PORT))
     left = set(docker("ps", "-aq").stdout.split()) - before
     assert not left, f"containers left after Ctrl-C (running or stopped): {left}"
 
