@@ -21,6 +21,7 @@ from ndvi_worker.config import (
     parse_mask_classes,
 )
 from ndvi_worker.contract import ProcessingPaths
+from ndvi_worker.cpus import usable_cpus
 from ndvi_worker.ndvi import DEFAULT_MASK_CLASSES
 from ndvi_worker.products_cli import WithProductCommands  # routes `ndvi-worker composite|mosaic ...`
 
@@ -84,7 +85,7 @@ def _mask_classes(ctx, param, value):  # noqa: ARG001
     type=click.IntRange(1, 256),
     default=None,
     help="Compute threads per scene (NDVI, overviews, COG compression); reads have their own, see "
-    "--read-concurrency. [default: CPU count]",
+    "--read-concurrency. [default: the CPUs this process may use: affinity, capped by a cgroup CPU quota]",
 )
 @click.option(
     "--scenes-in-flight",
@@ -194,7 +195,6 @@ def main(
     outputs to /opt/ml/processing/output (SAGEMAKER_BASE_DIR relocates /opt/ml). One bad scene is reported and
     the rest completes; reruns skip scenes whose valid output exists.
     """
-    import os
 
     from ndvi_worker.run import run, setup_logging
 
@@ -216,7 +216,7 @@ def main(
             boa_offset=boa_offset,
             overwrite=overwrite,
             on_error=on_error,
-            workers=workers or os.cpu_count() or 2,
+            workers=workers or usable_cpus(),
             scenes_in_flight=scenes_in_flight,
             read_concurrency=read_concurrency,
             scheduler=scheduler,

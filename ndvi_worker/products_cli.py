@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from ndvi_worker.cpus import usable_cpus
 from ndvi_worker.safety import shown
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -90,7 +91,10 @@ _common = [
         help="The worker's encodings: int16 NDVI x 10000, nodata -32768; float32 NDVI, nodata NaN.",
     ),
     click.option(
-        "--workers", type=click.IntRange(1, 256), default=None, help="Threads. [default: CPU count]"
+        "--workers",
+        type=click.IntRange(1, 256),
+        default=None,
+        help="Threads. [default: the CPUs this process may use: affinity, capped by a cgroup CPU quota]",
     ),
     click.option(
         "--staging-dir",
@@ -159,7 +163,7 @@ def composite_command(
         period=parsed,
         dtype=dtype,
         memory_mb=memory_mb,
-        workers=workers or os.cpu_count() or 2,
+        workers=workers or usable_cpus(),
         quicklook=not no_quicklook,
     )
     report, status = run_composite(input_dir, output_dir, opts, staging_dir)
@@ -255,7 +259,7 @@ def mosaic_command(
         resolution=resolution,
         bbox=parsed_bbox,
         dtype=dtype,
-        workers=workers or os.cpu_count() or 2,
+        workers=workers or usable_cpus(),
         png_max_width=png_max_width,
         viewer=not no_viewer,
         assets_root=assets_root,

@@ -577,13 +577,17 @@ def run(cfg: WorkerConfig, paths: ProcessingPaths, contract: bool | None = None)
     records: list[SceneRecord | None] = [p.record for p in planned]
     todo = [i for i, p in enumerate(planned) if p.record is None]
     log.info(
-        "[%s] %d input item(s) under %s: %d to process, %d skipped (output exists or duplicate), %d invalid",
+        "[%s] %d input item(s) under %s: %d to process, %d skipped (output exists or duplicate), %d invalid; "
+        "%d compute thread(s), %d scene(s) in flight, %d read(s) in flight per scene",
         host,
         len(planned),
         cfg.input_dir,
         len(todo),
         sum(1 for r in records if r and r.status == "skipped"),
         sum(1 for r in records if r and r.status == "failed"),
+        cfg.workers,
+        cfg.scenes_in_flight,
+        cfg.read_concurrency,
     )
     progress = Progress(host, len(planned))
     counts = {"done": 0, "skipped": 0, "failed": 0}

@@ -36,6 +36,7 @@ DEFAULT_SECONDS_PER_SCENE = (
     60.0  # download + NDVI + COG write of one full scene on an ml.m5.xlarge, with margin
 )
 DEFAULT_STARTUP_SECONDS = 180.0  # provisioning + image pull + manifest download, per job
+DEADLINE_SECONDS = 20 * 60.0  # the reference run's target: the whole planet in under 20 minutes
 # Approximate on-demand prices (USD per instance-hour) of SageMaker Processing in us-east-1. An estimate only:
 # pass --price-per-hour for your region and agreement.
 PRICES_USD_PER_HOUR = {
@@ -668,6 +669,23 @@ def estimate(
         seconds_per_scene=seconds_per_scene,
         startup_seconds=startup_seconds,
     )
+
+
+def fewest_instances(
+    scenes: int,
+    seconds_per_scene: float,
+    deadline_seconds: float,
+    startup_seconds: float = DEFAULT_STARTUP_SECONDS,
+) -> int | None:
+    """The fewest instances that finish ``scenes`` within ``deadline_seconds``, start-up included, each taking an
+    equal share (the busiest one has ceil(scenes / instances)); None when even one scene per instance misses the
+    deadline. Fewer instances bill fewer start-ups: this is also the cheapest count that meets the deadline."""
+    per_instance = math.floor((deadline_seconds - startup_seconds) / seconds_per_scene)
+    if scenes <= 0:
+        return 0
+    if per_instance < 1:
+        return None
+    return math.ceil(scenes / per_instance)
 
 
 def price_for(instance_type: str, override: float | None = None) -> float:

@@ -36,7 +36,13 @@ from launcher.cli.console import console as _console
 @click.option(
     "--price-per-hour", type=float, default=None, help="USD per instance-hour [default: built-in table]."
 )
-@click.option("--seconds-per-scene", type=float, default=60.0, show_default=True, help="For the estimate.")
+@click.option(
+    "--seconds-per-scene",
+    type=float,
+    default=None,
+    help="Processing time of one full scene on one instance, for the estimate [default: the worker's measured "
+    "time on an ml.m5.xlarge over an S3-like link; see the README's planetary projection].",
+)
 @click.option(
     "--copy-items/--no-copy-items",
     default=None,
@@ -110,7 +116,7 @@ def plan(
         instances_per_job=instances_per_job,
         instance_type=instance_type,
         price_per_hour=price_per_hour,
-        seconds_per_scene=seconds_per_scene,
+        seconds_per_scene=p.DEFAULT_SECONDS_PER_SCENE if seconds_per_scene is None else seconds_per_scene,
         copy_items=copy_items,
     )
     planned_in = time.perf_counter() - t0
@@ -141,8 +147,17 @@ def plan(
     console.print(f"item JSONs {where}; outputs -> {the_plan.output_prefix}")
     console.print(
         f"estimate: {est.instance_hours:.1f} instance-hours, ${est.cost_usd:,.2f} at ${est.price_per_hour}/h, "
-        f"about {est.wall_hours * 60:.0f} min if all jobs run at once"
+        f"about {est.wall_hours * 60:.0f} min if all jobs run at once ({est.seconds_per_scene:g} s per scene, "
+        f"{est.startup_seconds:g} s start-up per job)"
     )
+    fewest = p.fewest_instances(the_plan.scene_count, est.seconds_per_scene, p.DEADLINE_SECONDS)
+    if fewest:
+        hours = p.estimate([(the_plan.scene_count, fewest)], est.price_per_hour, est.seconds_per_scene)
+        console.print(
+            f"fewest instances to finish within {p.DEADLINE_SECONDS / 60:.0f} min: {fewest} "
+            f"({hours.instance_hours:.1f} instance-hours, ${hours.cost_usd:,.2f}; e.g. --jobs "
+            f"{-(-fewest // instances_per_job)} --instances-per-job {min(instances_per_job, fewest)})"
+        )
     if no_upload:
         console.print(
             f"[yellow]--no-upload: nothing was written to S3; `launcher upload --plan {out}` uploads the run "

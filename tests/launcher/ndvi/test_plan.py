@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from earthmon_testing.launcher import fixture_items, synthetic_items
 from launcher.cli import cli
 from launcher.ndvi.plan import (
+    DEFAULT_SECONDS_PER_SCENE,
     Plan,
     PlanError,
     SceneRef,
@@ -21,6 +23,7 @@ from launcher.ndvi.plan import (
     build_manifest,
     common_prefix,
     estimate,
+    fewest_instances,
     make_plan,
     manifest_uris,
     shard,
@@ -187,6 +190,18 @@ def test_reference_run_estimate() -> None:
     assert estimate([(3, 3)], 1.0, 60, 0).instance_hours == pytest.approx(3 * 60 / 3600, abs=1e-3)
 
 
+def test_fewest_instances_for_a_deadline() -> None:
+    # 8,581 scenes at 5 s each, 180 s start-up, 20 min: 204 scenes an instance -> 43 instances
+    n = fewest_instances(8581, 5.0, 1200, 180)
+    assert n == 43
+    assert 180 + math.ceil(8581 / n) * 5.0 <= 1200 < 180 + math.ceil(8581 / (n - 1)) * 5.0
+    fewer = estimate([(8581, n)], 0.23, 5.0, 180)
+    assert fewer.wall_hours * 3600 <= 1200
+    assert fewer.instance_hours < estimate([(8581, 500)], 0.23, 5.0, 180).instance_hours  # fewer start-ups
+    assert fewest_instances(10, 2000.0, 1200, 180) is None  # one scene alone misses the deadline
+    assert fewest_instances(0, 5.0, 1200, 180) == 0
+
+
 def test_add_round_plans_only_given_scenes() -> None:
     plan, _, _ = make_plan(
         synthetic_items(100), run_id="run", created="t", s3_prefix="s3://b/p", jobs=4, instances_per_job=5
@@ -231,6 +246,10 @@ def test_plan_cli_uploads_manifests_and_writes_plan(aws, tmp_path: Path) -> None
     )
     assert result.exit_code == 0, result.output
     assert "planned 25 scene(s) into 5 job(s) of 5-5 scenes" in result.output
+    # the estimate uses the measured time per scene, and says how few instances would do in 20 minutes
+    assert f"({DEFAULT_SECONDS_PER_SCENE:g} s per scene, 180 s start-up per job)" in result.output
+    fewest = fewest_instances(25, DEFAULT_SECONDS_PER_SCENE, 1200, 180)
+    assert f"fewest instances to finish within 20 min: {fewest} (" in result.output
     plan = Plan.from_dict(json.loads((out / "plan.json").read_text()))
     assert [j.name for j in plan.jobs] == [f"dec-2023-r0-00{i}" for i in range(5)]
     assert plan.output_prefix == "s3://earthmon-test/ndvi/dec-2023/output/"
