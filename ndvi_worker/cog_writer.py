@@ -16,6 +16,9 @@ The IFDs' tags (georeferencing, GDAL metadata, scale/offset, nodata...) are GDAL
 GeoTIFF of the same profile that GDAL writes without any pixel (a few kB), so they are what GDAL's COG driver writes
 (checked tag by tag against it in ``tests/ndvi_worker/test_cog_writer.py``).
 
+Several bands (the temporal composites: NDVI, count, day) are written pixel-interleaved (``INTERLEAVE=PIXEL``, one
+tile holds every band), which is what GDAL's COG driver writes for them by default.
+
 Supported: classic TIFF (< 4 GB), ZSTD / DEFLATE / NONE without predictor (the worker's defaults and the common
 choices); :func:`supported` says when, and the worker falls back to the staging path + COG driver otherwise.
 """
@@ -29,6 +32,7 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,19 +54,22 @@ GHOST_HEADER = f"GDAL_STRUCTURAL_METADATA_SIZE={len(_GHOST_BODY):06d} bytes\n{_G
 
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
 _TILE_OFFSETS, _TILE_BYTE_COUNTS, _NEW_SUBFILE_TYPE = 324, 325, 254
-#: the tags GDAL's COG driver writes in overview IFDs (besides their size and tile arrays)
-_OVERVIEW_TAGS = (258, 259, 262, 277, 284, 317, 322, 323, 339, 42113)
+#: the tags GDAL's COG driver writes in overview IFDs (besides their size and tile arrays); 338 (ExtraSamples) only
+#: for several bands
+_OVERVIEW_TAGS = (258, 259, 262, 277, 284, 317, 322, 323, 338, 339, 42113)
 _CLASSIC_LIMIT = 2**32 - 1
 
 
-def supported(compress: str, predictor: int | None, dtype: str, shape: tuple[int, int]) -> bool:
+def supported(
+    compress: str, predictor: int | None, dtype: str, shape: tuple[int, int], bands: int = 1
+) -> bool:
     """Whether :class:`DirectCog` can write this format (else the staging path and GDAL's COG driver do)."""
     if compress not in _COMPRESSION_CODES or predictor not in (None, 0, 1):
         return False
     if compress == "ZSTD" and _zstd() is None:
         return False
     # classic TIFF only (GDAL's BIGTIFF=IF_SAFER picks classic TIFF for anything below ~4 GB uncompressed x 1.x)
-    raw = shape[0] * shape[1] * np.dtype(dtype).itemsize * 4 // 3
+    raw = shape[0] * shape[1] * max(1, bands) * np.dtype(dtype).itemsize * 4 // 3
     return raw < 2**32 * 0.9
 
 
@@ -87,16 +94,22 @@ class _Zstd:
         self._local = threading.local()
 
     def compress(self, data: np.ndarray, level: int) -> bytes:
-        ctx = getattr(self._local, "ctx", None)
+        """``data`` (C-contiguous) compressed into this thread's reusable output buffer, returned as bytes (one
+        copy of the compressed size): a fresh buffer per tile (allocated, zeroed, copied whole, freed) cost more
+        than the compression when threads compress at once (page faults and unmaps in one process)."""
+        local = self._local
+        ctx = getattr(local, "ctx", None)
         if ctx is None:
-            ctx = self._local.ctx = self.lib.ZSTD_createCCtx()
+            ctx = local.ctx = self.lib.ZSTD_createCCtx()
+            local.out, local.cap = None, 0
         n = data.nbytes
         cap = self.lib.ZSTD_compressBound(n)
-        out = ctypes.create_string_buffer(cap)
-        size = self.lib.ZSTD_compressCCtx(ctx, out, cap, data.ctypes.data, n, level)
+        if cap > local.cap:
+            local.out, local.cap = ctypes.create_string_buffer(cap), cap
+        size = self.lib.ZSTD_compressCCtx(ctx, local.out, cap, data.ctypes.data, n, level)
         if self.lib.ZSTD_isError(size):
             raise RuntimeError("ZSTD compression failed")
-        return out.raw[:size]
+        return ctypes.string_at(local.out, size)
 
 
 _ZSTD: list = []
@@ -160,20 +173,27 @@ def read_ifds(path: str | Path) -> list[dict[int, tuple[int, int, bytes]]]:
 
 
 def template_tags(
-    folder: Path, profile: dict, tags: dict, description: str | None, scale: float | None
+    folder: Path,
+    profile: dict,
+    tags: dict,
+    description: str | Sequence[str] | None,
+    scale: float | Sequence[float] | None,
 ) -> dict:
-    """The full-resolution IFD's tags as GDAL writes them for this profile (a sparse GeoTIFF: no pixel)."""
+    """The full-resolution IFD's tags as GDAL writes them for this profile (a sparse GeoTIFF: no pixel).
+    ``description`` and ``scale``: band 1's, or one per band (offsets 0)."""
     import rasterio
 
     path = folder / "template.tif"
     with rasterio.open(path, "w", **profile, SPARSE_OK="TRUE") as ds:
         if tags:
             ds.update_tags(**tags)
-        if description:
-            ds.set_band_description(1, description)
+        descriptions = [description] if isinstance(description, str) else list(description or [])
+        for k, text in enumerate(descriptions, start=1):
+            if text:
+                ds.set_band_description(k, text)
         if scale is not None:
-            ds.scales = (scale,)
-            ds.offsets = (0.0,)
+            ds.scales = (scale,) if isinstance(scale, int | float) else tuple(scale)
+            ds.offsets = (0.0,) * len(ds.scales)
     try:
         return read_ifds(path)[0]
     finally:
@@ -212,7 +232,8 @@ class DirectCog:
 
     ``level_shapes[k]`` is level k's (rows, cols) (0: full resolution). ``direct_levels``: the levels whose
     chunk windows are whole tiles (or reach the raster's edge), compressed by :meth:`write` at once; the others
-    are assembled in memory and compressed in :meth:`finish`.
+    are assembled in memory and compressed in :meth:`finish`. ``bands`` > 1: pixel-interleaved tiles (each tile
+    holds every band, as GDAL's ``INTERLEAVE=PIXEL``); :meth:`write` then takes (bands, rows, cols) arrays.
     """
 
     def __init__(
@@ -226,8 +247,10 @@ class DirectCog:
         compress: str,
         level: int | None,
         chunk_size: int,
+        bands: int = 1,
     ):
         self.shapes = level_shapes
+        self.bands = bands
         self.base_tags = base_tags
         self.dtype = np.dtype(dtype)
         self.nodata = nodata
@@ -239,7 +262,7 @@ class DirectCog:
         self.grid = [(-(-r // blocksize), -(-c // blocksize)) for r, c in level_shapes]
         self.records: list[dict[tuple[int, int], tuple[int, int]]] = [{} for _ in level_shapes]
         self.memory = {
-            k: np.full(shape, nodata, dtype=self.dtype)
+            k: np.full(shape if bands == 1 else (bands, *shape), nodata, dtype=self.dtype)
             for k, shape in enumerate(level_shapes)
             if not self.direct[k]
         }
@@ -252,11 +275,20 @@ class DirectCog:
 
     def _tile(self, data: np.ndarray) -> np.ndarray:
         """A full ``block x block`` contiguous tile (edge tiles padded with zeros, as GDAL pads them: then the
-        compressed tiles are byte-identical to GDAL's)."""
-        if data.shape == (self.block, self.block) and data.flags.c_contiguous:
-            return data
-        tile = np.zeros((self.block, self.block), dtype=self.dtype)
-        tile[: data.shape[0], : data.shape[1]] = data
+        compressed tiles are byte-identical to GDAL's). Several bands: ``data`` is (bands, rows, cols) and the
+        tile (rows, cols, bands), pixel-interleaved band by band (a plain strided copy of the whole is ~5x
+        slower)."""
+        if self.bands == 1:
+            if data.shape == (self.block, self.block) and data.flags.c_contiguous:
+                return data
+            tile = np.zeros((self.block, self.block), dtype=self.dtype)
+            tile[: data.shape[0], : data.shape[1]] = data
+            return tile
+        rows, cols = data.shape[1:]
+        full = rows == self.block and cols == self.block
+        tile = (np.empty if full else np.zeros)((self.block, self.block, self.bands), dtype=self.dtype)
+        for k in range(self.bands):
+            tile[:rows, :cols, k] = data[k]
         return tile
 
     def _framed(self, data: np.ndarray) -> bytes:
@@ -264,17 +296,21 @@ class DirectCog:
         return struct.pack("<I", len(payload)) + payload + payload[-4:]
 
     def write(self, data: np.ndarray, row_off: int, col_off: int, level: int = 0) -> None:
-        """Level ``level``'s pixels at (row_off, col_off): tile-aligned (compressed now) or kept in memory."""
+        """Level ``level``'s pixels at (row_off, col_off): tile-aligned (compressed now) or kept in memory.
+        ``data``: (rows, cols), or (bands, rows, cols) for several bands."""
         data = np.asarray(data, dtype=self.dtype)
+        if self.bands > 1 and (data.ndim != 3 or data.shape[0] != self.bands):
+            raise ValueError(f"expected ({self.bands}, rows, cols), got {data.shape}")
+        rows, cols = data.shape[-2:]
         if not self.direct[level]:
-            self.memory[level][row_off : row_off + data.shape[0], col_off : col_off + data.shape[1]] = data
+            self.memory[level][..., row_off : row_off + rows, col_off : col_off + cols] = data
             return
         b = self.block
         if row_off % b or col_off % b:
             raise ValueError(f"level {level} window at ({row_off}, {col_off}) is not tile-aligned")
-        for r in range(0, data.shape[0], b):
-            for c in range(0, data.shape[1], b):
-                framed = self._framed(data[r : r + b, c : c + b])
+        for r in range(0, rows, b):
+            for c in range(0, cols, b):
+                framed = self._framed(data[..., r : r + b, c : c + b])
                 with self._lock:
                     at = self._end
                     self._end += len(framed)
@@ -289,7 +325,7 @@ class DirectCog:
         small: dict[int, dict[tuple[int, int], bytes]] = {}
         for k, array in self.memory.items():
             rows, cols = self.grid[k]
-            small[k] = {(i, j): self._framed(array[i * b : (i + 1) * b, j * b : (j + 1) * b])
+            small[k] = {(i, j): self._framed(array[..., i * b : (i + 1) * b, j * b : (j + 1) * b])
                         for i in range(rows) for j in range(cols)}  # fmt: skip
         for k, (rows, cols) in enumerate(self.grid):
             have = small[k] if k in small else self.records[k]

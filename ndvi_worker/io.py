@@ -14,7 +14,7 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -470,10 +470,21 @@ class StagingRaster:
     resolution and one file per overview level, tied together by a VRT whose explicit overviews GDAL's COG driver
     uses as they are (so it compresses each pixel once and computes no overview itself).
 
-    The staging files live in the page cache, not in the process's memory.
+    The staging files live in the page cache, not in the process's memory. ``bands``: the band descriptions (one
+    band, ``ndvi``, for a scene; several for a composite, then :meth:`write_at` takes (bands, rows, cols) arrays);
+    ``scales``: one per band (default: the int16 NDVI scale on band 1, 1 on the others; none for float32).
     """
 
-    def __init__(self, folder: Path, info: BandInfo, fmt: OutputFormat, tags: dict[str, str], levels: int):
+    def __init__(
+        self,
+        folder: Path,
+        info: BandInfo,
+        fmt: OutputFormat,
+        tags: dict[str, str],
+        levels: int,
+        bands: Sequence[str] = ("ndvi",),
+        scales: Sequence[float] | None = None,
+    ):
         import rasterio
         from affine import Affine
 
@@ -484,6 +495,8 @@ class StagingRaster:
         self.info = info
         self.fmt = fmt
         self.levels = levels
+        self.bands = tuple(bands)
+        self.scales = band_scales(fmt.dtype, len(self.bands)) if scales is None else tuple(scales)
         self._locks = [threading.Lock() for _ in range(levels + 1)]
         base = Affine(*info.transform)
         self._datasets = []
@@ -493,7 +506,7 @@ class StagingRaster:
                 "driver": "GTiff",
                 "width": cols,
                 "height": rows,
-                "count": 1,
+                "count": len(self.bands),
                 "dtype": fmt.dtype,
                 "crs": info.crs,
                 "transform": base * Affine.scale(info.shape[1] / cols, info.shape[0] / rows),
@@ -508,12 +521,11 @@ class StagingRaster:
             ds = rasterio.open(self.path(level), "w", **profile)
             if level == 0:
                 ds.update_tags(**tags)
-                ds.set_band_description(1, "ndvi")
-            if fmt.dtype == "int16":
-                from ndvi_worker.ndvi import INT16_SCALE
-
-                ds.scales = (1.0 / INT16_SCALE,)
-                ds.offsets = (0.0,)
+                for k, name in enumerate(self.bands, start=1):
+                    ds.set_band_description(k, name)
+            if self.scales:
+                ds.scales = self.scales
+                ds.offsets = (0.0,) * len(self.scales)
             self._datasets.append(ds)
 
     def path(self, level: int) -> Path:
@@ -521,12 +533,15 @@ class StagingRaster:
 
     def write(self, data: np.ndarray, window, level: int = 0) -> None:
         with self._locks[level]:
-            self._datasets[level].write(data, 1, window=window)
+            if data.ndim == 3:
+                self._datasets[level].write(data, window=window)
+            else:
+                self._datasets[level].write(data, 1, window=window)
 
     def write_at(self, data: np.ndarray, row_off: int, col_off: int, level: int = 0) -> None:
         from rasterio.windows import Window
 
-        self.write(data, Window(col_off, row_off, data.shape[1], data.shape[0]), level)
+        self.write(data, Window(col_off, row_off, data.shape[-1], data.shape[-2]), level)
 
     def close(self) -> None:
         for ds in self._datasets:
@@ -548,64 +563,83 @@ class StagingRaster:
 
         gdal_type = {"int16": "Int16", "float32": "Float32"}[self.fmt.dtype]
         nodata = "nan" if self.fmt.dtype == "float32" else str(int(self.fmt.nodata))
-        overviews = "".join(
-            f'<Overview><SourceFilename relativeToVRT="0">{self.path(k)}</SourceFilename>'
-            f"<SourceBand>1</SourceBand></Overview>"
-            for k in range(1, self.levels + 1)
-        )
         rows, cols = self.info.shape
         metadata = "".join(
             f'<MDI key="{_xml_escape(k)}">{_xml_escape(v)}</MDI>' for k, v in self.tags.items()
         )
-        scale = ""
-        if self.fmt.dtype == "int16":
-            from ndvi_worker.ndvi import INT16_SCALE
-
-            scale = f"<Offset>0</Offset><Scale>{1.0 / INT16_SCALE}</Scale>"
+        bands = []
+        for b, name in enumerate(self.bands, start=1):
+            overviews = "".join(
+                f'<Overview><SourceFilename relativeToVRT="0">{self.path(k)}</SourceFilename>'
+                f"<SourceBand>{b}</SourceBand></Overview>"
+                for k in range(1, self.levels + 1)
+            )
+            scale = f"<Offset>0</Offset><Scale>{self.scales[b - 1]!r}</Scale>" if self.scales else ""
+            bands.append(
+                f'<VRTRasterBand dataType="{gdal_type}" band="{b}"><NoDataValue>{nodata}</NoDataValue>{scale}'
+                f"<Description>{_xml_escape(name)}</Description>"
+                f'<SimpleSource><SourceFilename relativeToVRT="0">{self.path(0)}</SourceFilename>'
+                f"<SourceBand>{b}</SourceBand></SimpleSource>{overviews}</VRTRasterBand>"
+            )
         text = (
             f'<VRTDataset rasterXSize="{cols}" rasterYSize="{rows}">'
             f"<Metadata>{metadata}</Metadata>"
             f"<SRS>{_xml_escape(self.info.crs.to_wkt())}</SRS>"
             f"<GeoTransform>{', '.join(repr(v) for v in Affine(*self.info.transform).to_gdal())}</GeoTransform>"
-            f'<VRTRasterBand dataType="{gdal_type}" band="1"><NoDataValue>{nodata}</NoDataValue>{scale}'
-            f"<Description>ndvi</Description>"
-            f'<SimpleSource><SourceFilename relativeToVRT="0">{self.path(0)}</SourceFilename>'
-            f"<SourceBand>1</SourceBand></SimpleSource>{overviews}</VRTRasterBand></VRTDataset>"
+            f"{''.join(bands)}</VRTDataset>"
         )
         path = self.folder / "stack.vrt"
         path.write_text(text)
         return path
 
 
-def direct_cog_supported(fmt: OutputFormat, shape: tuple[int, int]) -> bool:
+def band_scales(dtype: str, bands: int) -> tuple[float, ...]:
+    """The scales written with the bands: int16 NDVI's 1/10000 on band 1 and 1 on the others (counts, days);
+    none for float32."""
+    from ndvi_worker.ndvi import INT16_SCALE
+
+    return (1.0 / INT16_SCALE,) + (1.0,) * (bands - 1) if dtype == "int16" else ()
+
+
+def direct_cog_supported(fmt: OutputFormat, shape: tuple[int, int], bands: int = 1) -> bool:
     """Whether the COG can be assembled from tiles compressed in the compute threads (:class:`DirectCogSink`)."""
     from ndvi_worker import cog_writer
 
     if fmt.max_z_error is not None or os.environ.get("NDVI_STAGING_COG") == "1":  # the old path, on demand
         return False
-    return cog_writer.supported(fmt.compress, fmt.predictor, fmt.dtype, shape)
+    return cog_writer.supported(fmt.compress, fmt.predictor, fmt.dtype, shape, bands)
 
 
 class DirectCogSink:
     """The chunks' tiles compressed once, in the compute threads, into a COG assembled directly
-    (:class:`ndvi_worker.cog_writer.DirectCog`): no staging GeoTIFF, no second compression pass."""
+    (:class:`ndvi_worker.cog_writer.DirectCog`): no staging GeoTIFF, no second compression pass. ``bands`` and
+    ``scales`` as for :class:`StagingRaster` (several bands: pixel-interleaved tiles)."""
 
     def __init__(
-        self, folder: Path, info: BandInfo, fmt: OutputFormat, tags: dict[str, str], levels: int, chunk: int
+        self,
+        folder: Path,
+        info: BandInfo,
+        fmt: OutputFormat,
+        tags: dict[str, str],
+        levels: int,
+        chunk: int,
+        bands: Sequence[str] = ("ndvi",),
+        scales: Sequence[float] | None = None,
     ):
         from affine import Affine
 
         from ndvi_worker import cog_writer
-        from ndvi_worker.ndvi import INT16_SCALE
         from ndvi_worker.pyramid import overview_shape
 
         self.levels = levels
+        bands = tuple(bands)
+        scales = band_scales(fmt.dtype, len(bands)) if scales is None else tuple(scales)
         rows, cols = info.shape
         profile = {
             "driver": "GTiff",
             "width": cols,
             "height": rows,
-            "count": 1,
+            "count": len(bands),
             "dtype": fmt.dtype,
             "crs": info.crs,
             "transform": Affine(*info.transform),
@@ -615,8 +649,7 @@ class DirectCogSink:
             "blockysize": fmt.blocksize,
             "compress": fmt.compress,
         }
-        scale = 1.0 / INT16_SCALE if fmt.dtype == "int16" else None
-        base = cog_writer.template_tags(folder, profile, tags, "ndvi", scale)
+        base = cog_writer.template_tags(folder, profile, tags, bands, scales or None)
         self.cog = cog_writer.DirectCog(
             folder,
             [overview_shape(info.shape, k) for k in range(levels + 1)],
@@ -627,6 +660,7 @@ class DirectCogSink:
             fmt.compress,
             fmt.level,
             chunk,
+            bands=len(bands),
         )
 
     def write_at(self, data: np.ndarray, row_off: int, col_off: int, level: int = 0) -> None:

@@ -141,7 +141,8 @@ def common_options(fn):
     type=click.IntRange(8, 1_000_000),
     default=256,
     show_default=True,
-    help="Budget for one window's stack across all dates (more dates: smaller windows).",
+    help="Budget for the windows' stacks across all dates being reduced at once, split between the threads (more "
+    "dates: smaller windows).",
 )
 @click.option("--no-quicklook", is_flag=True, help="Do not write the PNG preview.")
 def composite_command(

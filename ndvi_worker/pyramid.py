@@ -59,3 +59,61 @@ def chunk_overviews(
         mean = total / np.maximum(count, np.float32(1.0))
         out.append((mean, empty))
     return out
+
+
+def band_overviews(bands: np.ndarray, nodata: float, levels: int) -> list[np.ndarray]:
+    """AVERAGE overviews of a chunk of encoded output bands (``(bands, rows, cols)``, int16 or float32, ``nodata``
+    an int16 value or NaN) at levels 1..levels, each ``(bands, ceil(rows / 2**k), ceil(cols / 2**k))`` in the same
+    dtype: per band, the mean of the valid pixels (not ``nodata``) of the full resolution under each overview pixel,
+    ``nodata`` where there is none (the composites' bands: NDVI, counts, days).
+
+    int16 means are rounded half away from zero, as GDAL's AVERAGE rounds them: level 1 is then GDAL's own (its
+    COG driver computes each level from the previous one, so its deeper levels average rounded averages; these are
+    exact means of the full resolution, like :func:`chunk_overviews`). int16 sums are exact integers (int32 holds
+    them up to level 8; the float64 division of two such integers rounds exactly); float32 means are computed in
+    float64."""
+    integer = bands.dtype == np.int16
+    out: list[list[np.ndarray]] = [[] for _ in range(levels)]
+    for band in bands:
+        if integer:
+            invalid = band == nodata
+            count = _halve(np.logical_not(invalid).view(np.uint8)).astype(np.int32)
+            # the raw sum, nodata included, then the nodata taken out of it: no masked copy of the full resolution
+            total = _halve(band.astype(np.int32))
+            if invalid.any():
+                real = 4 - _padding(band.shape)  # pixels under each level-1 pixel (fewer past an odd edge)
+                total -= (real - count) * np.int32(nodata)
+        else:
+            valid = ~np.isnan(band)
+            total = _halve(np.where(valid, band, np.float32(0)).astype(np.float64))
+            count = _halve(valid.view(np.uint8)).astype(np.int32)
+        for level in range(levels):
+            if level:
+                total = _halve(total)
+                count = _halve(count)
+            empty = count == 0
+            mean = total / np.maximum(count, 1)
+            if integer:
+                mean = np.trunc(mean + np.copysign(0.5, mean))  # half away from zero
+                mean = mean.astype(np.int16)
+                mean[empty] = np.int16(nodata)
+            else:
+                mean = mean.astype(np.float32)
+                mean[empty] = np.float32(np.nan)
+            out[level].append(mean)
+    return [np.stack(level) for level in out]
+
+
+def _padding(shape: tuple[int, int]) -> np.ndarray | int:
+    """Per level-1 pixel, how many of its 4 full-resolution pixels lie beyond an odd edge (padding, not data)."""
+    rows, cols = shape
+    if not (rows % 2 or cols % 2):
+        return 0
+    pad = np.zeros((-(-rows // 2), -(-cols // 2)), dtype=np.int32)
+    if rows % 2:
+        pad[-1, :] += 2
+    if cols % 2:
+        pad[:, -1] += 2
+    if rows % 2 and cols % 2:
+        pad[-1, -1] -= 1
+    return pad

@@ -1,6 +1,6 @@
 """The directly assembled COG (ndvi_worker/cog_writer.py) against GDAL's COG driver: same pixels at every level,
 same tags, profile and IFD tags, GDAL's COG layout (ghost header, IFDs first, smallest overview's tiles first),
-valid for rio-cogeo."""
+valid for rio-cogeo; for the worker's one-band NDVI and the composites' pixel-interleaved bands."""
 
 from __future__ import annotations
 
@@ -40,15 +40,19 @@ def assert_same_cog(reference: Path, direct: Path, same_tiles: bool = True) -> N
         assert b.tags(ns="IMAGE_STRUCTURE") == a.tags(ns="IMAGE_STRUCTURE")
         assert b.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert {**b.profile, "nodata": repr(b.nodata)} == {**a.profile, "nodata": repr(a.nodata)}  # NaN too
-        assert (b.tags(), b.tags(1), b.scales, b.offsets, b.descriptions) == (
-            a.tags(), a.tags(1), a.scales, a.offsets, a.descriptions
-        )  # fmt: skip
-        assert b.overviews(1) == a.overviews(1) and a.overviews(1)
+        assert (b.tags(), b.scales, b.offsets, b.descriptions) == (
+            a.tags(),
+            a.scales,
+            a.offsets,
+            a.descriptions,
+        )
+        assert [b.tags(k) for k in b.indexes] == [a.tags(k) for k in a.indexes]
+        assert [b.overviews(k) for k in b.indexes] == [a.overviews(k) for k in a.indexes] and a.overviews(1)
         levels = len(a.overviews(1))
     for level in [None, *range(levels)]:
         kw = {} if level is None else {"overview_level": level}
         with rasterio.open(reference, **kw) as a, rasterio.open(direct, **kw) as b:
-            np.testing.assert_array_equal(b.read(1), a.read(1))
+            np.testing.assert_array_equal(b.read(), a.read())
     ref_ifds, new_ifds = cog_writer.read_ifds(reference), cog_writer.read_ifds(direct)
     assert len(new_ifds) == len(ref_ifds)
     for ra, nb in zip(ref_ifds, new_ifds, strict=True):
@@ -119,3 +123,99 @@ def test_lzw_output_still_valid_through_the_cog_driver(scene_1300, run_worker, t
     assert cog_validate(str(cog))[0]
     with rasterio.open(cog) as ds:
         assert ds.compression.name.upper() == "LZW"
+
+
+# ------------------------------------------------------------------------------------------------ composites
+
+
+@pytest.fixture(scope="module")
+def composite_inputs(tmp_path_factory) -> Path:
+    """Three dates of a 1300 x 1300 tile in the worker's int16 encoding (the raw int16 reduction) and one in float32
+    (the decoded float reduction), with holes and a partial footprint: 2 overview levels at 512 (levels 0-1 written
+    from the chunks, level 2 assembled), edge tiles."""
+    from earthmon_testing.products import write_product
+
+    root = tmp_path_factory.mktemp("composite-inputs")
+    rng = np.random.default_rng(5)
+    for k, day in enumerate(("03", "08", "13", "18")):
+        values = rng.uniform(-0.3, 0.95, size=(1300, 1300)).astype("float32")
+        values[rng.random(values.shape) < 0.3] = np.nan
+        if k == 1:
+            values[:, 700:] = np.nan
+        folder = root / ("int16" if k < 3 else "float32")
+        write_product(folder, f"S2A_31UFU_202312{day}_0_L2A", values, f"2023-12-{day}", dtype=folder.name)
+    return root
+
+
+def _composite(inputs: Path, out: Path, method: str, **options) -> Path:
+    from ndvi_worker.products_io import CompositeOptions, run_composite
+
+    opts = CompositeOptions(method=method, period=None, quicklook=False, **options)
+    report, status = run_composite(inputs, out, opts, staging_dir=out.parent / f"{out.name}-staging")
+    assert status == 0, report.to_dict()
+    [done] = report.done
+    return out / done["output"].replace(".json", ".tif")
+
+
+@pytest.mark.parametrize(
+    "folder, method, options, same_tiles",
+    [
+        # the defaults: int16, ZSTD level 1, 512 blocks. Not byte-identical: GDAL's compressed 3-band tiles (1.5 MB)
+        # differ from one-shot ZSTD by a byte here and there (presumably libtiff's codec and ZSTD's 512 KB window at
+        # level 1; the worker's one-band tiles are exactly 512 KB and identical); the pixels are identical
+        ("int16", "max", {}, False),
+        ("int16", "median", {"compress": "DEFLATE", "level": 6}, False),  # zlib here, libdeflate in GDAL
+        ("both", "mean", {"dtype": "float32", "compress": "NONE"}, True),  # float path, float32 output
+        ("int16", "max", {"blocksize": 256}, False),  # 512 chunks: levels 0-1 direct, 2-3 assembled
+    ],
+)
+def test_composite_direct_cog_matches_gdal_cog_driver(
+    composite_inputs, tmp_path, monkeypatch, folder, method, options, same_tiles
+):
+    """The composite's COG assembled directly (pixel-interleaved tiles compressed in the compute threads) against
+    the same bands and overviews written by GDAL's COG driver from staging GeoTIFFs (the fallback path): same
+    pixels of every band at every level, same tags, profile, IFD tags and layout, a valid COG."""
+    inputs = composite_inputs if folder == "both" else composite_inputs / folder
+    direct = _composite(inputs, tmp_path / "direct", method, **options)
+    monkeypatch.setenv("NDVI_STAGING_COG", "1")
+    reference = _composite(inputs, tmp_path / "staging", method, **options)
+    assert_same_cog(reference, direct, same_tiles=same_tiles)
+    with rasterio.open(direct) as ds:
+        assert ds.count == (3 if method == "max" else 2)
+        assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "PIXEL"  # what GDAL's COG driver writes
+    assert not list(tmp_path.rglob("tiles.bin")) and not list(tmp_path.rglob("*-staging/*"))
+
+
+def test_composite_overviews_are_exact_means_and_level_1_is_gdals(composite_inputs, tmp_path):
+    """Every overview level of every band is the mean of the valid full-resolution pixels under it (int16 rounded
+    half away from zero), and level 1 is exactly what GDAL's own AVERAGE overviews give for the full resolution."""
+    import rasterio.shutil
+
+    cog = _composite(composite_inputs / "int16", tmp_path / "out", "max")
+    with rasterio.open(cog) as ds:
+        full = ds.read()
+        overviews = ds.overviews(1)
+        profile = ds.profile
+    valid = full != -32768
+    for level in range(len(overviews)):
+        f = 2 ** (level + 1)
+        with rasterio.open(cog, overview_level=level) as ds:
+            got = ds.read()
+        rows, cols = got.shape[1:]
+        assert (rows, cols) == (-(-full.shape[1] // f), -(-full.shape[2] // f))
+        pad = ((0, 0), (0, rows * f - full.shape[1]), (0, cols * f - full.shape[2]))
+        total = (
+            np.pad(np.where(valid, full, 0).astype(np.int64), pad).reshape(-1, rows, f, cols, f).sum((2, 4))
+        )
+        count = np.pad(valid, pad).reshape(-1, rows, f, cols, f).sum((2, 4))
+        mean = total / np.maximum(count, 1)
+        want = np.where(count > 0, np.trunc(mean + np.copysign(0.5, mean)), -32768)
+        np.testing.assert_array_equal(got, want)
+    # GDAL's own AVERAGE overviews of the full resolution (1300 px: level 1 is an exact halving)
+    plain = tmp_path / "plain.tif"
+    with rasterio.open(plain, "w", **{**profile, "driver": "GTiff", "compress": "NONE"}) as dst:
+        dst.write(full)
+    gdal = tmp_path / "gdal.tif"
+    rasterio.shutil.copy(plain, gdal, driver="COG", BLOCKSIZE="512", OVERVIEW_RESAMPLING="AVERAGE")
+    with rasterio.open(gdal, overview_level=0) as a, rasterio.open(cog, overview_level=0) as b:
+        np.testing.assert_array_equal(b.read(), a.read())

@@ -169,7 +169,8 @@ def test_window_side_shrinks_with_dates():
 
 
 def test_memory_stays_bounded_whatever_the_number_of_dates(tmp_path: Path):
-    """4 then 16 dates of 512 x 512 (a 16 MB decoded stack) with a 1 MB budget: every window respects the budget,
+    """4 then 16 dates of 512 x 512 (a 16 MB decoded stack) with a 1 MB budget: every window respects the budget
+    (each of the 2 threads reduces windows of half of it),
     and the peak of Python-side memory (numpy arrays, dask graphs: tracemalloc, after a warm-up run) does not grow
     with the number of dates (the fixed part is the tile-sized quicklook and statistics)."""
     from ndvi_worker.products_io import composite_tile, find_products
@@ -202,7 +203,8 @@ def test_memory_stays_bounded_whatever_the_number_of_dates(tmp_path: Path):
             tracemalloc.stop()
         assert max(windows) * n * 4 * 4 <= budget
     stack_bytes = dates * shape[0] * shape[1] * 4
-    assert len(windows) == 64  # 16 dates: 64-pixel windows
+    side = core.window_side(dates, budget // opts.workers)  # the budget is split between the threads
+    assert side == 32 and len(windows) == (shape[0] // side) ** 2  # 16 dates: 32-pixel windows
     print(
         f"peak traced {peaks[4] / 2**20:.1f} MB (4 dates), {peaks[dates] / 2**20:.1f} MB ({dates} dates, stack {stack_bytes / 2**20:.0f} MB)"
     )
@@ -311,3 +313,60 @@ def test_missing_input_folder_is_a_usage_error(tmp_path: Path):
         timeout=60,
     )
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+@pytest.mark.parametrize("dates", [1, 2, 5, 6, 17])
+@pytest.mark.parametrize("method", ["max", "median", "mean"])
+def test_int16_reduction_matches_the_float_reduction_and_numpy(method: str, dates: int):
+    """The reduction on raw int16 values (inputs in the worker's encoding) against the float route (decode, reduce,
+    encode) and the independent numpy reduction: count and day exact, max exact, median and mean within one unit of
+    the encoding (1e-4 NDVI: the exact value rounded once vs a float32 value rounded) and exact where the exact
+    value is not a half; ties go to the earliest date; nodata where no observation; 17 dates sort with np.sort."""
+    rng = np.random.default_rng(dates)
+    raw = rng.integers(-10000, 10001, size=(dates, 64, 48)).astype(np.int16)
+    raw[rng.random(raw.shape) < 0.4] = -32768
+    raw[:, :4, :4] = -32768  # never observed
+    raw[:, 10, 10] = 5000  # a tie on every date
+    raw[: dates // 2, 11, 11] = -32768  # observed late only
+    decoded = np.where(raw == -32768, np.nan, raw.astype(np.float32) * np.float32(1e-4)).astype(np.float32)
+    days = [3 * k + 1 for k in range(dates)]
+    fast = core.composite_block(raw, days, method, "int16", raw_int16=True)
+    slow = core.composite_block(decoded, days, method, "int16", raw_int16=False)
+    want = core.composite_numpy(decoded, days, method)
+    count = want["count"]
+    np.testing.assert_array_equal(fast[1], count)
+    np.testing.assert_array_equal(fast[0] == -32768, count == 0)
+    diff = np.abs(fast[0].astype(int) - to_int16(want["ndvi"]).astype(int))
+    if method == "max":
+        assert diff.max() == 0
+        np.testing.assert_array_equal(fast, slow)
+        np.testing.assert_array_equal(fast[2][count > 0], want["day"][count > 0])
+        assert (fast[2][count == 0] == -32768).all() and fast[2][10, 10] == days[0]
+    else:
+        assert diff.max() <= 1
+        # where the exact value is not a half, the two routes agree
+        if method == "mean":
+            total = np.where(raw == -32768, 0, raw.astype(np.int64)).sum(axis=0)
+            exact = total / np.maximum(count, 1)
+        else:
+            exact = np.nanmedian(np.where(raw == -32768, np.nan, raw.astype(np.float64)), axis=0)
+        whole = (count > 0) & (np.abs(np.nan_to_num(exact) % 1 - 0.5) > 1e-9)
+        np.testing.assert_array_equal(fast[0][whole], slow[0][whole])
+
+
+def test_composite_encoded_is_lazy_on_dask_backed_stacks():
+    """A dask-backed (time, y, x) stack (e.g. outputs opened with ndvi_worker.open_ndvi and concatenated along
+    time) stays lazy and gives the same bands as the numpy-backed stack, block by block."""
+    import xarray as xr
+
+    rng = np.random.default_rng(3)
+    raw = rng.integers(-10000, 10001, size=(4, 300, 200)).astype(np.int16)
+    raw[rng.random(raw.shape) < 0.3] = -32768
+    stack = xr.DataArray(raw, dims=("time", "y", "x"))
+    for method in core.METHODS:
+        lazy = core.composite_encoded(
+            stack.chunk({"time": 1, "y": 128, "x": 96}), range(4), method, "int16", True
+        )
+        assert lazy.chunks is not None and list(lazy.band.values) == list(core.BANDS[method])
+        eager = core.composite_encoded(stack, range(4), method, "int16", True)
+        np.testing.assert_array_equal(lazy.values, eager.values)
