@@ -169,7 +169,7 @@ bench-mosaic: venv-worker ## mosaic cost on the global 0.01-degree grid: 50/200/
 
 .PHONY: bench-plan
 bench-plan: venv-worker ## launcher: plan 8,581 scenes into 25 jobs x 20 instances (each step vs reading the items)
-	$(PY) benchmarks/bench_plan.py
+	$(PY) benchmarks/bench_plan.py $(BENCH_PLAN_ARGS)
 
 .PHONY: bench-serve
 bench-serve: venv-trainer ## serve: req/s and p50/p99 of 512x512 requests on the real server (layouts, --engines mxnet,onnx)

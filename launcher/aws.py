@@ -19,14 +19,18 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from launcher.errors import RequestError
+from launcher.errors import ArgumentError, RequestError
 
 DEFAULT_MAX_ATTEMPTS = (
     10  # retries after the first attempt (botocore's `max_attempts`); override EARTHMON_AWS_MAX_ATTEMPTS
 )
-# Requests per second per client. SageMaker's control-plane APIs throttle at a few TPS per account; staying
-# under that keeps adaptive retries for real congestion. Override with EARTHMON_AWS_MAX_RPS.
+# Requests per second, per process, to the control-plane services: SageMaker's Create*/Describe*/List* and Service
+# Quotas throttle at a few TPS per account; staying under that keeps adaptive retries for real congestion. Override
+# with EARTHMON_AWS_MAX_RPS (0: no limit). S3 and the endpoint runtime have no client-side limit: S3 serves
+# thousands of requests per second per prefix and answers SlowDown (503) when it needs to, which the adaptive
+# retries back off from (at 4/s, copying the item JSONs of the 8,581-scene reference run took 36 minutes).
 DEFAULT_MAX_RPS = 4.0
+RATE_LIMITED_SERVICES = frozenset({"sagemaker", "sagemaker-geospatial", "service-quotas"})
 
 
 class RateLimiter:
@@ -91,17 +95,41 @@ def _limiter(service: str, max_rps: float) -> RateLimiter:
         return limiter
 
 
+def _env_number(name: str, default: float, integer: bool = False) -> float:
+    """A number >= 0 from the environment (``default`` when unset); anything else is a usage error that names
+    the variable."""
+    text = os.environ.get(name)
+    if text is None or not text.strip():
+        return default
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        value = -1
+    if not (0 <= value < float("inf")):
+        what = "an integer" if integer else "a number"
+        raise ArgumentError(f"{name}={text[:40]!r}: expected {what} >= 0; fix or unset it")
+    return value
+
+
 def client(
     service: str, *, region: str | None = None, max_attempts: int | None = None, max_rps: float | None = None
 ):
-    """A boto3 client with adaptive retries (throttling backs off and retries) and a client-side rate limit.
+    """A boto3 client with adaptive retries (throttling backs off and retries) and, for the control-plane
+    services (`RATE_LIMITED_SERVICES`), a client-side rate limit shared by the process.
 
     The limiter runs before every HTTP attempt, retries included.
     """
     from botocore.config import Config
 
-    attempts = max_attempts or int(os.environ.get("EARTHMON_AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS))
-    rps = max_rps if max_rps is not None else float(os.environ.get("EARTHMON_AWS_MAX_RPS", DEFAULT_MAX_RPS))
+    attempts = max_attempts or int(
+        _env_number("EARTHMON_AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, integer=True)
+    )
+    if max_rps is not None:
+        rps = max_rps
+    elif service in RATE_LIMITED_SERVICES:
+        rps = _env_number("EARTHMON_AWS_MAX_RPS", DEFAULT_MAX_RPS)
+    else:
+        rps = 0.0
     config = Config(
         retries={"mode": "adaptive", "max_attempts": attempts},
         user_agent_extra="earthmon-launcher",

@@ -494,7 +494,7 @@ def predict(
     if endpoint:
         from launcher.aws import client
 
-        invoke = mp.endpoint_invoker(client("sagemaker-runtime", max_rps=0), endpoint)
+        invoke = mp.endpoint_invoker(client("sagemaker-runtime"), endpoint)
     elif url:
         invoke = mp.url_invoker(url)
     else:
