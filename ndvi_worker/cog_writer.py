@@ -17,7 +17,14 @@ GeoTIFF of the same profile that GDAL writes without any pixel (a few kB), so th
 (checked tag by tag against it in ``tests/ndvi_worker/test_cog_writer.py``).
 
 Several bands (the temporal composites: NDVI, count, day) are written pixel-interleaved (``INTERLEAVE=PIXEL``, one
-tile holds every band), which is what GDAL's COG driver writes for them by default.
+tile holds every band, what GDAL's COG driver writes by default) or band-interleaved (``interleave="band"``:
+PlanarConfiguration 2, ``INTERLEAVE=BAND``; each tile holds one band, and every IFD's tile arrays list all the tiles of
+band 1, then all those of band 2, etc.). Band-interleaved, each level's data is written in that order (increasing tile
+index: band 1's tiles row-major, then band 2's...), so one band's tiles are contiguous and a reader of band 1 only
+(the mosaic) decompresses band 1 only; the ghost header then also says ``INTERLEAVE=BAND``, as GDAL >= 3.11 writes
+it (GDAL 3.10's COG driver ignores ``INTERLEAVE=BAND`` and its GTiff driver writes no ghost header for it; GDAL 3.10
+and rio-cogeo read and validate the result as a COG, ``LAYOUT=COG``). In a profile of the composites, ZSTD compressed
+three separate bands ~3x faster than the same bands pixel-interleaved, into ~18 % fewer bytes.
 
 Supported: classic TIFF (< 4 GB), ZSTD / DEFLATE / NONE without predictor (the worker's defaults and the common
 choices); :func:`supported` says when, and the worker falls back to the staging path + COG driver otherwise.
@@ -51,6 +58,12 @@ _GHOST_BODY = (
     " "  # GDAL pads to an even length
 )
 GHOST_HEADER = f"GDAL_STRUCTURAL_METADATA_SIZE={len(_GHOST_BODY):06d} bytes\n{_GHOST_BODY}".encode("ascii")
+#: band-interleaved: GDAL (>= 3.11, gtiffdataset_write.cpp) adds ``INTERLEAVE=BAND`` before
+#: ``KNOWN_INCOMPATIBLE_EDITION``; GDAL's readers look for each item on its own, so 3.10 reads it as a COG too
+_GHOST_BODY_BAND = _GHOST_BODY.replace("KNOWN_INCOMPATIBLE", "INTERLEAVE=BAND\nKNOWN_INCOMPATIBLE")
+GHOST_HEADER_BAND = (
+    f"GDAL_STRUCTURAL_METADATA_SIZE={len(_GHOST_BODY_BAND):06d} bytes\n{_GHOST_BODY_BAND}".encode("ascii")
+)
 
 _TYPE_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 16: 8, 17: 8, 18: 8}
 _TILE_OFFSETS, _TILE_BYTE_COUNTS, _NEW_SUBFILE_TYPE = 324, 325, 254
@@ -232,8 +245,10 @@ class DirectCog:
 
     ``level_shapes[k]`` is level k's (rows, cols) (0: full resolution). ``direct_levels``: the levels whose
     chunk windows are whole tiles (or reach the raster's edge), compressed by :meth:`write` at once; the others
-    are assembled in memory and compressed in :meth:`finish`. ``bands`` > 1: pixel-interleaved tiles (each tile
-    holds every band, as GDAL's ``INTERLEAVE=PIXEL``); :meth:`write` then takes (bands, rows, cols) arrays.
+    are assembled in memory and compressed in :meth:`finish`. ``bands`` > 1: :meth:`write` takes (bands, rows,
+    cols) arrays, written pixel-interleaved (``interleave="pixel"``: each tile holds every band, as GDAL's
+    ``INTERLEAVE=PIXEL``) or band-interleaved (``interleave="band"``: one tile per band, PlanarConfiguration 2 in
+    ``base_tags``, as a template written with ``interleave="band"`` has it).
     """
 
     def __init__(
@@ -248,9 +263,19 @@ class DirectCog:
         level: int | None,
         chunk_size: int,
         bands: int = 1,
+        interleave: str = "pixel",
     ):
+        if interleave not in ("pixel", "band"):
+            raise ValueError(f"interleave: 'pixel' or 'band', not {interleave!r}")
         self.shapes = level_shapes
         self.bands = bands
+        #: tiles per tile position (planes: one per band if band-interleaved) and samples in each tile
+        self.planes = bands if interleave == "band" and bands > 1 else 1
+        self.samples = bands // self.planes
+        planar = 2 if self.planes > 1 else 1
+        if bands > 1 and struct.unpack("<H", base_tags[284][2])[0] != planar:
+            raise ValueError(f"the template's PlanarConfiguration is not {planar} ({interleave}-interleaved)")
+        self.ghost = GHOST_HEADER_BAND if self.planes > 1 else GHOST_HEADER
         self.base_tags = base_tags
         self.dtype = np.dtype(dtype)
         self.nodata = nodata
@@ -260,7 +285,8 @@ class DirectCog:
         if not self.direct[0]:
             raise ValueError("the chunk size must be a multiple of the tile size")
         self.grid = [(-(-r // blocksize), -(-c // blocksize)) for r, c in level_shapes]
-        self.records: list[dict[tuple[int, int], tuple[int, int]]] = [{} for _ in level_shapes]
+        #: per level: (plane, tile row, tile col) -> (offset in the spill file, framed size)
+        self.records: list[dict[tuple[int, int, int], tuple[int, int]]] = [{} for _ in level_shapes]
         self.memory = {
             k: np.full(shape if bands == 1 else (bands, *shape), nodata, dtype=self.dtype)
             for k, shape in enumerate(level_shapes)
@@ -277,17 +303,17 @@ class DirectCog:
         """A full ``block x block`` contiguous tile (edge tiles padded with zeros, as GDAL pads them: then the
         compressed tiles are byte-identical to GDAL's). Several bands: ``data`` is (bands, rows, cols) and the
         tile (rows, cols, bands), pixel-interleaved band by band (a plain strided copy of the whole is ~5x
-        slower)."""
-        if self.bands == 1:
-            if data.shape == (self.block, self.block) and data.flags.c_contiguous:
-                return data
+        slower). Band-interleaved: ``data`` is one band's (rows, cols)."""
+        if self.samples == 1:
+            if data.shape == (self.block, self.block):
+                return np.ascontiguousarray(data)
             tile = np.zeros((self.block, self.block), dtype=self.dtype)
             tile[: data.shape[0], : data.shape[1]] = data
             return tile
         rows, cols = data.shape[1:]
         full = rows == self.block and cols == self.block
-        tile = (np.empty if full else np.zeros)((self.block, self.block, self.bands), dtype=self.dtype)
-        for k in range(self.bands):
+        tile = (np.empty if full else np.zeros)((self.block, self.block, self.samples), dtype=self.dtype)
+        for k in range(self.samples):
             tile[:rows, :cols, k] = data[k]
         return tile
 
@@ -310,27 +336,43 @@ class DirectCog:
             raise ValueError(f"level {level} window at ({row_off}, {col_off}) is not tile-aligned")
         for r in range(0, rows, b):
             for c in range(0, cols, b):
-                framed = self._framed(data[..., r : r + b, c : c + b])
-                with self._lock:
-                    at = self._end
-                    self._end += len(framed)
-                os.pwrite(self._spill, framed, at)
-                self.records[level][((row_off + r) // b, (col_off + c) // b)] = (at, len(framed))
+                for p in range(self.planes):
+                    window = (
+                        data[..., r : r + b, c : c + b] if self.planes == 1 else data[p, r : r + b, c : c + b]
+                    )
+                    framed = self._framed(window)
+                    with self._lock:
+                        at = self._end
+                        self._end += len(framed)
+                    os.pwrite(self._spill, framed, at)
+                    self.records[level][(p, (row_off + r) // b, (col_off + c) // b)] = (at, len(framed))
 
     # ----------------------------------------------------------------------------------------------- layout
 
     def finish(self, dst: Path) -> None:
         """Compress the in-memory levels and write the COG to ``dst``."""
         b = self.block
-        small: dict[int, dict[tuple[int, int], bytes]] = {}
+        planes = self.planes
+        small: dict[int, dict[tuple[int, int, int], bytes]] = {}
         for k, array in self.memory.items():
             rows, cols = self.grid[k]
-            small[k] = {(i, j): self._framed(array[..., i * b : (i + 1) * b, j * b : (j + 1) * b])
-                        for i in range(rows) for j in range(cols)}  # fmt: skip
+            small[k] = {}
+            for p in range(planes):
+                plane = array if planes == 1 else array[p]
+                for i in range(rows):
+                    for j in range(cols):
+                        small[k][(p, i, j)] = self._framed(
+                            plane[..., i * b : (i + 1) * b, j * b : (j + 1) * b]
+                        )
         for k, (rows, cols) in enumerate(self.grid):
             have = small[k] if k in small else self.records[k]
-            if len(have) != rows * cols:
-                raise RuntimeError(f"level {k}: {len(have)} of {rows * cols} tiles were written")
+            if len(have) != planes * rows * cols:
+                raise RuntimeError(f"level {k}: {len(have)} of {planes * rows * cols} tiles were written")
+
+        def tile_order(k):
+            """Level k's tiles in file (and TileOffsets) order: by band, then row-major."""
+            rows, cols = self.grid[k]
+            return [(p, i, j) for p in range(planes) for i in range(rows) for j in range(cols)]
 
         def framed_size(k, ij):
             return len(small[k][ij]) if k in small else self.records[k][ij][1]
@@ -338,7 +380,7 @@ class DirectCog:
         # IFDs: full resolution first, then overviews largest first; placeholders for the tile arrays
         ifd_tags = []
         for k, (rows, cols) in enumerate(self.shapes):
-            n = self.grid[k][0] * self.grid[k][1]
+            n = planes * self.grid[k][0] * self.grid[k][1]
             if k == 0:
                 tags = {
                     t: v for t, v in self.base_tags.items() if t not in (_TILE_OFFSETS, _TILE_BYTE_COUNTS)
@@ -351,30 +393,29 @@ class DirectCog:
             tags[_TILE_OFFSETS] = _long_array([0] * n)
             tags[_TILE_BYTE_COUNTS] = _long_array([0] * n)
             ifd_tags.append(tags)
-        header_end = 8 + len(GHOST_HEADER)
+        header_end = 8 + len(self.ghost)
         ifd_at, at = [], header_end
         for tags in ifd_tags:
             at += at % 2
             ifd_at.append(at)
             at += len(_ifd_bytes(tags, at))
         data_start = at
-        # tile data: smallest overview first, each level row-major; offsets point after each 4-byte leader
+        # tile data: smallest overview first, each level row-major (band by band if band-interleaved: the order of
+        # the tile arrays); offsets point after each 4-byte leader
         order = list(range(len(self.shapes)))[::-1]
         pos = data_start
         for k in order:
-            rows, cols = self.grid[k]
             offsets, counts = [], []
-            for i in range(rows):
-                for j in range(cols):
-                    size = framed_size(k, (i, j))
-                    offsets.append(pos + 4)
-                    counts.append(size - 8)
-                    pos += size
+            for key in tile_order(k):
+                size = framed_size(k, key)
+                offsets.append(pos + 4)
+                counts.append(size - 8)
+                pos += size
             ifd_tags[k][_TILE_OFFSETS] = _long_array(offsets)
             ifd_tags[k][_TILE_BYTE_COUNTS] = _long_array(counts)
         if pos > _CLASSIC_LIMIT:
             raise RuntimeError("the COG would exceed 4 GB (classic TIFF)")
-        head = bytearray(b"II*\x00" + struct.pack("<I", ifd_at[0]) + GHOST_HEADER)
+        head = bytearray(b"II*\x00" + struct.pack("<I", ifd_at[0]) + self.ghost)
         for k, tags in enumerate(ifd_tags):
             head += b"\0" * (ifd_at[k] - len(head))
             ifd = bytearray(_ifd_bytes(tags, ifd_at[k]))
@@ -388,16 +429,14 @@ class DirectCog:
             out.flush()
             fd = out.fileno()
             for k in order:
-                rows, cols = self.grid[k]
                 if k in small:
-                    out.write(b"".join(small[k][(i, j)] for i in range(rows) for j in range(cols)))
+                    out.write(b"".join(small[k][key] for key in tile_order(k)))
                     out.flush()
                     continue
                 recs = self.records[k]
-                for i in range(rows):
-                    for j in range(cols):
-                        src, size = recs[(i, j)]
-                        _copy_range(self._spill, fd, src, size)
+                for key in tile_order(k):
+                    src, size = recs[key]
+                    _copy_range(self._spill, fd, src, size)
         self.close()
 
     def close(self) -> None:

@@ -613,7 +613,8 @@ def direct_cog_supported(fmt: OutputFormat, shape: tuple[int, int], bands: int =
 class DirectCogSink:
     """The chunks' tiles compressed once, in the compute threads, into a COG assembled directly
     (:class:`ndvi_worker.cog_writer.DirectCog`): no staging GeoTIFF, no second compression pass. ``bands`` and
-    ``scales`` as for :class:`StagingRaster` (several bands: pixel-interleaved tiles)."""
+    ``scales`` as for :class:`StagingRaster`; several bands are written ``interleave``d: "pixel" (every band in each
+    tile, what GDAL's COG driver writes) or "band" (one tile per band, PlanarConfiguration 2)."""
 
     def __init__(
         self,
@@ -625,6 +626,7 @@ class DirectCogSink:
         chunk: int,
         bands: Sequence[str] = ("ndvi",),
         scales: Sequence[float] | None = None,
+        interleave: str = "pixel",
     ):
         from affine import Affine
 
@@ -648,6 +650,7 @@ class DirectCogSink:
             "blockxsize": fmt.blocksize,
             "blockysize": fmt.blocksize,
             "compress": fmt.compress,
+            "interleave": interleave,
         }
         base = cog_writer.template_tags(folder, profile, tags, bands, scales or None)
         self.cog = cog_writer.DirectCog(
@@ -661,6 +664,7 @@ class DirectCogSink:
             fmt.level,
             chunk,
             bands=len(bands),
+            interleave=interleave,
         )
 
     def write_at(self, data: np.ndarray, row_off: int, col_off: int, level: int = 0) -> None:

@@ -244,8 +244,10 @@ def composite_tile(
     (:func:`core.composite_encoded`: on the raw int16 values when every input is in the worker's encoding); then
     the chunk's statistics, its AVERAGE overviews (:func:`ndvi_worker.pyramid.band_overviews`) and its tiles,
     compressed in the same thread into a COG assembled directly (:class:`ndvi_worker.io.DirectCogSink`,
-    pixel-interleaved as GDAL's COG driver writes several bands), or for formats that writer does not handle, into
-    staging GeoTIFFs that GDAL's COG driver compresses at the end (:class:`ndvi_worker.io.StagingRaster`).
+    band-interleaved: one tile per band, so a reader of the NDVI alone decompresses the NDVI alone), or for formats
+    that writer does not handle, into staging GeoTIFFs that GDAL's COG driver compresses at the end
+    (:class:`ndvi_worker.io.StagingRaster`; pixel-interleaved: GDAL 3.10's COG driver writes no other layout; the
+    same pixels).
     ``on_window(rows, cols)`` is called for every window reduced."""
     import rasterio
 
@@ -297,7 +299,7 @@ def composite_tile(
     tally = core.Tally()
     with wio.scratch_dir(staging_root, stem) as work:
         if wio.direct_cog_supported(fmt, grid.shape, len(bands)):
-            sink = wio.DirectCogSink(work, info, fmt, tags, levels, chunk, bands=bands)
+            sink = wio.DirectCogSink(work, info, fmt, tags, levels, chunk, bands=bands, interleave="band")
         else:
             sink = wio.StagingRaster(work, info, fmt, tags, levels, bands=bands)
 

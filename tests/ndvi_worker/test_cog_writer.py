@@ -1,6 +1,7 @@
 """The directly assembled COG (ndvi_worker/cog_writer.py) against GDAL's COG driver: same pixels at every level,
 same tags, profile and IFD tags, GDAL's COG layout (ghost header, IFDs first, smallest overview's tiles first),
-valid for rio-cogeo; for the worker's one-band NDVI and the composites' pixel-interleaved bands."""
+valid for rio-cogeo; for the worker's one-band NDVI and the composites' band-interleaved bands (and the
+pixel-interleaved layout the writer also has)."""
 
 from __future__ import annotations
 
@@ -32,14 +33,43 @@ def _run(run_worker, scene: Path, out: Path, *args: str, staging: bool = False) 
     return out / f"{ITEM}_ndvi.tif"
 
 
-def assert_same_cog(reference: Path, direct: Path, same_tiles: bool = True) -> None:
+def band_interleaved_copy(reference: Path, dst: Path) -> Path:
+    """What GDAL's GTiff driver writes for ``reference`` band-interleaved with its overviews copied (GDAL 3.10's
+    COG driver ignores ``INTERLEAVE=BAND``): the tags the band-interleaved direct COG must have."""
+    import rasterio.shutil
+
+    with rasterio.open(reference) as ds:
+        block = ds.block_shapes[0][0]
+        compress = ds.tags(ns="IMAGE_STRUCTURE").get("COMPRESSION", "NONE")
+    rasterio.shutil.copy(
+        reference, dst, driver="GTiff", TILED="YES", BLOCKXSIZE=block, BLOCKYSIZE=block, COMPRESS=compress,
+        COPY_SRC_OVERVIEWS="YES", INTERLEAVE="BAND",
+    )  # fmt: skip
+    return dst
+
+
+def assert_same_cog(
+    reference: Path, direct: Path, same_tiles: bool = True, tags_reference: Path | None = None
+):
     """``same_tiles``: the compressed tiles are byte-identical to GDAL's too (same libzstd, same level, edge
-    tiles padded with zeros like GDAL's; not for DEFLATE, where GDAL uses libdeflate and the worker zlib)."""
+    tiles padded with zeros like GDAL's; not for DEFLATE, where GDAL uses libdeflate and the worker zlib).
+    ``tags_reference``: the file whose IFD tags and interleave ``direct`` must have, if not ``reference``'s (a
+    band-interleaved direct COG against GDAL's pixel-interleaved COG: :func:`band_interleaved_copy`)."""
     assert cog_validate(str(direct)) == (True, [], [])
+    tags_reference = tags_reference or reference
+    with rasterio.open(tags_reference) as t:
+        interleave = t.tags(ns="IMAGE_STRUCTURE").get("INTERLEAVE")
+        profile_interleave = t.profile.get("interleave")
     with rasterio.open(reference) as a, rasterio.open(direct) as b:
-        assert b.tags(ns="IMAGE_STRUCTURE") == a.tags(ns="IMAGE_STRUCTURE")
+        want = {**a.tags(ns="IMAGE_STRUCTURE"), **({"INTERLEAVE": interleave} if interleave else {})}
+        assert b.tags(ns="IMAGE_STRUCTURE") == want
         assert b.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
-        assert {**b.profile, "nodata": repr(b.nodata)} == {**a.profile, "nodata": repr(a.nodata)}  # NaN too
+        want = {
+            **a.profile,
+            "nodata": repr(a.nodata),
+            **({"interleave": profile_interleave} if interleave else {}),
+        }
+        assert {**b.profile, "nodata": repr(b.nodata)} == want  # NaN too
         assert (b.tags(), b.scales, b.offsets, b.descriptions) == (
             a.tags(),
             a.scales,
@@ -53,9 +83,10 @@ def assert_same_cog(reference: Path, direct: Path, same_tiles: bool = True) -> N
         kw = {} if level is None else {"overview_level": level}
         with rasterio.open(reference, **kw) as a, rasterio.open(direct, **kw) as b:
             np.testing.assert_array_equal(b.read(), a.read())
-    ref_ifds, new_ifds = cog_writer.read_ifds(reference), cog_writer.read_ifds(direct)
+    ref_ifds, new_ifds = cog_writer.read_ifds(tags_reference), cog_writer.read_ifds(direct)
     assert len(new_ifds) == len(ref_ifds)
     for ra, nb in zip(ref_ifds, new_ifds, strict=True):
+        assert nb[324][:2] == ra[324][:2] and nb[325][:2] == ra[325][:2]  # as many tiles
         strip = {324} if same_tiles else {324, 325}
         assert {t: v for t, v in nb.items() if t not in strip} == {
             t: v for t, v in ra.items() if t not in strip
@@ -65,10 +96,13 @@ def assert_same_cog(reference: Path, direct: Path, same_tiles: bool = True) -> N
 
 def _check_layout(path: Path) -> None:
     """GDAL's COG layout: ghost header, IFDs before any tile, tiles of the smallest overview first, each level
-    row-major, every tile framed by its size (leader) and its last 4 bytes (trailer)."""
+    row-major (band by band if band-interleaved: in the order of the tile arrays), every tile framed by its size
+    (leader) and its last 4 bytes (trailer)."""
     raw = path.read_bytes()
-    assert raw[8 : 8 + len(cog_writer.GHOST_HEADER)] == cog_writer.GHOST_HEADER
     ifds = cog_writer.read_ifds(path)
+    band = struct.unpack("<H", ifds[0][284][2])[0] == 2
+    ghost = cog_writer.GHOST_HEADER_BAND if band else cog_writer.GHOST_HEADER
+    assert raw[8 : 8 + len(ghost)] == ghost
     first_tile = min(struct.unpack(f"<{t[324][1]}I", t[324][2])[0] for t in ifds)
     assert struct.unpack("<I", raw[4:8])[0] < first_tile
     previous_end = 0
@@ -179,11 +213,89 @@ def test_composite_direct_cog_matches_gdal_cog_driver(
     direct = _composite(inputs, tmp_path / "direct", method, **options)
     monkeypatch.setenv("NDVI_STAGING_COG", "1")
     reference = _composite(inputs, tmp_path / "staging", method, **options)
-    assert_same_cog(reference, direct, same_tiles=same_tiles)
+    with rasterio.open(reference) as ds:
+        assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "PIXEL"  # GDAL 3.10's COG driver: PIXEL only
+    tags_reference = band_interleaved_copy(reference, tmp_path / "gtiff-band.tif")
+    assert_same_cog(reference, direct, same_tiles=same_tiles, tags_reference=tags_reference)
     with rasterio.open(direct) as ds:
         assert ds.count == (3 if method == "max" else 2)
-        assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "PIXEL"  # what GDAL's COG driver writes
+        assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == "BAND"
+    assert_band_1_apart(direct)
     assert not list(tmp_path.rglob("tiles.bin")) and not list(tmp_path.rglob("*-staging/*"))
+
+
+def assert_band_1_apart(path: Path) -> None:
+    """In every IFD of a band-interleaved COG, band 1's tiles are one contiguous byte range holding no other
+    band's tile: a reader of band 1 only (the mosaic) fetches and decompresses band 1's bytes, a fraction of the
+    level's."""
+    ifds = cog_writer.read_ifds(path)
+    bands = struct.unpack("<H", ifds[0][277][2])[0]
+    assert bands > 1 and all(struct.unpack("<H", t[284][2])[0] == 2 for t in ifds)
+    for tags in ifds:
+        n = tags[324][1]
+        offsets = struct.unpack(f"<{n}I", tags[324][2])
+        counts = struct.unpack(f"<{n}I", tags[325][2])
+        per_band = n // bands
+        first = list(zip(offsets[:per_band], counts[:per_band], strict=True))
+        for (off, size), (next_off, _) in zip(first, first[1:], strict=False):
+            assert next_off == off + size + 8  # trailer + next leader: nothing in between
+        start, end = first[0][0], first[-1][0] + first[-1][1]
+        assert all(not start <= off < end for off in offsets[per_band:])
+        assert sum(counts[:per_band]) < sum(counts)
+
+
+@pytest.mark.parametrize("dtype, compress", [("int16", "ZSTD"), ("float32", "NONE")])
+def test_direct_cog_pixel_and_band_interleaved_hold_the_same_pixels(tmp_path, dtype, compress):
+    """The writer's two multi-band layouts: same pixels of every band at every level, both valid COGs that GDAL
+    reads as such, the band-interleaved one with band 1's tiles apart."""
+    from ndvi_worker import io as wio
+    from ndvi_worker.pyramid import band_overviews, overview_count
+
+    shape, block, chunk = (1300, 1100), 256, 512
+    rng = np.random.default_rng(9)
+    data = rng.integers(-3000, 9000, size=(3, *shape)).astype(dtype)
+    data[:, rng.random(shape) < 0.2] = -32768 if dtype == "int16" else np.nan
+    fmt = wio.OutputFormat(dtype, compress, None, None, block, "AVERAGE")
+    info = wio.BandInfo("", rasterio.crs.CRS.from_epsg(32631), (10.0, 0.0, 600000.0, 0.0, -10.0, 5700000.0),
+                        shape, dtype, fmt.nodata, (block, block))  # fmt: skip
+    levels = overview_count(shape, block)
+    out = {}
+    for interleave in ("pixel", "band"):
+        work = tmp_path / interleave
+        work.mkdir()
+        sink = wio.DirectCogSink(
+            work, info, fmt, {}, levels, chunk, ("ndvi", "count", "day"), None, interleave
+        )
+        for r0 in range(0, shape[0], chunk):
+            for c0 in range(0, shape[1], chunk):
+                part = data[:, r0 : r0 + chunk, c0 : c0 + chunk]
+                sink.write_at(part, r0, c0)
+                for level, overview in enumerate(band_overviews(part, fmt.nodata, levels), start=1):
+                    sink.write_at(overview, r0 >> level, c0 >> level, level)
+        out[interleave] = tmp_path / f"{interleave}.tif"
+        sink.finish(out[interleave], 1)
+        assert cog_validate(str(out[interleave])) == (True, [], [])
+        with rasterio.open(out[interleave]) as ds:
+            assert ds.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+            assert ds.tags(ns="IMAGE_STRUCTURE")["INTERLEAVE"] == interleave.upper()
+            assert len(ds.overviews(1)) == levels
+        _check_layout(out[interleave])
+    for level in [None, *range(levels)]:
+        kw = {} if level is None else {"overview_level": level}
+        with rasterio.open(out["pixel"], **kw) as a, rasterio.open(out["band"], **kw) as b:
+            np.testing.assert_array_equal(b.read(), a.read())
+            if level is None:
+                np.testing.assert_array_equal(b.read(), data)
+                np.testing.assert_array_equal(b.read(1), data[0])  # one band alone
+    assert_band_1_apart(out["band"])
+    # the same IFD tags as GDAL's GTiff driver gives the pixel-interleaved file band-interleaved
+    reference = band_interleaved_copy(out["pixel"], tmp_path / "gtiff-band.tif")
+    for ra, nb in zip(cog_writer.read_ifds(reference), cog_writer.read_ifds(out["band"]), strict=True):
+        assert nb[324][:2] == ra[324][:2]
+        strip = {324} if compress == "NONE" else {324, 325}
+        assert {t: v for t, v in nb.items() if t not in strip} == {
+            t: v for t, v in ra.items() if t not in strip
+        }
 
 
 def test_composite_overviews_are_exact_means_and_level_1_is_gdals(composite_inputs, tmp_path):
