@@ -243,7 +243,12 @@ def shard_of(item: Path, scenes: int, dst: Path) -> Path:
     doc = json.loads(item.read_text())
     dst.mkdir(parents=True, exist_ok=True)
     for k in range(scenes):
-        (dst / f"{doc['id']}-{k + 1}.json").write_text(json.dumps({**doc, "id": f"{doc['id']}-{k + 1}"}))
+        copy = json.loads(json.dumps(doc))
+        copy["id"] = f"{doc['id']}-{k + 1}"
+        # distinct URLs: no cache (GDAL's, the worker's) spans two scenes
+        for asset in copy["assets"].values():
+            asset["href"] = f"{asset['href']}?copy={k + 1}"
+        (dst / f"{copy['id']}.json").write_text(json.dumps(copy))
     return dst
 
 

@@ -185,7 +185,7 @@ def test_reference_run_estimate() -> None:
     assert sizes == [343, 344] and len(manifests) == 25
     assert {j.instance_count for j in plan.jobs} == {20}
     est = plan.estimate
-    assert est.instance_hours == pytest.approx(500 * (180 + 18 * 60) / 3600, rel=1e-3)
+    assert est.instance_hours == pytest.approx(500 * (180 + 18 * DEFAULT_SECONDS_PER_SCENE) / 3600, rel=1e-3)
     assert est.cost_usd == pytest.approx(est.instance_hours * 0.23, abs=0.01)
     assert estimate([(3, 3)], 1.0, 60, 0).instance_hours == pytest.approx(3 * 60 / 3600, abs=1e-3)
 
