@@ -1,14 +1,19 @@
 """earthmon NDVI worker: Sentinel-2 L2A STAC items in, NDVI Cloud-Optimized GeoTIFFs out (SageMaker Processing).
 
 Python API (docs/python-api.md): :func:`open_scene_ndvi` (a STAC item's NDVI, with the worker's rules) and
-:func:`open_ndvi` (a finished output), both lazy georeferenced ``xarray.DataArray``; refusals raise
-:class:`ItemError`. They are imported on first use, so ``import ndvi_worker`` (and the CLI's start-up) stays light.
+:func:`open_ndvi` (a finished output), both lazy georeferenced ``xarray.DataArray``, and :func:`composite_ndvi` (their
+temporal composite, lazy too); refusals raise :class:`ItemError`. They are imported on first use, so ``import ndvi_worker`` (and the CLI's start-up) stays light.
 """
 
 __version__ = "0.1.0"
-__all__ = ["ItemError", "open_ndvi", "open_scene_ndvi"]
+__all__ = ["ItemError", "composite_ndvi", "open_ndvi", "open_scene_ndvi"]
 
-_API = {"open_scene_ndvi": "ndvi_worker.api", "open_ndvi": "ndvi_worker.api", "ItemError": "ndvi_worker.stac"}
+_API = {
+    "open_scene_ndvi": "ndvi_worker.api",
+    "open_ndvi": "ndvi_worker.api",
+    "composite_ndvi": "ndvi_worker.api",
+    "ItemError": "ndvi_worker.stac",
+}
 
 
 def __getattr__(name: str):

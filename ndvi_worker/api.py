@@ -34,7 +34,14 @@ import numpy as np
 from ndvi_worker.ndvi import DEFAULT_MASK_CLASSES
 from ndvi_worker.stac import ItemError
 
-__all__ = ["DEFAULT_CHUNK", "DEFAULT_MASK_CLASSES", "ItemError", "open_ndvi", "open_scene_ndvi"]
+__all__ = [
+    "DEFAULT_CHUNK",
+    "DEFAULT_MASK_CLASSES",
+    "ItemError",
+    "composite_ndvi",
+    "open_ndvi",
+    "open_scene_ndvi",
+]
 
 #: Default chunk side in 10 m pixels: the worker's default ``--chunk-size`` (a multiple of the COG blocks).
 DEFAULT_CHUNK = 1024
@@ -167,6 +174,53 @@ def open_ndvi(
         **tags,
     }
     return _georeferenced(data, raw, {k: v for k, v in attrs.items() if v is not None})
+
+
+def composite_ndvi(ndvi: Iterable[Any], method: str = "max", days: Iterable[int] | None = None):
+    """The temporal composite of NDVI arrays on one grid, lazily: dask-backed in, dask-backed out.
+
+    ``ndvi``: (y, x) float32 NDVI DataArrays with NaN where there is no valid observation, on the same grid (same
+    shape, CRS and transform), e.g. :func:`open_ndvi` of a tile's per-date outputs or :func:`open_scene_ndvi` of its
+    items. They are stacked along a new ``time`` dimension and each spatial chunk is reduced over all dates at once
+    by the composite command's own kernel (:func:`ndvi_worker.composite.composite_stack`). ``method``: ``max``
+    (greenest pixel), ``median`` or ``mean``. ``days``: each array's day since the period start (default 0, 1, ...):
+    what ``day`` reports for ``max``. Returns an :class:`xarray.Dataset` on the inputs' grid (rioxarray CRS and
+    transform): ``ndvi`` (float32, NaN where no observation), ``count`` (int16, valid observations) and, for
+    ``max``, ``day`` (int16, -1 where no observation). Nothing is read until it is computed. Raises
+    :class:`ItemError` for arrays that are not on one grid, and ``ValueError`` for an unknown method.
+    """
+    import xarray as xr
+
+    from ndvi_worker.composite import METHODS, composite_stack
+
+    arrays = list(ndvi)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if not arrays:
+        raise ItemError("composite needs at least one NDVI array")
+    when = list(range(len(arrays))) if days is None else [int(d) for d in days]
+    if len(when) != len(arrays):
+        raise ItemError(f"{len(when)} day(s) for {len(arrays)} array(s): give one day per array")
+    first = arrays[0]
+    for k, da in enumerate(arrays[1:], start=1):
+        if (
+            da.shape != first.shape
+            or da.rio.crs != first.rio.crs
+            or da.rio.transform() != first.rio.transform()
+        ):
+            raise ItemError(
+                f"array {k} is not on the grid of array 0 ({da.shape}, {da.rio.crs}, {tuple(da.rio.transform())[:6]}"
+                f" vs {first.shape}, {first.rio.crs}, {tuple(first.rio.transform())[:6]}): composite one tile's "
+                "arrays at a time"
+            )
+    stack = xr.concat(
+        [da.astype("float32") for da in arrays], dim="time", coords="minimal", compat="override"
+    )
+    reduced = composite_stack(stack, when, method)
+    reduced = reduced.assign_coords({k: first.coords[k] for k in ("y", "x") if k in first.coords})
+    reduced = reduced.rio.write_crs(first.rio.crs).rio.write_transform(first.rio.transform())
+    reduced.attrs.update(method=method, days=when)
+    return reduced
 
 
 # ----------------------------------------------------------------------------------------------- items

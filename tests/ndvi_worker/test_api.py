@@ -254,3 +254,49 @@ def test_written_with_rioxarray_reads_back(sample_scene, tmp_path):
     back = open_ndvi(dst)
     assert np.array_equal(back.values, part.values, equal_nan=True)
     assert back.rio.transform() == part.rio.transform() and back.rio.crs == da.rio.crs
+
+
+@pytest.mark.parametrize("method", ["max", "median", "mean"])
+def test_composite_is_lazy_and_equals_the_numpy_reduction(tmp_path, method):
+    """`ndvi_worker.composite_ndvi` of `open_ndvi` arrays: dask-backed until computed, georeferenced like its inputs,
+    and the same values as an independent numpy reduction of the decoded inputs (counts and max exact)."""
+    import ndvi_worker
+    from earthmon_testing.products import read_decoded, write_product
+    from ndvi_worker.composite import composite_numpy
+
+    rng = np.random.default_rng(5)
+    paths = []
+    for k, (dtype, nodata) in enumerate([("int16", None), ("float32", None), ("int16", -9999)]):
+        values = rng.uniform(-0.3, 0.95, size=(200, 260)).astype("float32")
+        values[rng.random(values.shape) < 0.3] = np.nan
+        if k == 2:
+            values[:, 150:] = np.nan  # a partial footprint
+        item_id = f"S2A_31UFU_2023120{k + 1}_0_L2A"
+        write_product(tmp_path, item_id, values, f"2023-12-0{k + 1}", dtype=dtype, nodata=nodata)
+        paths.append(tmp_path / f"{item_id}_ndvi.tif")
+    arrays = [ndvi_worker.open_ndvi(p, chunks=64) for p in paths]
+    result = ndvi_worker.composite_ndvi(arrays, method, days=[0, 1, 2])
+    assert result["ndvi"].chunks is not None and result["count"].chunks is not None  # nothing read yet
+    assert result.rio.crs == arrays[0].rio.crs and result.rio.transform() == arrays[0].rio.transform()
+    stack = np.stack([read_decoded(p) for p in paths]).astype("float32")
+    expected = composite_numpy(stack, [0, 1, 2], method)
+    np.testing.assert_array_equal(result["count"].values, expected["count"])
+    np.testing.assert_allclose(result["ndvi"].values, expected["ndvi"], atol=1e-6, equal_nan=True)
+    if method == "max":
+        np.testing.assert_array_equal(result["day"].values, expected["day"])
+
+
+def test_composite_refuses_arrays_of_different_grids(tmp_path):
+    import ndvi_worker
+    from earthmon_testing.products import write_product
+
+    values = np.zeros((64, 64), dtype="float32")
+    write_product(tmp_path, "S2A_31UFU_20231201_0_L2A", values, "2023-12-01")
+    write_product(tmp_path, "S2A_31UFU_20231202_0_L2A", values, "2023-12-02", origin=(600010.0, 5800020.0))
+    a, b = (tmp_path / f"S2A_31UFU_2023120{d}_0_L2A_ndvi.tif" for d in (1, 2))
+    with pytest.raises(ndvi_worker.ItemError, match="not on the grid of array 0"):
+        ndvi_worker.composite_ndvi([ndvi_worker.open_ndvi(a), ndvi_worker.open_ndvi(b)])
+    with pytest.raises(ndvi_worker.ItemError, match="one day per array"):
+        ndvi_worker.composite_ndvi([ndvi_worker.open_ndvi(a)], days=[0, 1])
+    with pytest.raises(ValueError, match="method must be one of"):
+        ndvi_worker.composite_ndvi([ndvi_worker.open_ndvi(a)], "greenest")
