@@ -68,6 +68,8 @@ def upload_timings(jsonl: Path, args: argparse.Namespace, tmp: Path) -> list[tup
                 break
             except Exception:  # noqa: BLE001 - the server is still starting
                 time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the moto server ({moto}) did not answer on port {port} within 10 s")
         for label, extra in (("in place", []), ("copy items", ["--copy-items"])):
             run_id = f"up-{label.split()[0]}"
             server_cpu = _cpu_seconds(server.pid)
@@ -100,7 +102,11 @@ def upload_timings(jsonl: Path, args: argparse.Namespace, tmp: Path) -> list[tup
             )
     finally:
         server.terminate()
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
     return out
 
 

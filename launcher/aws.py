@@ -124,10 +124,11 @@ def client(
     attempts = max_attempts or int(
         _env_number("EARTHMON_AWS_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, integer=True)
     )
+    control_plane_rps = _env_number("EARTHMON_AWS_MAX_RPS", DEFAULT_MAX_RPS)  # checked for every client
     if max_rps is not None:
         rps = max_rps
     elif service in RATE_LIMITED_SERVICES:
-        rps = _env_number("EARTHMON_AWS_MAX_RPS", DEFAULT_MAX_RPS)
+        rps = control_plane_rps
     else:
         rps = 0.0
     config = Config(

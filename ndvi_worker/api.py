@@ -182,7 +182,9 @@ def composite_ndvi(ndvi: Iterable[Any], method: str = "max", days: Iterable[int]
     ``ndvi``: (y, x) float32 NDVI DataArrays with NaN where there is no valid observation, on the same grid (same
     shape, CRS and transform), e.g. :func:`open_ndvi` of a tile's per-date outputs or :func:`open_scene_ndvi` of its
     items. They are stacked along a new ``time`` dimension and each spatial chunk is reduced over all dates at once
-    by the composite command's own kernel (:func:`ndvi_worker.composite.composite_stack`). ``method``: ``max``
+    by the composite command's float kernel (:func:`ndvi_worker.composite.composite_stack`; the command reduces
+    inputs in its own int16 encoding on their raw values, where a mean or median can differ by one encoding step,
+    1e-4, and writes nodata where this returns NaN or -1). ``method``: ``max``
     (greenest pixel), ``median`` or ``mean``. ``days``: each array's day since the period start (default 0, 1, ...):
     what ``day`` reports for ``max``. Returns an :class:`xarray.Dataset` on the inputs' grid (rioxarray CRS and
     transform): ``ndvi`` (float32, NaN where no observation), ``count`` (int16, valid observations) and, for
@@ -193,14 +195,25 @@ def composite_ndvi(ndvi: Iterable[Any], method: str = "max", days: Iterable[int]
 
     from ndvi_worker.composite import METHODS, composite_stack
 
+    if isinstance(ndvi, xr.DataArray):
+        raise ItemError("give a list of (y, x) NDVI arrays, one per date, not one array")
     arrays = list(ndvi)
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
     if not arrays:
         raise ItemError("composite needs at least one NDVI array")
+    for k, da in enumerate(arrays):
+        if not isinstance(da, xr.DataArray) or tuple(da.dims) != ("y", "x"):
+            dims = tuple(da.dims) if isinstance(da, xr.DataArray) else type(da).__name__
+            raise ItemError(
+                f"array {k} has dims {dims}: give (y, x) NDVI arrays (open_ndvi, open_scene_ndvi; a rioxarray "
+                "(band, y, x) array: select its band first, e.g. da.sel(band=1, drop=True))"
+            )
     when = list(range(len(arrays))) if days is None else [int(d) for d in days]
     if len(when) != len(arrays):
         raise ItemError(f"{len(when)} day(s) for {len(arrays)} array(s): give one day per array")
+    if any(not 0 <= d <= 32766 for d in when):
+        raise ItemError(f"days must be from 0 to 32766 (days since the period start), got {when}")
     first = arrays[0]
     for k, da in enumerate(arrays[1:], start=1):
         if (

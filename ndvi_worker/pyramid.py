@@ -69,20 +69,22 @@ def band_overviews(bands: np.ndarray, nodata: float, levels: int) -> list[np.nda
 
     int16 means are rounded half away from zero, as GDAL's AVERAGE rounds them: level 1 is then GDAL's own (its
     COG driver computes each level from the previous one, so its deeper levels average rounded averages; these are
-    exact means of the full resolution, like :func:`chunk_overviews`). int16 sums are exact integers (int32 holds
-    them up to level 8; the float64 division of two such integers rounds exactly); float32 means are computed in
+    exact means of the full resolution, like :func:`chunk_overviews`). int16 sums are exact integers (int32 up to
+    level 7, int64 beyond; the float64 division of two such integers rounds exactly); float32 means are computed in
     float64."""
     integer = bands.dtype == np.int16
+    # int32 sums of int16 values hold the 4**7 pixels under a level-7 pixel without overflow; int64 beyond
+    acc = np.int32 if levels <= 7 else np.int64
     out: list[list[np.ndarray]] = [[] for _ in range(levels)]
     for band in bands:
         if integer:
             invalid = band == nodata
-            count = _halve(np.logical_not(invalid).view(np.uint8)).astype(np.int32)
+            count = _halve(np.logical_not(invalid).view(np.uint8)).astype(acc)
             # the raw sum, nodata included, then the nodata taken out of it: no masked copy of the full resolution
-            total = _halve(band.astype(np.int32))
+            total = _halve(band.astype(acc))
             if invalid.any():
                 real = 4 - _padding(band.shape)  # pixels under each level-1 pixel (fewer past an odd edge)
-                total -= (real - count) * np.int32(nodata)
+                total -= (real - count) * acc(nodata)
         else:
             valid = ~np.isnan(band)
             total = _halve(np.where(valid, band, np.float32(0)).astype(np.float64))

@@ -681,12 +681,27 @@ def fewest_instances(
     """The fewest instances that finish ``scenes`` within ``deadline_seconds``, start-up included, each taking an
     equal share (the busiest one has ceil(scenes / instances)); None when even one scene per instance misses the
     deadline. Fewer instances bill fewer start-ups: this is also the cheapest count that meets the deadline."""
-    per_instance = math.floor((deadline_seconds - startup_seconds) / seconds_per_scene)
+    if not (seconds_per_scene > 0 and math.isfinite(seconds_per_scene)):
+        raise ArgumentError(f"seconds per scene must be a positive number, got {seconds_per_scene}")
     if scenes <= 0:
         return 0
+    # scenes that fit before the deadline (the epsilon keeps 1020 / 5.1 = 199.99999... at 200)
+    per_instance = math.floor((deadline_seconds - startup_seconds) / seconds_per_scene + 1e-9)
     if per_instance < 1:
         return None
     return math.ceil(scenes / per_instance)
+
+
+def layout_for(instances: int, instances_per_job: int) -> tuple[int, int]:
+    """(jobs, instances per job) for at least ``instances`` instances in jobs of at most ``instances_per_job``,
+    as even as possible (the fewest jobs, then the fewest instances each)."""
+    jobs = max(1, math.ceil(instances / max(1, instances_per_job)))
+    return jobs, max(1, math.ceil(instances / jobs))
+
+
+def even_split(scenes: int, jobs: int) -> list[int]:
+    """The scene counts of ``jobs`` jobs sharing ``scenes`` (sizes within one, as `make_jobs` splits them)."""
+    return [scenes // jobs + (1 if k < scenes % jobs else 0) for k in range(jobs)]
 
 
 def price_for(instance_type: str, override: float | None = None) -> float:

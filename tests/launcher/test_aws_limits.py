@@ -74,3 +74,21 @@ def test_a_bad_limit_in_the_environment_is_a_usage_error(
     assert result.exit_code == 2, result.output
     assert f"{name}=" in result.output and "fix or unset it" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_bad_limit_is_reported_by_an_s3_only_command(aws, monkeypatch, tmp_path: Path) -> None:
+    """`launcher plan` builds only an S3 client (not rate-limited): a bad EARTHMON_AWS_MAX_RPS is still reported."""
+    from click.testing import CliRunner
+
+    from launcher.cli import cli
+
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps(i) + "\n" for i in fixture_items()))
+    monkeypatch.setenv("EARTHMON_AWS_MAX_RPS", "abc")
+    result = CliRunner().invoke(
+        cli, ["plan", "--items", str(items), "--jobs", "2", "--s3-prefix", "s3://earthmon-test/p", "--out",
+              str(tmp_path / "run")],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "EARTHMON_AWS_MAX_RPS='abc'" in result.output
+    assert aws.sent("s3", "PutObject") == []

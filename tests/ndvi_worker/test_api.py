@@ -300,3 +300,10 @@ def test_composite_refuses_arrays_of_different_grids(tmp_path):
         ndvi_worker.composite_ndvi([ndvi_worker.open_ndvi(a)], days=[0, 1])
     with pytest.raises(ValueError, match="method must be one of"):
         ndvi_worker.composite_ndvi([ndvi_worker.open_ndvi(a)], "greenest")
+    one = ndvi_worker.open_ndvi(a)
+    with pytest.raises(ndvi_worker.ItemError, match="not one array"):
+        ndvi_worker.composite_ndvi(one)  # a DataArray would iterate its rows
+    with pytest.raises(ndvi_worker.ItemError, match=r"dims \('band', 'y', 'x'\)"):
+        ndvi_worker.composite_ndvi([one.expand_dims(band=[1])])  # rioxarray's default (band, y, x)
+    with pytest.raises(ndvi_worker.ItemError, match="days must be from 0 to 32766"):
+        ndvi_worker.composite_ndvi([one], days=[40000])  # would wrap in the int16 day band

@@ -206,9 +206,10 @@ def _composite(inputs: Path, out: Path, method: str, **options) -> Path:
 def test_composite_direct_cog_matches_gdal_cog_driver(
     composite_inputs, tmp_path, monkeypatch, folder, method, options, same_tiles
 ):
-    """The composite's COG assembled directly (pixel-interleaved tiles compressed in the compute threads) against
+    """The composite's COG assembled directly (band-interleaved tiles compressed in the compute threads) against
     the same bands and overviews written by GDAL's COG driver from staging GeoTIFFs (the fallback path): same
-    pixels of every band at every level, same tags, profile, IFD tags and layout, a valid COG."""
+    pixels of every band at every level, same tags, profile, IFD tags and layout, a valid COG. (Both get their
+    overviews from pyramid.band_overviews; those are checked against independent means elsewhere.)"""
     inputs = composite_inputs if folder == "both" else composite_inputs / folder
     direct = _composite(inputs, tmp_path / "direct", method, **options)
     monkeypatch.setenv("NDVI_STAGING_COG", "1")

@@ -32,10 +32,15 @@ def test_cgroup_v1_quota(tmp_path: Path) -> None:
     assert cgroup_quota_cpus(tmp_path / "absent") is None
 
 
-def test_usable_cpus_is_the_affinity_capped_by_the_quota() -> None:
+def test_usable_cpus_is_the_affinity_capped_by_the_quota(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ndvi_worker.cpus as cpus
+
     assert usable_cpus(affinity=64, quota=2) == 2
     assert usable_cpus(affinity=2, quota=8) == 2
-    assert usable_cpus(affinity=3, quota=None) in (3, min(3, cgroup_quota_cpus() or 3))
+    monkeypatch.setattr(cpus, "cgroup_quota_cpus", lambda: 2)  # the system's quota, read when none is given
+    assert cpus.usable_cpus(affinity=3) == 2
+    monkeypatch.setattr(cpus, "cgroup_quota_cpus", lambda: None)
+    assert cpus.usable_cpus(affinity=3) == 3
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="Linux affinity")

@@ -40,8 +40,9 @@ from launcher.cli.console import console as _console
     "--seconds-per-scene",
     type=float,
     default=None,
-    help="Processing time of one full scene on one instance, for the estimate [default: the worker's measured "
-    "time on an ml.m5.xlarge over an S3-like link; see the README's planetary projection].",
+    help="Processing time of one full scene on one instance, for the estimate [default: 6.2 s, the worker's steady "
+    "state measured on a 2-vCPU machine over an S3-like link, taken as an ml.m5.xlarge's; see the README's "
+    "planetary projection].",
 )
 @click.option(
     "--copy-items/--no-copy-items",
@@ -152,11 +153,16 @@ def plan(
     )
     fewest = p.fewest_instances(the_plan.scene_count, est.seconds_per_scene, p.DEADLINE_SECONDS)
     if fewest:
-        hours = p.estimate([(the_plan.scene_count, fewest)], est.price_per_hour, est.seconds_per_scene)
+        n_jobs, per_job = p.layout_for(fewest, instances_per_job)
+        hours = p.estimate(
+            [(n, per_job) for n in p.even_split(the_plan.scene_count, n_jobs)],
+            est.price_per_hour,
+            est.seconds_per_scene,
+        )
         console.print(
-            f"fewest instances to finish within {p.DEADLINE_SECONDS / 60:.0f} min: {fewest} "
-            f"({hours.instance_hours:.1f} instance-hours, ${hours.cost_usd:,.2f}; e.g. --jobs "
-            f"{-(-fewest // instances_per_job)} --instances-per-job {min(instances_per_job, fewest)})"
+            f"fewest instances to finish within {p.DEADLINE_SECONDS / 60:.0f} min: {fewest}; as --jobs {n_jobs} "
+            f"--instances-per-job {per_job}: {hours.instance_hours:.1f} instance-hours, ${hours.cost_usd:,.2f}, "
+            f"about {hours.wall_hours * 60:.0f} min"
         )
     if no_upload:
         console.print(

@@ -23,7 +23,9 @@ from launcher.ndvi.plan import (
     build_manifest,
     common_prefix,
     estimate,
+    even_split,
     fewest_instances,
+    layout_for,
     make_plan,
     manifest_uris,
     shard,
@@ -200,6 +202,14 @@ def test_fewest_instances_for_a_deadline() -> None:
     assert fewer.instance_hours < estimate([(8581, 500)], 0.23, 5.0, 180).instance_hours  # fewer start-ups
     assert fewest_instances(10, 2000.0, 1200, 180) is None  # one scene alone misses the deadline
     assert fewest_instances(0, 5.0, 1200, 180) == 0
+    assert fewest_instances(200, 5.1, 1200, 180) == 1  # 1020 / 5.1 is 200 scenes, not 199.999...
+    with pytest.raises(PlanError, match="positive"):
+        fewest_instances(10, 0.0, 1200, 180)
+    # as jobs of at most 20 instances: 53 -> 3 jobs of 18 (54 instances), scenes split as make_jobs splits them
+    assert layout_for(53, 20) == (3, 18) and layout_for(7, 20) == (1, 7) and layout_for(40, 20) == (2, 20)
+    assert even_split(8581, 3) == [2861, 2860, 2860]
+    split = estimate([(n, 18) for n in even_split(8581, 3)], 0.23, 6.2, 180)
+    assert split.wall_hours * 3600 <= 1200
 
 
 def test_add_round_plans_only_given_scenes() -> None:
@@ -249,7 +259,11 @@ def test_plan_cli_uploads_manifests_and_writes_plan(aws, tmp_path: Path) -> None
     # the estimate uses the measured time per scene, and says how few instances would do in 20 minutes
     assert f"({DEFAULT_SECONDS_PER_SCENE:g} s per scene, 180 s start-up per job)" in result.output
     fewest = fewest_instances(25, DEFAULT_SECONDS_PER_SCENE, 1200, 180)
-    assert f"fewest instances to finish within 20 min: {fewest} (" in result.output
+    jobs, per_job = layout_for(fewest, 3)
+    assert (
+        f"fewest instances to finish within 20 min: {fewest}; as --jobs {jobs} --instances-per-job {per_job}:"
+        in (result.output)
+    )
     plan = Plan.from_dict(json.loads((out / "plan.json").read_text()))
     assert [j.name for j in plan.jobs] == [f"dec-2023-r0-00{i}" for i in range(5)]
     assert plan.output_prefix == "s3://earthmon-test/ndvi/dec-2023/output/"
