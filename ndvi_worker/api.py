@@ -193,13 +193,12 @@ def composite_ndvi(ndvi: Iterable[Any], method: str = "max", days: Iterable[int]
     """
     import xarray as xr
 
-    from ndvi_worker.composite import METHODS, composite_stack
+    from ndvi_worker.composite import check_method, composite_stack
 
     if isinstance(ndvi, xr.DataArray):
         raise ItemError("give a list of (y, x) NDVI arrays, one per date, not one array")
     arrays = list(ndvi)
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    check_method(method)
     if not arrays:
         raise ItemError("composite needs at least one NDVI array")
     for k, da in enumerate(arrays):

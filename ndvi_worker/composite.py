@@ -235,6 +235,14 @@ def reduce_block(block: np.ndarray, days: Sequence[int], method: str) -> np.ndar
     return out
 
 
+def check_method(method: str, stack=None) -> None:
+    """A composite method, and a stack along ``time`` when one is given, or ValueError saying what is expected."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
+    if stack is not None and stack.dims[0] != "time":
+        raise ValueError("the stack's first dimension must be 'time'")
+
+
 def composite_stack(stack, days: Sequence[int], method: str):
     """Reduce a (time, y, x) float32 NDVI stack (NaN = no valid observation) along time.
 
@@ -247,10 +255,7 @@ def composite_stack(stack, days: Sequence[int], method: str):
     each of which was one more pass over the stack and one more layer of tasks."""
     import xarray as xr
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    if stack.dims[0] != "time":
-        raise ValueError("the stack's first dimension must be 'time'")
+    check_method(method, stack)
     data = stack.data
     if stack.chunks:
         whole = data.rechunk({0: -1})  # every date of a block at once (the window's stack, budgeted)
@@ -408,10 +413,7 @@ def composite_encoded(stack, days: Sequence[int], method: str, dtype: str, raw_i
     the inputs' raw int16 values (:func:`int16_domain`); otherwise float32 NDVI with NaN."""
     import xarray as xr
 
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, not {method!r}")
-    if stack.dims[0] != "time":
-        raise ValueError("the stack's first dimension must be 'time'")
+    check_method(method, stack)
     bands = BANDS[method]
     out_dtype = np.dtype(dtype)
     data = stack.data
