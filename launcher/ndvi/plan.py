@@ -36,6 +36,7 @@ MAX_RUN_ID = 48  # job names are <run_id>-r<round>-<index>, at most 63 character
 # link: `make bench-worker` (its --shard run), 6.15 s on 2 vCPUs, taken as an ml.m5.xlarge's (4 vCPUs = 2 cores with
 # hyper-threading, counted as no faster: the conservative reading). docs/performance-worker.md.
 DEFAULT_SECONDS_PER_SCENE = 6.2
+MAX_SECONDS_PER_SCENE = 86400.0  # a day per scene: beyond, the estimate overflows (inf in plan.json)
 DEFAULT_STARTUP_SECONDS = 180.0  # provisioning + image pull + manifest download, per job
 DEADLINE_SECONDS = 20 * 60.0  # the reference run's target: the whole planet in under 20 minutes
 # Approximate on-demand prices (USD per instance-hour) of SageMaker Processing in us-east-1. An estimate only:
@@ -807,8 +808,11 @@ def make_plan(
     bucket = s3_prefix[5:].split("/", 1)[0] if s3_prefix.startswith("s3://") else ""
     if not bucket or any(c.isspace() for c in s3_prefix) or ".." in s3_prefix.split("/"):
         raise ArgumentError(f"--s3-prefix must be an s3://bucket/prefix URI, got {s3_prefix!r}")
-    if not (seconds_per_scene > 0 and math.isfinite(seconds_per_scene)):
-        raise ArgumentError(f"--seconds-per-scene must be a positive number, got {seconds_per_scene}")
+    if not (0 < seconds_per_scene <= MAX_SECONDS_PER_SCENE):
+        raise ArgumentError(
+            f"--seconds-per-scene must be a number of seconds from 0 to {MAX_SECONDS_PER_SCENE:.0f} (one day), "
+            f"got {seconds_per_scene}"
+        )
     if price_per_hour is not None and not (price_per_hour >= 0 and math.isfinite(price_per_hour)):
         raise ArgumentError(f"--price-per-hour must be a number >= 0, got {price_per_hour}")
     paths = run_paths(s3_prefix, run_id)

@@ -337,6 +337,8 @@ def test_bad_input_sweep_over_every_command(aws, planned: Path, tmp_path: Path, 
          "--price-per-hour"),
         (["plan", "--items", str(good), "--price-per-hour", "-1", *plan_args, "--out", nodir], 2, "--price-per-hour"),
         (["plan", "--items", str(good), "--seconds-per-scene", "0", *plan_args, "--out", nodir], 2, "seconds"),
+        (["plan", "--items", str(good), "--seconds-per-scene", "1e308", *plan_args, "--out", nodir], 2, "one day"),
+        (["plan", "--items", str(good), "--seconds-per-scene", "nan", *plan_args, "--out", nodir], 2, "one day"),
         (["plan", "--items", str(api_only), "--no-copy-items", *plan_args, "--out", nodir], 2, "--no-copy-items"),
         (["plan", "--items", str(good), *plan_args, "--out", str(good)], 2, "is a file"),
         # upload
