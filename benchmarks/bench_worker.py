@@ -48,9 +48,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PY = sys.executable
-CONTENDERS = ("naive", "floor", "staging", "worker")
+CONTENDERS = ("naive", "floor", "staging", "before", "worker")
 #: run unless --only says otherwise; "staging" is the worker with its previous write path (uncompressed staging
-#: GeoTIFFs compressed by GDAL's COG driver at the end, NDVI_STAGING_COG=1): before/after in the same run
+#: GeoTIFFs compressed by GDAL's COG driver at the end, NDVI_STAGING_COG=1): before/after in the same run;
+#: "before" is the worker of another source tree (--before-tree, e.g. a ``git worktree`` of the previous commit)
 DEFAULT_CONTENDERS = ("naive", "floor", "worker")
 #: the reference planetary job (docs/domain.md section 2)
 PLANETARY_SCENES, JOBS, INSTANCES_PER_JOB, INSTANCE_TYPE = 8581, 25, 20, "ml.m5.xlarge"
@@ -219,8 +220,12 @@ def measure(cmd: list[str], env: dict | None = None, cpus: set[int] | None = Non
     }
 
 
-def commands(item: Path, out: Path) -> dict:
+def commands(item: Path, out: Path, before_tree: Path | None = None) -> dict:
+    # "before": python -P (no current folder on sys.path) so that PYTHONPATH's tree is the one imported
+    before = ["env", f"PYTHONPATH={before_tree}", PY, "-P"] if before_tree else ["false"]
     return {
+        "before": [*before, "-m", "ndvi_worker", "--input", str(item.parent), "--output", str(out / "b"),
+                   "--overwrite", "--log-level", "INFO"],
         "naive": [PY, str(HERE / "naive_worker.py"), str(item), str(out / "naive.tif")],
         "floor": [PY, str(HERE / "floor_worker.py"), str(item), str(out / "floor.tif")],
         "worker": [PY, "-m", "ndvi_worker", "--input", str(item.parent), "--output", str(out / "w"),
@@ -309,7 +314,13 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default=",".join(DEFAULT_CONTENDERS),
-        help="contenders to run (naive,floor,worker; staging = the worker's previous write path)",
+        help="contenders to run (naive,floor,worker; staging = the worker's previous write path; before = the "
+        "worker of --before-tree)",
+    )
+    ap.add_argument(
+        "--before-tree",
+        type=Path,
+        help="source tree of the 'before' contender (e.g. git worktree add --detach /tmp/before HEAD~1)",
     )
     ap.add_argument(
         "--memory-sizes", default="2196,5490", help="extra scene sizes for the worker's peak RSS vs size"
@@ -323,6 +334,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     only = [c for c in CONTENDERS if c in args.only.split(",")]
+    if "before" in only and not (args.before_tree and (args.before_tree / "ndvi_worker").is_dir()):
+        ap.error("--only before needs --before-tree pointing at a source tree with ndvi_worker/")
 
     item = ensure_scene(args.size)
     load0 = os.getloadavg()
@@ -361,7 +374,7 @@ def main() -> None:
                         server = servers.get(label)
                         if server:
                             server.begin()
-                        m = measure(commands(src, out)[name], env)
+                        m = measure(commands(src, out, args.before_tree)[name], env)
                         if server:
                             m.update(server.end())
                         shutil.rmtree(out, ignore_errors=True)
@@ -427,7 +440,7 @@ def main() -> None:
                 f"{reqs} | {wire} | {link} |"
             )
 
-    for contender in [c for c in ("staging", "worker") if c in only]:
+    for contender in [c for c in ("staging", "before", "worker") if c in only]:
         print(
             f"\n{contender} phases (median wall / process CPU seconds; start-up = CPU outside the phases):\n"
         )
@@ -447,6 +460,17 @@ def main() -> None:
             rest = [m["cpu"] - sum(c for _, c in p.values()) for m, p in zip(runs, phases, strict=True) if p]
             cells.append(f"{statistics.median(rest):.2f} CPU" if rest else "-")
             print(f"| {label} | " + " | ".join(cells) + " |")
+
+    if {"before", "worker"} <= set(only):
+        print("\n| source | worker vs before: wall | CPU |")
+        print("|---|---|---|")
+        for label, by_name in results.items():
+            cpu = {n: statistics.median(m["cpu"] for m in by_name[n]) for n in ("before", "worker")}
+            print(
+                f"| {label} | {med[label]['before'] / med[label]['worker']:.2f}x faster "
+                f"({med[label]['before']:.2f} -> {med[label]['worker']:.2f} s) | "
+                f"{cpu['before']:.2f} -> {cpu['worker']:.2f} s ({cpu['worker'] - cpu['before']:+.2f} s) |"
+            )
 
     if {"naive", "worker"} <= set(only):
         print("\n| source | worker vs naive | worker / floor |")

@@ -40,19 +40,29 @@ def _halve(a: np.ndarray) -> np.ndarray:
 
 
 def chunk_overviews(
-    ndvi: np.ndarray, invalid: np.ndarray, levels: int, zeroed: bool = False
+    ndvi: np.ndarray,
+    invalid: np.ndarray,
+    levels: int,
+    zeroed: bool = False,
+    level1: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """(mean NDVI, invalid) of this chunk at overview levels 1..levels (level k is 2**k times coarser).
 
     ``zeroed``: ``ndvi`` is already 0 where ``invalid`` (what :func:`ndvi_worker.ndvi.ndvi_core` returns), so it
     is its own masked sum (one pass saved). The valid counts start as bytes (0-4 after the first halving), a
-    quarter of the float traffic.
+    quarter of the float traffic. ``level1``: the first halving already done (the zeroed NDVI's float32 sums and
+    the uint8 valid counts of each 2 x 2 block, as :func:`ndvi_worker.ndvi.ndvi_chunk` computes them while each
+    strip is in the cache); ``ndvi`` and ``invalid`` are then not read.
     """
-    total = ndvi if zeroed else np.where(invalid, np.float32(0), ndvi)
-    count = _halve(np.logical_not(invalid).view(np.uint8)).astype(np.float32)
+    if level1 is not None:
+        total, count = level1[0], level1[1].astype(np.float32)
+    else:
+        total = ndvi if zeroed else np.where(invalid, np.float32(0), ndvi)
+        count = _halve(np.logical_not(invalid).view(np.uint8)).astype(np.float32)
     out = []
     for level in range(levels):
-        total = _halve(total)
+        if level or level1 is None:
+            total = _halve(total)
         if level:
             count = _halve(count)
         empty = count == 0

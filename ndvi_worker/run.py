@@ -36,7 +36,7 @@ from ndvi_worker.ndvi import (
     class_counts,
     encode_float32,
     encode_int16,
-    ndvi_core,
+    ndvi_chunk,
     scl_alignment,
     scl_mask,
     upsample_scl,
@@ -232,14 +232,16 @@ def compute_to_staging(
     def chunk_task(window, inputs) -> BlockStats:
         red, nir, scl_block = inputs
         extra = scl_inputs(scl_block, window, bands.scl_factor, cfg.mask_classes)
-        ndvi, invalid, stats = ndvi_core(red, nir, **extra, add_dn=scene.offset.add_dn,
-                                         mask_classes=cfg.mask_classes)  # fmt: skip
+        # NDVI, its output encoding and overview level 1 in one strip-by-strip pass (ndvi_chunk)
+        out = ndvi_chunk(red, nir, **extra, add_dn=scene.offset.add_dn, mask_classes=cfg.mask_classes,
+                         encode=cfg.dtype, level1=levels > 0)  # fmt: skip
         del red, nir, extra
         r0, c0 = int(window.row_off), int(window.col_off)
-        sink.write_at(encode(ndvi, invalid), r0, c0)
-        for level, (mean, empty) in enumerate(chunk_overviews(ndvi, invalid, levels, zeroed=True), start=1):
+        sink.write_at(out.encoded, r0, c0)
+        overviews = chunk_overviews(out.ndvi, out.invalid, levels, zeroed=True, level1=out.level1)
+        for level, (mean, empty) in enumerate(overviews, start=1):
             sink.write_at(encode(mean, empty), r0 >> level, c0 >> level, level)
-        return stats
+        return out.stats
 
     try:
         parts = run_chunks(

@@ -143,3 +143,94 @@ def test_int16_encoding():
 def test_shape_mismatch_is_an_error():
     with pytest.raises(ValueError, match="shape mismatch"):
         compute_ndvi(np.ones((2, 2), np.uint16), np.ones((2, 3), np.uint16), None, 0)
+
+
+def _reference_chunk(red, nir, cloud, add_dn):
+    """Independent whole-array NDVI with the README's rules (float32 operations as the worker's file has them)."""
+    r = red.astype(np.int64) + add_dn
+    n = nir.astype(np.int64) + add_dn
+    invalid = (red == 0) | (nir == 0) | (r <= 1) | (n <= 1)
+    if cloud is not None:
+        invalid |= cloud
+    num = nir.astype(np.float32) - red.astype(np.float32)
+    den = nir.astype(np.float32) + red.astype(np.float32) + np.float32(2 * add_dn)
+    ndvi = np.where(invalid, np.float32(0), num / np.maximum(den, np.float32(1)))
+    q = np.rint(ndvi * np.float32(10000)).astype(np.int16)
+    q[invalid] = INT16_NODATA
+    return ndvi.astype(np.float32), invalid, q
+
+
+@pytest.mark.parametrize("add_dn", [0, -1000, 70000, -70000])
+@pytest.mark.parametrize(
+    ("shape", "strip"), [((300, 260), 128), ((257, 131), 64), ((64, 64), 7), ((1, 5), 128)]
+)
+def test_ndvi_chunk_in_strips_equals_the_whole_array_rules(add_dn, shape, strip):
+    """ndvi_chunk computes strip by strip with reused work arrays: pixels, masks, encodings, level-1 overview sums
+    and counts must be those of the whole-array rules, whatever the strip height (odd ones too) and offsets
+    (thresholds outside uint16's range)."""
+    from ndvi_worker.ndvi import encode_float32, ndvi_chunk
+    from ndvi_worker.pyramid import _halve
+
+    rng = np.random.default_rng(7)
+    red = rng.integers(0, 6000, size=shape, dtype=np.uint16)
+    nir = rng.integers(0, 6000, size=shape, dtype=np.uint16)
+    red[rng.random(shape) < 0.05] = 0
+    nir[rng.random(shape) < 0.05] = 1
+    cloud = rng.random(shape) < 0.2
+    kept = cloud.copy()
+    counts = [5] * 256
+    out = ndvi_chunk(red, nir, None, add_dn, (), cloud=cloud, scl_counts=counts, encode="int16", level1=True,
+                     strip_rows=strip)  # fmt: skip
+    ndvi, invalid, q = _reference_chunk(red, nir, cloud, add_dn)
+    assert np.array_equal(cloud, kept), "the caller's cloud mask is not modified"
+    assert np.array_equal(out.invalid, invalid)
+    assert np.array_equal(out.ndvi, ndvi)
+    assert np.array_equal(out.encoded, q)
+    nodata = (red == 0) | (nir == 0)
+    assert out.stats.nodata == int(nodata.sum())
+    assert out.stats.scl_masked == int((cloud & ~nodata).sum())
+    assert out.stats.valid == int((~invalid).sum())
+    assert out.stats.scl_counts == counts
+    v = ndvi[~invalid].astype(np.float64)
+    if v.size:
+        assert out.stats.total == pytest.approx(v.sum(), rel=1e-12, abs=1e-9)
+        assert out.stats.minimum == v.min() and out.stats.maximum == v.max()
+    if shape[0] % 2 or shape[1] % 2:
+        assert out.level1 is None
+    else:
+        total1, count1 = out.level1
+        assert np.array_equal(total1, _halve(ndvi))
+        assert np.array_equal(count1, _halve((~invalid).view(np.uint8)))
+    f32 = ndvi_chunk(
+        red, nir, None, add_dn, (), cloud=cloud, scl_counts=counts, encode="float32", strip_rows=strip
+    )
+    assert np.array_equal(f32.encoded, encode_float32(ndvi, invalid), equal_nan=True)
+    # ndvi_core is the same kernel without the encoding
+    nd, inv, stats = ndvi_core(red, nir, None, add_dn, (), cloud=cloud, scl_counts=counts)
+    assert np.array_equal(nd, ndvi) and np.array_equal(inv, invalid) and stats.valid == out.stats.valid
+
+
+def test_ndvi_chunk_scl_classes_on_the_grid():
+    from ndvi_worker.ndvi import class_counts, ndvi_chunk
+
+    rng = np.random.default_rng(8)
+    red = rng.integers(1, 6000, size=(40, 30), dtype=np.uint16)
+    nir = rng.integers(1, 6000, size=(40, 30), dtype=np.uint16)
+    scl = rng.integers(0, 12, size=(40, 30), dtype=np.uint8)
+    out = ndvi_chunk(red, nir, scl, 0, (3, 8, 9), strip_rows=8)
+    assert np.array_equal(out.invalid, np.isin(scl, (0, 3, 8, 9)) | (red <= 1) | (nir <= 1))
+    assert out.stats.scl_counts == class_counts(scl)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.bool_])
+@pytest.mark.parametrize(
+    ("shape", "out"), [((5, 7), (10, 14)), ((5, 7), (9, 13)), ((1, 1), (2, 2)), ((0, 3), (0, 6))]
+)
+def test_fast_2x2_repeat_equals_numpy_repeat(dtype, shape, out):
+    rng = np.random.default_rng(9)
+    a = rng.integers(0, 2 if dtype is np.bool_ else 256, size=shape).astype(dtype)
+    expected = np.repeat(np.repeat(a, 2, axis=0), 2, axis=1)[: out[0], : out[1]]
+    got = upsample_scl(a, out)
+    assert got.dtype == a.dtype and np.array_equal(got, expected)
+    strided = np.asfortranarray(a)[:, ::1]
+    assert np.array_equal(upsample_scl(strided, out), expected)
