@@ -107,8 +107,13 @@ class _Zstd:
         self._local = threading.local()
 
     def compress(self, data: np.ndarray, level: int) -> bytes:
-        """``data`` (C-contiguous) compressed into this thread's reusable output buffer, returned as bytes (one
-        copy of the compressed size): a fresh buffer per tile (allocated, zeroed, copied whole, freed) cost more
+        """``data`` (C-contiguous) compressed, as bytes (a copy of :meth:`compress_view`'s result)."""
+        return bytes(self.compress_view(data, level))
+
+    def compress_view(self, data: np.ndarray, level: int) -> memoryview:
+        """``data`` (C-contiguous) compressed into this thread's reusable output buffer, returned as a view of it,
+        valid until this thread's next call (no copy: ``string_at`` copied every tile into a new bytes object while
+        holding the interpreter lock). A fresh buffer per tile (allocated, zeroed, copied whole, freed) cost more
         than the compression when threads compress at once (page faults and unmaps in one process)."""
         local = self._local
         ctx = getattr(local, "ctx", None)
@@ -122,7 +127,7 @@ class _Zstd:
         size = self.lib.ZSTD_compressCCtx(ctx, local.out, cap, data.ctypes.data, n, level)
         if self.lib.ZSTD_isError(size):
             raise RuntimeError("ZSTD compression failed")
-        return ctypes.string_at(local.out, size)
+        return memoryview(local.out)[:size]
 
 
 _ZSTD: list = []
@@ -145,11 +150,14 @@ def _zstd() -> _Zstd | None:
     return _ZSTD[0]
 
 
-def compressor(compress: str, level: int | None):
-    """``tile array -> bytes`` for a TIFF compression (GDAL's default level when ``level`` is None)."""
+def compressor(compress: str, level: int | None, view: bool = False):
+    """``tile array -> bytes`` for a TIFF compression (GDAL's default level when ``level`` is None). ``view``:
+    the result may be a view of a per-thread buffer, valid until the thread's next call (ZSTD: no copy)."""
     level = _DEFAULT_LEVELS.get(compress) if level is None else level
     if compress == "ZSTD":
         zstd = _zstd()
+        if view:
+            return lambda a: zstd.compress_view(a, level)
         return lambda a: zstd.compress(a, level)
     if compress == "DEFLATE":
         return lambda a: zlib.compress(a.data, level)  # zlib stream, as libtiff's AdobeDeflate expects
@@ -280,7 +288,7 @@ class DirectCog:
         self.dtype = np.dtype(dtype)
         self.nodata = nodata
         self.block = blocksize
-        self.compress = compressor(compress, level)
+        self.compress = compressor(compress, level, view=True)
         self.direct = [(chunk_size >> k) % blocksize == 0 for k in range(len(level_shapes))]
         if not self.direct[0]:
             raise ValueError("the chunk size must be a multiple of the tile size")
@@ -317,9 +325,14 @@ class DirectCog:
             tile[:rows, :cols, k] = data[k]
         return tile
 
-    def _framed(self, data: np.ndarray) -> bytes:
+    def _frame(self, data: np.ndarray) -> list:
+        """A tile as GDAL frames it: its size (4 bytes), the compressed tile, its last 4 bytes again (the pieces,
+        the middle one possibly a view of a per-thread buffer: use them before this thread compresses again)."""
         payload = self.compress(self._tile(data))
-        return struct.pack("<I", len(payload)) + payload + payload[-4:]
+        return [struct.pack("<I", len(payload)), payload, payload[-4:]]
+
+    def _framed(self, data: np.ndarray) -> bytes:
+        return b"".join(self._frame(data))
 
     def write(self, data: np.ndarray, row_off: int, col_off: int, level: int = 0) -> None:
         """Level ``level``'s pixels at (row_off, col_off): tile-aligned (compressed now) or kept in memory.
@@ -340,12 +353,13 @@ class DirectCog:
                     window = (
                         data[..., r : r + b, c : c + b] if self.planes == 1 else data[p, r : r + b, c : c + b]
                     )
-                    framed = self._framed(window)
+                    pieces = self._frame(window)
+                    size = 8 + len(pieces[1])
                     with self._lock:
                         at = self._end
-                        self._end += len(framed)
-                    os.pwrite(self._spill, framed, at)
-                    self.records[level][(p, (row_off + r) // b, (col_off + c) // b)] = (at, len(framed))
+                        self._end += size
+                    _pwritev_all(self._spill, pieces, at)  # no concatenated copy of the tile
+                    self.records[level][(p, (row_off + r) // b, (col_off + c) // b)] = (at, size)
 
     # ----------------------------------------------------------------------------------------------- layout
 
@@ -444,6 +458,19 @@ class DirectCog:
             os.close(self._spill)
         with contextlib.suppress(FileNotFoundError):
             self._spill_path.unlink()
+
+
+def _pwritev_all(fd: int, pieces: list, offset: int) -> None:
+    """Write the buffers one after the other at ``offset`` (``os.pwritev``, repeated after a short write)."""
+    views = [memoryview(p).cast("B") for p in pieces]
+    while views:
+        n = os.pwritev(fd, views, offset)
+        offset += n
+        while views and n >= len(views[0]):
+            n -= len(views[0])
+            views.pop(0)
+        if views and n:
+            views[0] = views[0][n:]
 
 
 def _copy_range(src_fd: int, dst_fd: int, offset: int, size: int) -> None:

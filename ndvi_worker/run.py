@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import json
 import logging
 import math
@@ -549,6 +550,30 @@ def connect_scheduler(address: str, timeout: float = 10.0):
         ) from None
 
 
+#: glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 256 << 20) -> bool:
+    """Keep the chunks' arrays (1-4 MB: decoded blocks, NDVI, masks, encodings) in malloc's arenas once freed,
+    instead of glibc's default of returning every such block to the kernel (each block above the dynamic mmap
+    threshold is its own mmap, and arenas are trimmed above 2x that threshold), so that the next chunk's
+    arrays reuse memory already mapped instead of page-faulting in zeroed pages. Measured on a full scene:
+    140 000-380 000 minor page faults and 0.7-1.3 s of system CPU -> ~92 000 and ~0.5 s; peak RSS +50 MB
+    (385 -> 435-455 MB). 32 MB is glibc's largest mmap threshold. Returns whether glibc took both settings
+    (False elsewhere: musl, macOS; nothing changes then)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) & bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+
+
 def run(cfg: WorkerConfig, paths: ProcessingPaths, contract: bool | None = None) -> int:
     """Process every scene of the shard. Returns the exit status: 0 if no scene failed, 1 otherwise.
 
@@ -556,6 +581,11 @@ def run(cfg: WorkerConfig, paths: ProcessingPaths, contract: bool | None = None)
     to ``/opt/ml/output/message`` (the job's ExitMessage); ``None`` means "only inside a Processing job" (see
     :meth:`ProcessingPaths.in_processing_job`). Raises :class:`SetupError` when the shard cannot start."""
     started = utcnow()
+    if os.environ.get("NDVI_DEFAULT_MALLOC") != "1":  # the allocator's defaults on demand (benchmarks)
+        tune_allocator()
+    # the objects of every import so far are never garbage: out of the collector's full passes (which otherwise
+    # walk them all again every few thousand chunk-task allocations)
+    gc.freeze()
     if contract is None:
         contract = paths.in_processing_job()
     host = paths.current_host()

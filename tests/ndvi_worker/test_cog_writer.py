@@ -332,3 +332,47 @@ def test_composite_overviews_are_exact_means_and_level_1_is_gdals(composite_inpu
     rasterio.shutil.copy(plain, gdal, driver="COG", BLOCKSIZE="512", OVERVIEW_RESAMPLING="AVERAGE")
     with rasterio.open(gdal, overview_level=0) as a, rasterio.open(cog, overview_level=0) as b:
         np.testing.assert_array_equal(b.read(), a.read())
+
+
+def test_tiles_are_written_from_pieces_even_after_short_writes(tmp_path, monkeypatch):
+    """DirectCog writes each framed tile with os.pwritev from its pieces (size, compressed view, last 4 bytes):
+    a short write continues where it stopped."""
+    import os as _os
+
+    from ndvi_worker import cog_writer
+
+    real = _os.pwritev
+    monkeypatch.setattr(
+        cog_writer.os, "pwritev", lambda fd, bufs, at: real(fd, [bytes(b)[:3] for b in bufs][:1], at)
+    )
+    path = tmp_path / "f.bin"
+    fd = _os.open(path, _os.O_RDWR | _os.O_CREAT)
+    try:
+        payload = memoryview(bytearray(b"0123456789"))[2:9]
+        cog_writer._pwritev_all(fd, [b"\x07\x00\x00\x00", payload, payload[-4:]], 5)
+    finally:
+        _os.close(fd)
+    assert path.read_bytes() == b"\0" * 5 + b"\x07\x00\x00\x00" + b"2345678" + b"5678"
+
+
+def test_zstd_view_is_the_compressed_tile():
+    """compress_view returns a view of the thread's buffer with the same bytes compress returns (a copy)."""
+    from ndvi_worker import cog_writer
+
+    zstd = cog_writer._zstd()
+    if zstd is None:
+        pytest.skip("no libzstd")
+    tile = np.arange(512 * 512, dtype=np.int16).reshape(512, 512)
+    view = zstd.compress_view(tile, 1)
+    assert bytes(view) == zstd.compress(tile, 1)
+    assert bytes(view[-4:]) == zstd.compress(tile, 1)[-4:]
+
+
+def test_allocator_tuning_is_taken_by_glibc():
+    import platform
+
+    from ndvi_worker.run import tune_allocator
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    assert tune_allocator() is True
