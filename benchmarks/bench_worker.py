@@ -347,6 +347,7 @@ def main() -> None:
     root = HERE / "data"
     results: dict[str, dict[str, list[dict]]] = {}
     steady: dict[int, list[dict]] = {}  # CPUs -> runs of the worker on a shard
+    steady_before: dict[int, list[dict]] = {}  # the same for the 'before' contender
     servers: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-worker-") as tmp:
         work = Path(tmp)
@@ -396,20 +397,28 @@ def main() -> None:
                 shard = shard_of(sources["shaped"], args.shard, work / "shard")
                 every = set(os.sched_getaffinity(0))
                 pins = {len(every): every, 1: {min(every)}} if len(every) > 1 else {1: every}
+                # the 'before' tree too when it runs (interleaved), so the steady state has a before/after
+                shard_contenders = [c for c in ("before", "worker") if c in only]
                 for r in range(args.repeats):
                     for ncpu, pin in pins.items():
-                        out = work / f"shard-{ncpu}-{r}"
-                        servers["shaped"].begin()
-                        m = measure(commands(shard / "x.json", out)["worker"], env, cpus=pin)
-                        m.update(servers["shaped"].end())
-                        shutil.rmtree(out, ignore_errors=True)
-                        steady.setdefault(ncpu, []).append(m)
-                        print(
-                            f"  shard of {args.shard} on {ncpu} CPU(s) run {r + 1}: {m['wall'] / args.shard:.2f}s per "
-                            f"scene, CPU {m['cpu'] / args.shard:.2f}s per scene, {m['rss']:.0f} MB, {m['requests']} "
-                            f"requests (load {os.getloadavg()[0]:.1f})",
-                            flush=True,
-                        )
+                        for name in shard_contenders:
+                            out = work / f"shard-{name}-{ncpu}-{r}"
+                            servers["shaped"].begin()
+                            m = measure(
+                                commands(shard / "x.json", out, args.before_tree)[name], env, cpus=pin
+                            )
+                            m.update(servers["shaped"].end())
+                            shutil.rmtree(out, ignore_errors=True)
+                            if name == "worker":
+                                steady.setdefault(ncpu, []).append(m)
+                            else:
+                                steady_before.setdefault(ncpu, []).append(m)
+                            print(
+                                f"  {name} shard of {args.shard} on {ncpu} CPU(s) run {r + 1}: "
+                                f"{m['wall'] / args.shard:.2f}s per scene, CPU {m['cpu'] / args.shard:.2f}s per scene, "
+                                f"{m['rss']:.0f} MB, {m['requests']} requests (load {os.getloadavg()[0]:.1f})",
+                                flush=True,
+                            )
         finally:
             for server in servers.values():
                 server.stop()
@@ -523,6 +532,12 @@ def main() -> None:
             print(
                 f"| {ncpu} | {per_scene[ncpu]:.2f} s | {statistics.median(m['cpu'] for m in runs) / args.shard:.2f} s "
                 f"| {max(m['rss'] for m in runs):.0f} MB | "
+                f"{statistics.median(m['requests'] for m in runs) / args.shard:.0f} |"
+            )
+        for ncpu, runs in sorted(steady_before.items(), reverse=True):
+            print(
+                f"| {ncpu} (before) | {statistics.median(m['wall'] for m in runs) / args.shard:.2f} s | "
+                f"{statistics.median(m['cpu'] for m in runs) / args.shard:.2f} s | {max(m['rss'] for m in runs):.0f} MB | "
                 f"{statistics.median(m['requests'] for m in runs) / args.shard:.0f} |"
             )
         top = max(per_scene)
