@@ -1,14 +1,20 @@
 """Planning the reference run: 8,581 scenes into 25 ManifestFile jobs x 20 instances.
 
 Prints the time of each step and its ratio to a baseline measured in the same run: reading the items JSONL
-(json.loads of every line), the input cost no planner can avoid. The issue's bar: "seconds, not minutes".
+(json.loads of every line), the input cost no planner can avoid. The issue's bar: "seconds, not minutes"; with
+--with-upload, `launcher plan` including its uploads to a local S3 server in under 10 s.
 
-    .venv/bin/python benchmarks/bench_plan.py [--scenes 8581] [--jobs 25] [--instances 20] [--repeat 3] [--with-upload]
+Items are the size of real Earth Search v1 items (~21 KB: a real item's 20-odd assets and properties around each
+synthetic tile, `--item-size real`, the default), or the bare synthetic items (~1.1 KB, `--item-size small`).
+
+    .venv/bin/python benchmarks/bench_plan.py [--scenes 8581] [--jobs 25] [--instances 20] [--repeat 3]
+        [--with-upload] [--item-size real|small]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -26,6 +32,30 @@ from launcher.cli import cli
 from launcher.ndvi.plan import Plan, make_plan
 from launcher.ndvi.search import dedupe
 from launcher.ndvi.synthetic import synthetic_items
+
+TEMPLATE = (
+    Path(__file__).resolve().parents[1]
+    / "tests/data/stac-items/earth-search-v1/S2A_13TDE_20231008_0_L2A.json"
+)
+
+
+def real_size(item: dict, template: dict) -> dict:
+    """A synthetic item carrying a real item's other assets (hrefs moved to the item's folder), properties and
+    links, so that it weighs what a real one does; its own id, footprint, tile, bands and location are kept."""
+    out = dict(template, id=item["id"], bbox=item["bbox"], geometry=item["geometry"])
+    base = item["assets"]["red"]["href"].rsplit("/", 1)[0]
+    assets = {
+        name: dict(asset, href=f"{base}/{asset['href'].rsplit('/', 1)[-1]}")
+        for name, asset in template["assets"].items()
+    }
+    out["assets"] = {**assets, **item["assets"]}
+    props = {k: v for k, v in template["properties"].items() if k != "earthsearch:s3_path"}
+    out["properties"] = {**props, **item["properties"]}
+    out["links"] = [
+        *item["links"],
+        *(link for link in template["links"] if link.get("rel") not in ("self", "canonical")),
+    ]
+    return out
 
 
 def best_of(repeat: int, fn) -> float:
@@ -124,10 +154,14 @@ def main() -> int:
         help="also time `launcher plan` (its own process, default settings) uploading to a local moto S3 server "
         "(another process): manifests only (items in place), and with every item JSON copied (--copy-items)",
     )
+    parser.add_argument("--item-size", choices=("real", "small"), default="real")
     args = parser.parse_args()
 
     t0 = time.perf_counter()
     items = synthetic_items(args.scenes)
+    if args.item_size == "real":
+        template = json.loads(TEMPLATE.read_text())
+        items = [real_size(item, template) for item in items]
     # a second, cloudier scene for a third of the tiles, so dedupe has real work (as a week of acquisitions does)
     extra = []
     for item in items[::3]:
@@ -143,7 +177,14 @@ def main() -> int:
         jsonl.write_text("".join(json.dumps(i, separators=(",", ":")) + "\n" for i in items))
         lines = jsonl.read_text().splitlines()
 
-        baseline = best_of(args.repeat, lambda: [json.loads(line) for line in lines])
+        def read_all() -> list:
+            gc.disable()  # as `launcher plan` reads (its collector is off while it holds the items)
+            try:
+                return [json.loads(line) for line in lines]
+            finally:
+                gc.enable()
+
+        baseline = best_of(args.repeat, read_all)
         t_dedupe = best_of(args.repeat, lambda: dedupe(searched, "least-cloudy"))
         kept, _ = dedupe(searched, "least-cloudy")
         assert len(kept) == args.scenes
@@ -176,8 +217,10 @@ def main() -> int:
         uploads = upload_timings(jsonl, args, Path(tmp)) if args.with_upload else []
 
     sizes = sorted({j.scene_count for j in plan.jobs})
+    size = statistics.median(len(line) for line in lines[:200])
     print(
-        f"planning {args.scenes:,} scenes ({len(searched):,} searched) into {args.jobs} jobs x {args.instances}"
+        f"planning {args.scenes:,} scenes ({len(searched):,} searched) into {args.jobs} jobs x {args.instances}; "
+        f"items of {size / 1000:.1f} KB ({args.item_size}), {sum(map(len, lines)) / 1e6:.0f} MB of JSON Lines"
     )
     print(
         f"  synthetic items built in {built:.2f} s; plan.json {len(text) / 1e6:.1f} MB; manifest sizes {sizes}"
@@ -185,7 +228,7 @@ def main() -> int:
     print(f"  estimate: {plan.estimate.instance_hours:.1f} instance-hours, ${plan.estimate.cost_usd:,.2f}")
     print(f"  best of {args.repeat}:")
     rows = [
-        ("baseline: read items.jsonl (json.loads)", baseline),
+        ("baseline: read items.jsonl (json.loads, no GC)", baseline),
         ("dedupe one scene per tile (least-cloudy)", t_dedupe),
         ("make_plan: shard + manifests + estimate", t_plan),
         ("plan.json round trip (to_dict/dumps/loads/from_dict)", t_roundtrip),
@@ -195,9 +238,11 @@ def main() -> int:
         print(f"    {name:<54} {seconds:8.3f} s  {seconds / baseline:6.2f}x baseline")
     for name, seconds, detail in uploads:
         print(f"    {name:<54} {seconds:8.3f} s  {seconds / baseline:6.2f}x baseline; {detail}")
-    ok = t_cli < 10.0
+    ok = t_cli < 10.0 and all(seconds < 10.0 for _, seconds, _ in uploads)
+    slowest = max([t_cli, *(seconds for _, seconds, _ in uploads)])
     print(
-        f"  {'OK' if ok else 'TOO SLOW'}: the whole plan command takes {t_cli:.2f} s (bar: seconds, not minutes)"
+        f"  {'OK' if ok else 'TOO SLOW'}: the whole plan command takes {slowest:.2f} s at most"
+        f"{' with its uploads' if uploads else ''} (bar: under 10 s)"
     )
     print(f"  median manifest entries: {statistics.median(len(m) - 1 for m in manifests.values()):.0f}")
     return 0 if ok else 1

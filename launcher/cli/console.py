@@ -4,6 +4,7 @@ statuses, and option helpers. Only click (and rich, inside the functions) here: 
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -44,6 +45,24 @@ def as_click_error(exc: BaseException) -> BaseException:
     if isinstance(exc, Exception):
         return one_line(exc)
     return exc
+
+
+def gc_paused(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """A command run with the cyclic garbage collector off, back on after. For commands that hold every item of a
+    run: each collection re-walked all their decoded dicts and lists (which survive, and make no cycles).
+    `launcher plan` of the reference run's 8,581 real-size items (179 MB) spent a third of its time there."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if enabled:
+                gc.enable()
+
+    return wrapper
 
 
 def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

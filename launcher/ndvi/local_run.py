@@ -28,7 +28,7 @@ from typing import Any
 from launcher.aws import S3Uri, is_not_found, list_objects, parse_s3_uri
 from launcher.errors import ArgumentError, PlanError
 from launcher.ndvi.paths import inside
-from launcher.ndvi.plan import JobPlan, Plan, ProductJob, Submission, manifest_uris
+from launcher.ndvi.plan import BATCH_SUFFIX, JobPlan, Plan, ProductJob, Submission, manifest_uris
 from launcher.ndvi.requests import INPUT_PATH, OUTPUT_PATH
 from launcher.sdk_local import local_mode_scratch, local_session
 from launcher.secrets import EnvOptions, redact_request
@@ -476,12 +476,12 @@ def sdk_local_arguments(plan: Plan, job: JobPlan, input_uri: str, image: str, ro
 def stage_sdk_input(s3: Any, job: JobPlan, plan: Plan) -> str:
     """Copy the job's item JSONs under one S3 prefix (local mode reads S3Prefix inputs, not manifests)."""
     dest = parse_s3_uri(plan.s3_prefix).join("sdk-local", job.name).as_prefix()
-    for scene in job.scenes:
-        src = parse_s3_uri(scene.uri)
+    names = {s.uri: f"{s.item_id}.json" for s in job.scenes}  # an item in place: its id names it
+    for uri in names:  # a batch of copied items once, under its own name
+        src = parse_s3_uri(uri)
+        name = src.key.rsplit("/", 1)[-1] if uri.endswith(BATCH_SUFFIX) else names[uri]
         s3.copy_object(
-            Bucket=dest.bucket,
-            Key=dest.key + f"{scene.item_id}.json",
-            CopySource={"Bucket": src.bucket, "Key": src.key},
+            Bucket=dest.bucket, Key=dest.key + name, CopySource={"Bucket": src.bucket, "Key": src.key}
         )
     return str(dest)
 

@@ -6,7 +6,8 @@ is an error, not a silently ignored setting).
 S3 layout of a run under `s3_prefix` (`s3://bucket/prefix/<run_id>/`):
     plan.json                      the plan
     manifests/r<round>-<index>.json one ManifestFile per job
-    items/<item_id>.json           item JSONs that live in no bucket (or with --copy-items)
+    items/r<round>-<job>-<k>.jsonl item JSONs that live in no bucket (or with --copy-items), in batches: JSON Lines
+                                   of at most MAX_ITEMS_PER_BATCH items, a multiple of the job's instances per job
     output/<job_name>/...          each job's Continuous output (per-host reports need per-job folders)
 """
 
@@ -39,6 +40,12 @@ DEFAULT_SECONDS_PER_SCENE = 6.2
 MAX_SECONDS_PER_SCENE = 86400.0  # a day per scene: beyond, the estimate overflows (inf in plan.json)
 DEFAULT_STARTUP_SECONDS = 180.0  # provisioning + image pull + manifest download, per job
 DEADLINE_SECONDS = 20 * 60.0  # the reference run's target: the whole planet in under 20 minutes
+# Copied item JSONs are written in batches, JSON Lines of one item per line (the worker reads them as it reads single
+# items): one object per item made planning the reference run 8,581 PUTs (150 s against a local S3 server), batched
+# it is about 500. A job's batches are a multiple of its instances (ShardedByS3Key hands each instance about 1/n of
+# the objects), each at most this many items, so an instance's share stays even.
+MAX_ITEMS_PER_BATCH = 64
+BATCH_SUFFIX = ".jsonl"
 # Approximate on-demand prices (USD per instance-hour) of SageMaker Processing in us-east-1. An estimate only:
 # pass --price-per-hour for your region and agreement.
 PRICES_USD_PER_HOUR = {
@@ -593,12 +600,13 @@ def validate_run_id(run_id: str) -> None:
 
 
 def scene_refs(
-    items: Sequence[dict[str, Any]], item_prefix: str, copy_items: bool | None = None
-) -> tuple[list[SceneRef], list[dict[str, Any]]]:
-    """Each item's `SceneRef` and the items that must be written to `item_prefix` first.
+    items: Sequence[dict[str, Any]], copy_items: bool | None = None
+) -> tuple[list[SceneRef], bool]:
+    """Each item's `SceneRef`, and whether the items must be copied under the run's prefix.
 
-    Items are referenced where they live when they all live in one bucket; otherwise (or with
-    `copy_items=True`) every item is written under `item_prefix`, because a ManifestFile lists keys of one bucket.
+    Items are referenced where they live when they all live in one bucket; otherwise (or with `copy_items=True`)
+    they are copied, because a ManifestFile lists keys of one bucket. A copied item's ref has no URI yet (""):
+    `make_jobs` gives it its batch's.
     """
     locations = [item_location(item) for item in items]
     buckets = {loc.bucket for loc in locations if loc is not None}
@@ -609,9 +617,7 @@ def scene_refs(
             f"(buckets: {', '.join(sorted(buckets)) or 'none'})"
         )
     refs: list[SceneRef] = []
-    to_write: list[dict[str, Any]] = []
     seen: set[str] = set()
-    base = item_prefix.rstrip("/")
     for item, loc in zip(items, locations, strict=True):
         item_id = item.get("id")
         why = check_item_id(item_id)
@@ -623,14 +629,28 @@ def scene_refs(
                 f"item {item_id} is listed twice: deduplicate the items first (launcher search does)"
             )
         seen.add(item_id)
-        if in_place:
-            assert loc is not None
-            uri = loc.uri
-        else:
-            uri = f"{base}/{item_id}.json"
-            to_write.append(item)
+        uri = loc.uri if in_place and loc is not None else ""
         refs.append(SceneRef(item_id=item_id, uri=uri, tile=mgrs_tile(item)))
-    return refs, to_write
+    return refs, not in_place
+
+
+def batch_sizes(scenes: int, instances: int) -> list[int]:
+    """How many items each batch object of a job holds, in order: a multiple of `instances` batches (at most one
+    per scene), each of at most MAX_ITEMS_PER_BATCH items, sizes differing by at most one."""
+    if scenes < 1 or instances < 1:
+        raise ValueError(f"a job has at least one scene and one instance, got {scenes} and {instances}")
+    per_instance = math.ceil(scenes / instances)
+    return even_split(scenes, min(scenes, instances * math.ceil(per_instance / MAX_ITEMS_PER_BATCH)))
+
+
+def batch_uri(items_prefix: str, round_: int, index: int, k: int) -> str:
+    return f"{items_prefix.rstrip('/')}/r{round_}-{index:03d}-{k:04d}{BATCH_SUFFIX}"
+
+
+def is_copied(uri: str, items_prefix: str) -> bool:
+    """A scene whose item JSON the run wrote under its `items/` prefix (a batch, or one item per object as plans
+    before batches did)."""
+    return uri.startswith(items_prefix.rstrip("/") + "/")
 
 
 def safe_items(items: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -744,8 +764,13 @@ def make_jobs(
     jobs: int,
     instances_per_job: int,
     manifest_prefix: str,
-) -> tuple[list[JobPlan], dict[str, list[Any]]]:
-    """Shard scenes into at most `jobs` non-empty jobs and build their manifests (uri -> manifest)."""
+    items_prefix: str | None = None,
+) -> tuple[list[JobPlan], dict[str, list[Any]], dict[str, tuple[str, ...]]]:
+    """Shard scenes into at most `jobs` non-empty jobs and build their manifests (uri -> manifest).
+
+    With `items_prefix`, the scenes' items are copied there in batches (`batch_sizes`): every ref's URI becomes its
+    batch's, and the third value maps each batch URI to its item ids, in order (empty without `items_prefix`).
+    """
     if jobs < 1:
         raise ArgumentError(f"--jobs must be >= 1, got {jobs}")
     if not 1 <= instances_per_job <= 100:
@@ -758,21 +783,32 @@ def make_jobs(
     shards = [s for s in shard(ordered, min(jobs, len(ordered))) if s]
     job_plans: list[JobPlan] = []
     manifests: dict[str, list[Any]] = {}
+    batches: dict[str, tuple[str, ...]] = {}
     base = manifest_prefix.rstrip("/")
     for index, scenes in enumerate(shards):
         uri = f"{base}/r{round_}-{index:03d}.json"
-        manifests[uri] = build_manifest([s.uri for s in scenes])
+        instances = min(instances_per_job, len(scenes))
+        if items_prefix is not None:
+            placed: list[SceneRef] = []
+            for k, size in enumerate(batch_sizes(len(scenes), instances)):
+                batch = batch_uri(items_prefix, round_, index, k)
+                members = scenes[len(placed) : len(placed) + size]
+                batches[batch] = tuple(s.item_id for s in members)
+                placed.extend(dataclasses.replace(s, uri=batch) for s in members)
+            scenes = placed
+        listed = list(dict.fromkeys(s.uri for s in scenes))  # a batch once, in order
+        manifests[uri] = build_manifest(listed)
         job_plans.append(
             JobPlan(
                 name=job_name(run_id, round_, index),
                 round=round_,
                 index=index,
                 manifest_uri=uri,
-                instance_count=min(instances_per_job, len(scenes)),
+                instance_count=instances,
                 scenes=tuple(scenes),
             )
         )
-    return job_plans, manifests
+    return job_plans, manifests, batches
 
 
 def run_paths(s3_prefix: str, run_id: str) -> dict[str, str]:
@@ -800,9 +836,10 @@ def make_plan(
     startup_seconds: float = DEFAULT_STARTUP_SECONDS,
     copy_items: bool | None = None,
     dedupe: str | None = None,
-) -> tuple[Plan, dict[str, list[Any]], list[dict[str, Any]]]:
-    """Plan items into jobs. Returns the plan, the manifests to upload (uri -> manifest) and the item dicts to
-    write under the run's `items/` prefix first."""
+) -> tuple[Plan, dict[str, list[Any]], dict[str, list[dict[str, Any]]]]:
+    """Plan items into jobs. Returns the plan, the manifests to upload (uri -> manifest) and the item batches to
+    write under the run's `items/` prefix first (batch uri -> its items, in order; empty when referenced in
+    place)."""
     validate_run_id(run_id)
     price = price_for(instance_type, price_per_hour)
     bucket = s3_prefix[5:].split("/", 1)[0] if s3_prefix.startswith("s3://") else ""
@@ -816,8 +853,12 @@ def make_plan(
     if price_per_hour is not None and not (price_per_hour >= 0 and math.isfinite(price_per_hour)):
         raise ArgumentError(f"--price-per-hour must be a number >= 0, got {price_per_hour}")
     paths = run_paths(s3_prefix, run_id)
-    refs, to_write = scene_refs(items, paths["items"], copy_items)
-    job_plans, manifests = make_jobs(refs, run_id, 0, jobs, instances_per_job, paths["manifests"])
+    refs, copied = scene_refs(items, copy_items)
+    job_plans, manifests, batches = make_jobs(
+        refs, run_id, 0, jobs, instances_per_job, paths["manifests"], paths["items"] if copied else None
+    )
+    by_id = {str(item["id"]): item for item in items}
+    to_write = {uri: [by_id[i] for i in ids] for uri, ids in batches.items()}
     est = estimate(
         [(j.scene_count, j.instance_count) for j in job_plans], price, seconds_per_scene, startup_seconds
     )
@@ -837,9 +878,10 @@ def make_plan(
 
 def add_round(
     plan: Plan, scenes: Sequence[SceneRef], jobs: int | None = None
-) -> tuple[Plan, list[JobPlan], dict[str, list[Any]]]:
+) -> tuple[Plan, list[JobPlan], dict[str, list[Any]], dict[str, tuple[str, ...]]]:
     """A new round of jobs for `scenes` (resume). Jobs default to as many as keep the first round's scenes per
-    job. Returns the extended plan, the new jobs and their manifests."""
+    job. Returns the extended plan, the new jobs, their manifests and, when the run copied its items, the new
+    round's batches (batch uri -> item ids): the caller writes them from the scenes' earlier batches first."""
     if not scenes:
         raise PlanError("no scenes to plan in a new round")
     round_ = max(plan.rounds, default=-1) + 1
@@ -852,10 +894,18 @@ def add_round(
         raise PlanError(
             f"job name {name_check} would exceed 63 characters: too many rounds for run {plan.run_id}"
         )
-    manifest_prefix = f"{plan.s3_prefix.rstrip('/')}/manifests/"
-    new_jobs, manifests = make_jobs(
-        scenes, plan.run_id, round_, jobs, plan.instances_per_job, manifest_prefix
-    )
+    base = plan.s3_prefix.rstrip("/")
+    items_prefix = f"{base}/items/"
+    copied = [is_copied(s.uri, items_prefix) for s in scenes]
+    if any(copied) and not all(copied):
+        raise PlanError(
+            "the scenes to resume are partly copied under the run's items/ and partly referenced in place: "
+            "a plan does not mix the two; plan the missing scenes as a new run"
+        )
+    new_jobs, manifests, batches = make_jobs(
+        scenes, plan.run_id, round_, jobs, plan.instances_per_job, f"{base}/manifests/",
+        items_prefix if all(copied) else None,
+    )  # fmt: skip
     all_jobs = (*plan.jobs, *new_jobs)
     est = estimate(
         [(j.scene_count, j.instance_count) for j in all_jobs],
@@ -863,4 +913,4 @@ def add_round(
         plan.estimate.seconds_per_scene,
         plan.estimate.startup_seconds,
     )
-    return dataclasses.replace(plan, jobs=all_jobs, estimate=est), new_jobs, manifests
+    return dataclasses.replace(plan, jobs=all_jobs, estimate=est), new_jobs, manifests, batches

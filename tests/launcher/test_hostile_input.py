@@ -545,6 +545,76 @@ def test_plan_no_upload_then_upload(aws, tmp_path: Path) -> None:
     assert "x/later/plan.json" in keys
 
 
+def test_copied_items_come_in_batches_retried_and_counted(aws, tmp_path: Path) -> None:
+    """40 items from no bucket, 2 jobs x 3 instances: 6 batch objects (JSON Lines), 2 manifests, plan.json; a
+    503 SlowDown on one upload is retried; every item lands once, as written."""
+    from launcher.aws import client
+
+    items = synthetic_items(40, in_bucket=False)
+    path = _items_file(tmp_path / "items.jsonl", items)
+    state = {"n": 0}
+
+    def slow_down(_body: Any) -> tuple[int, dict[str, Any]] | None:
+        state["n"] += 1
+        return (
+            (503, {"__type": "SlowDown", "message": "Please reduce your request rate."})
+            if state["n"] == 3
+            else None
+        )
+
+    aws.answer("s3", "PutObject", slow_down)
+    r = _run("plan", "--items", str(path), "--s3-prefix", f"s3://{BUCKET}/x", "--run-id", "batched",
+             "--jobs", "2", "--instances-per-job", "3", "--out", str(tmp_path / "run"))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "copied in 6 batch(es)" in r.output
+    assert len(aws.injected("PutObject")) == 1 and len(aws.sent("s3", "PutObject")) == 6 + 2 + 1
+    s3 = client("s3")
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET, Prefix="x/batched/items/")["Contents"])
+    assert keys == [f"x/batched/items/r0-{j:03d}-{k:04d}.jsonl" for j in range(2) for k in range(3)]
+    landed = [
+        json.loads(line)
+        for key in keys
+        for line in s3.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode().splitlines()
+    ]
+    assert sorted(landed, key=lambda i: i["id"]) == sorted(items, key=lambda i: i["id"])
+
+
+def test_upload_refuses_a_batch_that_lost_an_item(aws, tmp_path: Path) -> None:
+    path = _items_file(tmp_path / "items.jsonl", synthetic_items(6, in_bucket=False))
+    run = tmp_path / "run"
+    r = _run("plan", "--items", str(path), "--s3-prefix", f"s3://{BUCKET}/x", "--run-id", "cut", "--jobs", "1",
+             "--instances-per-job", "2", "--out", str(run), "--no-upload")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    batch = run / "items" / "r0-000-0001.jsonl"
+    lines = batch.read_text().splitlines()
+    batch.write_text(lines[0] + "\n")  # one item of the batch gone
+    lost = json.loads(lines[1])["id"]
+    r = _run("upload", "--plan", str(run))
+    assert r.exit_code == 1 and f"lacks item {lost}" in r.output and "Traceback" not in r.output
+    assert aws.sent("s3", "PutObject") == []  # checked before anything is written
+
+
+@pytest.mark.parametrize(
+    "body", [b"\xff\xfe not text", b'{"id": "x"', b"[1, 2]\n", b'{"type": "Feature", "id": "other"}\n']
+)
+def test_resume_refuses_a_tampered_batch(aws, tmp_path: Path, body: bytes) -> None:
+    from launcher.aws import client
+
+    path = _items_file(tmp_path / "items.jsonl", synthetic_items(4, in_bucket=False))
+    run = tmp_path / "run"
+    r = _run("plan", "--items", str(path), "--s3-prefix", f"s3://{BUCKET}/x", "--run-id", "tamper", "--jobs", "1",
+             "--instances-per-job", "1", "--out", str(run))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    client("s3").put_object(Bucket=BUCKET, Key="x/tamper/items/r0-000-0000.jsonl", Body=body)
+    r = _run("resume", "--plan", str(run), "--no-submit")
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output
+    assert "r0-000-0000.jsonl" in r.output and "plan the run again" in r.output
+    assert len(r.output.strip().splitlines()) <= 3, r.output
+    assert load_plan(run).rounds == [0]  # nothing planned, nothing uploaded
+    manifests = client("s3").list_objects_v2(Bucket=BUCKET, Prefix="x/tamper/manifests/")["Contents"]
+    assert [o["Key"] for o in manifests] == ["x/tamper/manifests/r0-000.json"]
+
+
 def test_plan_reads_what_the_worker_reads(aws, tmp_path: Path) -> None:
     items = synthetic_items(4)
     collection = tmp_path / "items.json"

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from earthmon_testing.products import write_product
-from ndvi_worker.discover import MAX_DOCUMENT_BYTES, find_items, parse_document
+from ndvi_worker.discover import MAX_DEPTH, MAX_DOCUMENT_BYTES, _depth, find_items, parse_document
 from ndvi_worker.safety import HrefError, UnsafePath, check_href, path_under, redact
 from ndvi_worker.stac import ItemError, mgrs_tile
 
@@ -277,6 +279,34 @@ def test_f4_deep_nesting_is_one_failed_entry():
     assert [e.error is None for e in entries] == [True, False, True]
 
 
+def _walk_depth(doc: object) -> int:
+    """Reference: the nesting depth of a parsed document, by recursion."""
+    if isinstance(doc, dict):
+        return 1 + max(map(_walk_depth, doc.values()), default=0)
+    if isinstance(doc, list):
+        return 1 + max(map(_walk_depth, doc), default=0)
+    return 0
+
+
+_TRICKY = st.text(alphabet='[]{}"\\/ab\n\u00e9\U0001f600', max_size=8)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TRICKY,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TRICKY, inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(doc=_JSON, indent=st.sampled_from([None, 1]), ascii_only=st.booleans())
+def test_f4_depth_from_the_text_equals_the_documents(doc, indent, ascii_only):
+    """The skeleton count (`discover._depth`) agrees with a walk of the parsed document, whatever brackets, quotes
+    and backslashes the strings (keys included) hold, however the text is spaced and escaped."""
+    text = json.dumps(doc, indent=indent, ensure_ascii=ascii_only)
+    assert _depth(text) == min(_walk_depth(doc), MAX_DEPTH + 1)
+    wrapped = "[" * MAX_DEPTH + text + "]" * MAX_DEPTH  # the cap: one level past it is refused
+    assert (_depth(wrapped) > MAX_DEPTH) == (_walk_depth(doc) > 0)
+
+
 def test_f4_oversized_files_are_refused_unread(tmp_path: Path):
     good = {"type": "Feature", "stac_version": "1.0.0", "id": "a", "assets": {}, "properties": {}}
     (tmp_path / "a.json").write_text(json.dumps(good))
@@ -359,7 +389,9 @@ def test_f6_odd_fields_in_a_product_never_cost_the_viewer(tmp_path: Path, name: 
 
 def test_f6_red_team_repro_mosaic_cli_writes_the_viewer(tmp_path: Path):
     item = _product(tmp_path / "min", "S2A_31UFU_20231205_0_L2A", "2023-12-05")
-    _mutate(item, MUTATIONS["method NaN"])
+    _mutate(item, lambda d: d["properties"].update({"earthmon:composite_method": None}))
+    nan = _product(tmp_path / "min", "S2B_31UFU_20231206_0_L2A", "2023-12-06")
+    _mutate(nan, MUTATIONS["method NaN"])  # a NaN literal is not JSON: that product is refused, with a hint
     proc = subprocess.run(
         [*WORKER, "mosaic", "--input", str(tmp_path / "min"), "--output", str(tmp_path / "mout")]
         + ["--resolution", "0.005", "--workers", "1"],
@@ -367,8 +399,8 @@ def test_f6_red_team_repro_mosaic_cli_writes_the_viewer(tmp_path: Path):
         text=True,
         timeout=300,
     )
-    assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
+    assert proc.returncode == 1 and "NaN and Infinity are not JSON: write null" in proc.stderr, proc.stderr
     page = (tmp_path / "mout" / "index.html").read_text()
     assert '"method":null' in page
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from launcher.cli.console import aws_hint, friendly_errors
+from launcher.cli.console import aws_hint, friendly_errors, gc_paused
 from launcher.cli.console import console as _console
 
 
@@ -56,6 +56,7 @@ from launcher.cli.console import console as _console
 @click.option("--no-upload", is_flag=True, help="Only write the plan and manifests locally.")
 @click.option("--force", is_flag=True, help="Replace an existing DIR/plan.json (its run's history is lost).")
 @friendly_errors
+@gc_paused
 def plan(
     items_path,
     jobs,
@@ -141,10 +142,14 @@ def plan(
     )
     if not to_write:
         where = "referenced in place"
-    elif no_upload:
-        where = f"to be written under {the_plan.s3_prefix}items/ (kept in {out / 'items'} until uploaded)"
     else:
-        where = f"written under {the_plan.s3_prefix}items/"
+        where = f"copied in {len(to_write)} batch(es) of at most {p.MAX_ITEMS_PER_BATCH} (JSON Lines) "
+        if no_upload:
+            where += (
+                f"to be written under {the_plan.s3_prefix}items/ (kept in {out / 'items'} until uploaded)"
+            )
+        else:
+            where += f"under {the_plan.s3_prefix}items/"
     console.print(f"item JSONs {where}; outputs -> {the_plan.output_prefix}")
     console.print(
         f"estimate: {est.instance_hours:.1f} instance-hours, ${est.cost_usd:,.2f} at ${est.price_per_hour}/h, "
@@ -182,10 +187,9 @@ def _upload(console, the_plan, manifests, to_write, planning: bool = True) -> No
 
     try:
         s3 = client("s3")
-        uris = {s.item_id: s.uri for s in the_plan.scenes().values()}
         with Progress(console=console, transient=True) as bar:
-            task = bar.add_task("uploading item JSONs", total=len(to_write))
-            store.upload_run(s3, the_plan, manifests, to_write, uris, on_item=lambda: bar.advance(task))
+            task = bar.add_task("uploading item JSONs", total=sum(len(b) for b in to_write.values()))
+            store.upload_run(s3, the_plan, manifests, to_write, on_batch=lambda n: bar.advance(task, n))
     except Exception as exc:
         hint = aws_hint(exc)
         if hint is None:
@@ -201,6 +205,7 @@ def _upload(console, the_plan, manifests, to_write, planning: bool = True) -> No
 @click.command()
 @click.option("--plan", "plan_path", required=True, help="DIR/plan.json of `launcher plan --no-upload`.")
 @friendly_errors
+@gc_paused
 def upload(plan_path) -> None:
     """Upload a run planned with --no-upload: its item JSONs, manifests and plan.json, to its S3 prefix."""
     from launcher.ndvi import store
@@ -208,8 +213,9 @@ def upload(plan_path) -> None:
 
     console = _console()
     the_plan = load_plan(plan_path)
-    manifests, items = store.local_run_files(the_plan, plan_file(plan_path).parent)
-    _upload(console, the_plan, manifests, items, planning=False)
+    manifests, batches = store.local_run_files(the_plan, plan_file(plan_path).parent)
+    _upload(console, the_plan, manifests, batches, planning=False)
     console.print(
-        f"uploaded {len(items)} item JSON(s), {len(manifests)} manifest(s) and plan.json to {the_plan.s3_prefix}"
+        f"uploaded {sum(len(b) for b in batches.values())} item JSON(s) in {len(batches)} batch(es), "
+        f"{len(manifests)} manifest(s) and plan.json to {the_plan.s3_prefix}"
     )

@@ -8,7 +8,7 @@ import json
 import click
 
 from launcher.cli.console import console as _console
-from launcher.cli.console import friendly_errors, with_options
+from launcher.cli.console import friendly_errors, gc_paused, with_options
 from launcher.cli.ndvi.jobs import SUBMIT_OPTIONS, created, secret_values, submission_settings, submit_jobs
 
 
@@ -29,6 +29,7 @@ from launcher.cli.ndvi.jobs import SUBMIT_OPTIONS, created, secret_values, submi
     "never ran or whose job died.",
 )
 @friendly_errors
+@gc_paused
 def resume(
     plan_path,
     jobs,
@@ -91,15 +92,18 @@ def resume(
             the_plan, image, role, instance_type, volume_gb, max_runtime, env, worker_args
         )
         secrets = secret_values(submission.env_from_caller, given, console, "launcher resume", dry_run)
-    new_plan, new_jobs, manifests = add_round(the_plan, missing, jobs)
+    new_plan, new_jobs, manifests, batches = add_round(the_plan, missing, jobs)
     round_ = new_jobs[0].round
     console.print(f"round {round_}: {len(missing)} scene(s) in {len(new_jobs)} job(s)")
     if dry_run:
         if submission is not None:
             submit_jobs(new_plan, new_jobs, submission, secrets, True, True, console)
         return
+    items = (
+        store.fetch_items(s3, missing) if batches else {}
+    )  # the copied items, from the batches they are in
     store.save_manifests(manifests, plan_file(plan_path).parent)
-    store.upload_run(s3, new_plan, manifests, [], {})
+    store.upload_run(s3, new_plan, manifests, {uri: [items[i] for i in ids] for uri, ids in batches.items()})
     if submission is not None:
         new_plan = dataclasses.replace(new_plan, submission=submission)
     store.save_plan(new_plan, plan_file(plan_path))

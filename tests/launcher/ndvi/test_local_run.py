@@ -158,13 +158,21 @@ def test_local_runs_the_plan_like_sagemaker_then_resumes(aws, scenes, tmp_path: 
     failed_job = next(j for j in status["jobs"] if j["name"] == bad_job)
     assert bad in failed_job["exit_message"]  # the worker's /opt/ml/output/message
 
-    # fix the broken scene's item in the bucket, then resume: only it is planned and run again
+    # fix the broken scene's item in its batch in the bucket, then resume: only it is planned and run again, from
+    # a new batch the resume wrote from the one in the bucket
     fixed = json.loads(json.dumps(scenes[3]))
     fixed["assets"]["red"]["href"] = fixed["assets"]["nir"]["href"].replace("B08.tif", "B04.tif")
-    s3.put_object(Bucket="earthmon-test", Key=f"ndvi/e2e/items/{bad}.json", Body=json.dumps(fixed).encode())
+    batch_key = plan.scenes()[bad].uri.removeprefix("s3://earthmon-test/")
+    lines = s3.get_object(Bucket="earthmon-test", Key=batch_key)["Body"].read().decode().splitlines()
+    assert [json.loads(line)["id"] for line in lines] == [bad]
+    s3.put_object(Bucket="earthmon-test", Key=batch_key, Body=(json.dumps(fixed) + "\n").encode())
     r = _run("resume", "--plan", str(run), "--no-submit")
     assert r.exit_code == 0, r.output
     assert "3/4 scene(s) done, 1 missing" in r.output
+    resumed = load_plan(run).jobs_of_round(1)[0].scenes
+    assert [s.item_id for s in resumed] == [bad] and resumed[0].uri.endswith("/items/r1-000-0000.jsonl")
+    new_batch = s3.get_object(Bucket="earthmon-test", Key=resumed[0].uri.removeprefix("s3://earthmon-test/"))
+    assert json.loads(new_batch["Body"].read()) == fixed
     r = _run(
         "local", "--plan", str(run), "--round", "1", "--no-docker", "--instances", "2", "--parallel", "1"
     )

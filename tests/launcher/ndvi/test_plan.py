@@ -16,10 +16,12 @@ from earthmon_testing.launcher import fixture_items, synthetic_items
 from launcher.cli import cli
 from launcher.ndvi.plan import (
     DEFAULT_SECONDS_PER_SCENE,
+    MAX_ITEMS_PER_BATCH,
     Plan,
     PlanError,
     SceneRef,
     add_round,
+    batch_sizes,
     build_manifest,
     common_prefix,
     estimate,
@@ -104,7 +106,7 @@ def test_items_referenced_in_place_or_copied() -> None:
     plan, _, to_write = make_plan(
         items, run_id="r1", created="t", s3_prefix="s3://b/p", jobs=3, instances_per_job=2
     )
-    assert to_write == []
+    assert to_write == {}
     assert all(s.uri.startswith("s3://sentinel-cogs/sentinel-s2-l2a-cogs/") for s in plan.scenes().values())
     api_only = copy.deepcopy(items[0])
     api_only["id"] = "S2A_99XXX_20231201_0_L2A"
@@ -114,9 +116,19 @@ def test_items_referenced_in_place_or_copied() -> None:
     plan, manifests, to_write = make_plan(
         [*items, api_only], run_id="r1", created="t", s3_prefix="s3://b/p", jobs=3, instances_per_job=2
     )
-    # a manifest lists one bucket's keys: with one API-only item, every item is written under the run's prefix
-    assert len(to_write) == len(items) + 1
-    assert all(s.uri.startswith("s3://b/p/r1/items/") for s in plan.scenes().values())
+    # a manifest lists one bucket's keys: with one API-only item, every item is written under the run's prefix, in
+    # batches: here 3 jobs of 8-9 scenes on 2 instances, so 2 batches a job
+    assert sorted(to_write) == [
+        f"s3://b/p/r1/items/r0-{j:03d}-{k:04d}.jsonl" for j in range(3) for k in range(2)
+    ]
+    assert sorted(i["id"] for batch in to_write.values() for i in batch) == sorted(
+        i["id"] for i in [*items, api_only]
+    )
+    for job in plan.jobs:
+        listed = manifest_uris(manifests[job.manifest_uri])
+        assert listed == sorted({s.uri for s in job.scenes}) and len(listed) == 2
+        for scene in job.scenes:  # each scene points at the batch that holds its item
+            assert scene.item_id in [i["id"] for i in to_write[scene.uri]]
     assert all(m[0]["prefix"] == "s3://b/p/r1/items/" for m in manifests.values())
     with pytest.raises(PlanError, match="--no-copy-items"):
         make_plan([*items, api_only], run_id="r1", created="t", s3_prefix="s3://b/p", jobs=3, instances_per_job=2,
@@ -124,7 +136,35 @@ def test_items_referenced_in_place_or_copied() -> None:
     plan, _, to_write = make_plan(
         items, run_id="r1", created="t", s3_prefix="s3://b/p", jobs=3, instances_per_job=2, copy_items=True
     )
-    assert len(to_write) == len(items)
+    assert sum(len(b) for b in to_write.values()) == len(items)
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenes=st.integers(1, 20000), instances=st.integers(1, 100))
+def test_batch_sizes_cover_a_job_evenly_per_instance(scenes: int, instances: int) -> None:
+    instances = min(instances, scenes)  # make_jobs never gives a job more instances than scenes
+    sizes = batch_sizes(scenes, instances)
+    assert sum(sizes) == scenes and min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    assert max(sizes) <= MAX_ITEMS_PER_BATCH or len(sizes) == scenes
+    assert len(sizes) % instances == 0  # every instance gets as many batches: ShardedByS3Key splits objects
+    # no more objects than needed: one fewer batch per instance would exceed the cap
+    per_instance = len(sizes) // instances
+    assert per_instance == 1 or math.ceil(scenes / instances / (per_instance - 1)) > MAX_ITEMS_PER_BATCH
+
+
+def test_reference_run_copies_its_items_in_500_objects() -> None:
+    items = synthetic_items(8581)
+    plan, manifests, to_write = make_plan(
+        items, run_id="ref", created="t", s3_prefix="s3://b/p", jobs=25, instances_per_job=20, copy_items=True
+    )
+    assert len(to_write) == 500  # one batch per instance (17-18 scenes), not 8,581 objects
+    assert {len(b) for b in to_write.values()} == {17, 18}
+    assert all(len(manifest_uris(m)) == 20 for m in manifests.values())
+    # the fewest-instances layout: 3 jobs x 18 instances of ~2,860 scenes: 3 batches per instance of <= 64
+    _, _, to_write = make_plan(
+        items, run_id="ref", created="t", s3_prefix="s3://b/p", jobs=3, instances_per_job=18, copy_items=True
+    )
+    assert len(to_write) == 162 and max(len(b) for b in to_write.values()) <= MAX_ITEMS_PER_BATCH
 
 
 def test_plan_rejects_bad_input() -> None:
@@ -217,11 +257,31 @@ def test_add_round_plans_only_given_scenes() -> None:
         synthetic_items(100), run_id="run", created="t", s3_prefix="s3://b/p", jobs=4, instances_per_job=5
     )
     missing = [SceneRef(s.item_id, s.uri, s.tile) for s in list(plan.scenes().values())[:30]]
-    new_plan, new_jobs, manifests = add_round(plan, missing)
+    new_plan, new_jobs, manifests, batches = add_round(plan, missing)
+    assert batches == {}  # items referenced in place stay there
     assert [j.name for j in new_jobs] == ["run-r1-000", "run-r1-001"]  # 25 scenes a job in round 0
     assert sorted(s.item_id for j in new_jobs for s in j.scenes) == sorted(s.item_id for s in missing)
     assert new_plan.rounds == [0, 1] and len(new_plan.jobs) == 6 and new_plan.scene_count == 100
     assert set(manifests) == {"s3://b/p/run/manifests/r1-000.json", "s3://b/p/run/manifests/r1-001.json"}
+
+
+def test_add_round_batches_copied_scenes_again() -> None:
+    plan, _, first = make_plan(
+        synthetic_items(100), run_id="run", created="t", s3_prefix="s3://b/p", jobs=4, instances_per_job=5,
+        copy_items=True,
+    )  # fmt: skip
+    missing = list(plan.scenes().values())[::7]
+    new_plan, new_jobs, manifests, batches = add_round(plan, missing)
+    # the missing scenes only, in new objects of round 1 (the round-0 batches also hold scenes that are done)
+    assert sorted(i for ids in batches.values() for i in ids) == sorted(s.item_id for s in missing)
+    assert all(uri.startswith("s3://b/p/run/items/r1-") for uri in batches) and not set(batches) & set(first)
+    for job in new_jobs:
+        assert manifest_uris(manifests[job.manifest_uri]) == sorted({s.uri for s in job.scenes})
+        assert all(s.item_id in batches[s.uri] for s in job.scenes)
+    assert new_plan.scenes() == plan.scenes()  # the first round's refs (and batches) stay valid
+    in_place = SceneRef("S2A_31UDQ_20231201_0_L2A", "s3://elsewhere/S2A_31UDQ_20231201_0_L2A.json")
+    with pytest.raises(PlanError, match="mix"):
+        add_round(plan, [*missing, in_place])
 
 
 # ------------------------------------------------------------------------------------------- CLI on moto
