@@ -476,6 +476,10 @@ def sdk_local_arguments(plan: Plan, job: JobPlan, input_uri: str, image: str, ro
 def stage_sdk_input(s3: Any, job: JobPlan, plan: Plan) -> str:
     """Copy the job's item JSONs under one S3 prefix (local mode reads S3Prefix inputs, not manifests)."""
     dest = parse_s3_uri(plan.s3_prefix).join("sdk-local", job.name).as_prefix()
+    for stale in list_objects(
+        s3, dest
+    ):  # a previous staging of this job (e.g. before its items were batched)
+        s3.delete_object(Bucket=dest.bucket, Key=stale["Key"])
     names = {s.uri: f"{s.item_id}.json" for s in job.scenes}  # an item in place: its id names it
     for uri in names:  # a batch of copied items once, under its own name
         src = parse_s3_uri(uri)

@@ -441,6 +441,15 @@ class Plan:
                 out.setdefault(s.item_id, s)
         return out
 
+    def latest_scenes(self) -> dict[str, SceneRef]:
+        """Every scene of the plan by item id, as the latest round that planned it names it (its item JSON where
+        that round's job read it: a copied item is in a new batch each round, and a fix goes into the latest)."""
+        out: dict[str, SceneRef] = {}
+        for job in sorted(self.jobs, key=lambda j: (j.round, j.index)):
+            for s in job.scenes:
+                out[s.item_id] = s
+        return out
+
     def job_output_uri(self, job: JobPlan | ProductJob) -> str:
         return f"{self.output_prefix.rstrip('/')}/{job.name}/"
 

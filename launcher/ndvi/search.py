@@ -424,10 +424,14 @@ def search_geospatial(
 
 
 def write_jsonl(items: Iterable[dict[str, Any]], path: str) -> int:
+    """Items as JSON Lines that `plan` and the worker read: strict JSON (a NaN or Infinity an API sent, which
+    `json.dumps` would write as it is and strict readers refuse, is written as null), one item per line."""
+    from launcher.ndvi.store import item_bytes
+
     n = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with open(path, "wb") as f:
         for item in items:
-            f.write(json.dumps(item, separators=(",", ":")) + "\n")
+            f.write(item_bytes(item) + b"\n")
             n += 1
     return n
 

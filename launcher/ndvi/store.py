@@ -84,56 +84,90 @@ def save_manifests(manifests: Mapping[str, list[Any]], directory: str | os.PathL
     return paths
 
 
-def batch_bytes(items: Sequence[dict[str, Any]]) -> bytes:
-    """A batch object: JSON Lines, one compact item per line, UTF-8 (what the worker reads from `*.jsonl`).
+#: A batch holds at most MAX_ITEMS_PER_BATCH items (~21 KB each from Earth Search); an object or file much larger
+#: than that is not one of this run's batches, and is refused unread.
+MAX_BATCH_BYTES = 32 * 2**20
 
-    orjson writes the reference run's 179 MB of items in 0.3 s where `json.dumps` took 3-5 s. It refuses integers
-    beyond 64 bits (which `json` reads): such an item is written by the standard library instead.
-    """
-    lines = []
-    for item in items:
-        try:
-            lines.append(orjson.dumps(item))
-        except orjson.JSONEncodeError:
-            lines.append(json.dumps(item, separators=(",", ":"), ensure_ascii=False).encode())
-    lines.append(b"")
-    return b"\n".join(lines)
+# Line and paragraph separators that JSON allows unescaped in strings but line readers other than `readline` split
+# at (Python's str.splitlines among them): written escaped. Their UTF-8 bytes occur only inside JSON strings.
+_SEPARATORS = ((b"\xe2\x80\xa8", b"\\u2028"), (b"\xe2\x80\xa9", b"\\u2029"), (b"\xc2\x85", b"\\u0085"))
+
+
+def item_bytes(item: dict[str, Any]) -> bytes:
+    """One item as compact UTF-8 JSON on one line. orjson writes the reference run's 179 MB of items in 0.3 s where
+    `json.dumps` took 3-5 s; items read by `launcher plan` come from orjson already (integers beyond 64 bits read as
+    floats, no NaN); an item orjson refuses (such an integer from elsewhere) goes through the standard library."""
+    try:
+        data = orjson.dumps(item)
+    except orjson.JSONEncodeError:
+        data = json.dumps(item, separators=(",", ":"), allow_nan=False).encode()
+    for raw, escaped in _SEPARATORS:
+        if raw in data:
+            data = data.replace(raw, escaped)
+    return data
+
+
+def batch_bytes(items: Sequence[dict[str, Any]]) -> bytes:
+    """A batch object: JSON Lines, one item per line (what the worker reads from `*.jsonl`)."""
+    return b"".join(item_bytes(item) + b"\n" for item in items)
+
+
+def object_bytes(uri: str, items: Sequence[dict[str, Any]]) -> bytes:
+    """What the object at `uri` holds: a batch (JSON Lines), or one item JSON (`items/<id>.json` of plans made
+    before batches)."""
+    if uri.endswith(BATCH_SUFFIX):
+        return batch_bytes(items)
+    if len(items) != 1:
+        raise PlanError(f"{uri} holds one item, not {len(items)}: plan the run again")
+    return item_bytes(items[0])
 
 
 def save_items(batches: Mapping[str, Sequence[dict[str, Any]]], directory: str | os.PathLike[str]) -> int:
-    """Local copies of the item batches a run must write under its prefix (DIR/items/<batch>.jsonl), for `upload`
-    after `plan --no-upload`. Returns the number of items. Names come from the plan; the paths are checked
-    again here."""
+    """Local copies of the item batches a run writes under its prefix (DIR/items/<batch>.jsonl), for `upload`
+    after `plan --no-upload` (and again after `resume`). Returns the number of items. Names come from the plan;
+    the paths are checked again here."""
     out = inside(directory, "items")
     out.mkdir(parents=True, exist_ok=True)
     for uri, items in batches.items():
-        inside(out, uri.rsplit("/", 1)[-1]).write_bytes(batch_bytes(items))
+        inside(out, uri.rsplit("/", 1)[-1]).write_bytes(object_bytes(uri, items))
     return sum(len(items) for items in batches.values())
 
 
 def parse_batch(data: bytes, where: str, wanted: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The items `wanted` (ids) of a batch object (JSON Lines) or of a single item JSON (plans before batches): id
-    -> item. PlanError when the object is not that, or lacks one of them."""
-    try:
-        text = data.decode("utf-8")
-        lines = text.splitlines() if where.endswith(BATCH_SUFFIX) else [text]
-        docs = [json.loads(line) for line in lines if line.strip()]
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise PlanError(
-            f"{where} is not the item JSON the run wrote ({short(str(exc))}): plan the run again"
-        ) from None
-    found = {d["id"]: d for d in docs if isinstance(d, dict) and isinstance(d.get("id"), str)}
+    """The items `wanted` (ids) of a batch (JSON Lines) or of one item JSON (plans before batches), decoded by the
+    worker's rules (strict JSON, size and depth capped): id -> item. PlanError naming `where` when it is not that:
+    not UTF-8 JSON, an item listed twice, or one of `wanted` missing."""
+    from ndvi_worker.discover import _load
+
+    again = "restore it or plan the run again"
+    if len(data) > MAX_BATCH_BYTES:
+        raise PlanError(f"{where} is larger than {MAX_BATCH_BYTES // 2**20} MB: not an item batch; {again}")
+    chunks = data.split(b"\n") if where.endswith(BATCH_SUFFIX) else [data]
+    found: dict[str, dict[str, Any]] = {}
+    for n, chunk in enumerate(chunks, start=1):
+        if not chunk.strip():
+            continue
+        try:
+            doc = _load(chunk.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise PlanError(f"{where} line {n} is not an item JSON ({short(str(exc))}); {again}") from None
+        item_id = doc.get("id") if isinstance(doc, dict) else None
+        if not isinstance(item_id, str):
+            raise PlanError(f"{where} line {n} is not an item JSON (no string id); {again}")
+        if item_id in found:
+            raise PlanError(f"{where} lists item {item_id} twice; {again}")
+        found[item_id] = doc
     missing = [i for i in wanted if i not in found]
     if missing:
-        raise PlanError(f"{where} lacks item {missing[0]} of the plan: plan the run again")
+        raise PlanError(f"{where} lacks item {missing[0]} of the plan; {again}")
     return {i: found[i] for i in wanted}
 
 
 def local_run_files(
     plan: Plan, directory: str | os.PathLike[str]
 ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]]:
-    """The manifests (uri -> manifest) and item batches (uri -> items) of a plan planned with --no-upload, read
-    back from DIR/manifests and DIR/items for `launcher upload`."""
+    """The manifests (uri -> manifest) and item batches (uri -> items) of a plan, read back from DIR/manifests and
+    DIR/items (written by `plan --no-upload` and `resume`) for `launcher upload`."""
     manifests: dict[str, Any] = {}
     for job in plan.jobs:
         path = inside(directory, "manifests", job.manifest_uri.rsplit("/", 1)[-1])
@@ -147,7 +181,8 @@ def local_run_files(
     for uri, ids in copied_items(plan).items():
         path = inside(directory, "items", uri.rsplit("/", 1)[-1])
         try:
-            data = path.read_bytes()
+            with path.open("rb") as f:
+                data = f.read(MAX_BATCH_BYTES + 1)
         except OSError as exc:
             raise PlanError(
                 f"cannot read the item batch {path} ({exc.strerror or exc}): plan the run again"
@@ -157,26 +192,24 @@ def local_run_files(
     return manifests, batches
 
 
-def copied_items(plan: Plan, round_: int | None = None) -> dict[str, list[str]]:
-    """The objects the run wrote under its items/ prefix (of one round, or all): uri -> item ids, in order."""
+def copied_items(plan: Plan) -> dict[str, list[str]]:
+    """The objects the run wrote under its items/ prefix: uri -> item ids, in order, each once (plans made before
+    batches list the same `items/<id>.json` in every round that planned the scene)."""
     items_prefix = plan.s3_prefix.rstrip("/") + "/items/"
-    out: dict[str, list[str]] = {}
+    out: dict[str, dict[str, None]] = {}
     for job in plan.jobs:
-        if round_ is not None and job.round != round_:
-            continue
         for scene in job.scenes:
             if is_copied(scene.uri, items_prefix):
-                out.setdefault(scene.uri, []).append(scene.item_id)
-    return out
-
-
-#: A batch holds at most MAX_ITEMS_PER_BATCH items; an object much larger than that many real items is not one.
-MAX_BATCH_BYTES = 256 * 1024 * 1024
+                out.setdefault(scene.uri, {})[scene.item_id] = None
+    return {uri: list(ids) for uri, ids in out.items()}
 
 
 def fetch_items(s3: Any, scenes: Sequence[SceneRef]) -> dict[str, dict[str, Any]]:
-    """The item JSONs of copied scenes, read back from the objects the run wrote (to write a resume round's
-    batches): id -> item. One GET per object, concurrently."""
+    """The item JSONs of copied scenes, read back from the objects their refs name (to write a resume round's
+    batches): id -> item. One GET per object, a few at a time; PlanError naming an object that is gone or is not
+    what the run wrote."""
+    from launcher.aws import is_not_found
+
     wanted: dict[str, list[str]] = {}
     for scene in scenes:
         wanted.setdefault(scene.uri, []).append(scene.item_id)
@@ -184,14 +217,21 @@ def fetch_items(s3: Any, scenes: Sequence[SceneRef]) -> dict[str, dict[str, Any]
 
     def get(uri: str) -> None:
         loc = parse_s3_uri(uri)
-        obj = s3.get_object(Bucket=loc.bucket, Key=loc.key)
+        try:
+            obj = s3.get_object(Bucket=loc.bucket, Key=loc.key)
+        except Exception as exc:
+            if is_not_found(exc):
+                raise PlanError(
+                    f"{uri} is gone: the items of its scenes cannot be read back; restore it or plan the run again"
+                ) from None
+            raise
         if int(obj.get("ContentLength") or 0) > MAX_BATCH_BYTES:
             raise PlanError(
                 f"{uri} is larger than {MAX_BATCH_BYTES // 2**20} MB: not an item batch of this run"
             )
         found.update(parse_batch(obj["Body"].read(MAX_BATCH_BYTES + 1), uri, wanted[uri]))
 
-    _parallel(get, list(wanted))
+    _parallel(get, list(wanted), workers=8)
     return found
 
 
@@ -218,9 +258,8 @@ def upload_run(
     def put_batch(kv: tuple[str, Sequence[dict[str, Any]]]) -> None:
         uri, items = kv
         loc = parse_s3_uri(uri)
-        s3.put_object(
-            Bucket=loc.bucket, Key=loc.key, Body=batch_bytes(items), ContentType="application/x-ndjson"
-        )
+        kind = "application/x-ndjson" if uri.endswith(BATCH_SUFFIX) else "application/json"
+        s3.put_object(Bucket=loc.bucket, Key=loc.key, Body=object_bytes(uri, items), ContentType=kind)
         if on_batch:
             on_batch(len(items))
 

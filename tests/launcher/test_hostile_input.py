@@ -779,3 +779,125 @@ def test_deeply_nested_plan_file(tmp_path: Path) -> None:
     with pytest.raises(PlanError):
         load_plan(path)
     os.remove(path)
+
+
+def _copied_run(tmp_path: Path, items: list[dict[str, Any]], run_id: str, *extra: str) -> Path:
+    path = _items_file(tmp_path / f"{run_id}.jsonl", items)
+    run = tmp_path / run_id
+    r = _run("plan", "--items", str(path), "--s3-prefix", f"s3://{BUCKET}/x", "--run-id", run_id, "--jobs", "1",
+             "--instances-per-job", "1", "--out", str(run), *extra)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    return run
+
+
+def _batch(s3: Any, uri: str) -> list[dict[str, Any]]:
+    body = s3.get_object(Bucket=BUCKET, Key=uri.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+    return [json.loads(line) for line in body.split(b"\n") if line]
+
+
+def test_resume_reads_items_with_line_separators_and_the_latest_fix(aws, tmp_path: Path) -> None:
+    """Characters JSON allows unescaped (U+2028, U+2029, U+0085) survive a batch and its resume; a fix written into
+    the latest round's batch is what the next round gets (not the first round's copy)."""
+    from launcher.aws import client
+
+    items = synthetic_items(3, in_bucket=False)
+    items[0]["properties"]["title"] = "line\u2028separator\u2029paragraph\x85next"
+    run = _copied_run(tmp_path, items, "seps", "--no-upload")
+    assert _run("upload", "--plan", str(run)).exit_code == 0
+    s3 = client("s3")
+    first = load_plan(run).jobs[0].scenes[0].uri
+    raw = s3.get_object(Bucket=BUCKET, Key=first.removeprefix(f"s3://{BUCKET}/"))["Body"].read()
+    assert raw.count(b"\n") == 3 and b"\\u2028" in raw  # one line per item, separators escaped
+    assert _batch(s3, first) == items
+    r = _run("resume", "--plan", str(run), "--no-submit")  # nothing done: every scene again, from the batch
+    assert r.exit_code == 0, r.output
+    round1 = load_plan(run).jobs_of_round(1)[0].scenes[0].uri
+    assert _batch(s3, round1) == items
+    fixed = json.loads(json.dumps(items))
+    fixed[1]["assets"]["red"]["href"] = "https://example.com/fixed/B04.tif"
+    s3.put_object(Bucket=BUCKET, Key=round1.removeprefix(f"s3://{BUCKET}/"),
+                  Body="".join(json.dumps(i) + "\n" for i in fixed).encode())  # fmt: skip
+    r = _run("resume", "--plan", str(run), "--no-submit")
+    assert r.exit_code == 0, r.output
+    round2 = load_plan(run).jobs_of_round(2)[0].scenes[0].uri
+    assert _batch(s3, round2) == fixed
+    r = _run(
+        "upload", "--plan", str(run)
+    )  # planned with --no-upload: the resume rounds' batches are in DIR/items too
+    assert r.exit_code == 0, r.output
+    assert _batch(s3, round2) == fixed
+
+
+def test_a_plan_made_before_batches_resumes_and_uploads_as_it_was(aws, tmp_path: Path) -> None:
+    """Plans before batches list items/<id>.json, the same object in every round: resume reads them, upload
+    writes each once as one item JSON (not as JSON Lines of repeated items)."""
+    from launcher.aws import client
+    from launcher.ndvi.store import save_items
+
+    items = synthetic_items(2, in_bucket=False)
+    run = _copied_run(tmp_path, items, "old", "--no-upload")
+    data = json.loads((run / "plan.json").read_text())
+    for job in data["jobs"]:
+        for scene in job["scenes"]:
+            scene["uri"] = f"s3://{BUCKET}/x/old/items/{scene['item_id']}.json"
+    second = json.loads(json.dumps(data["jobs"][0]))
+    second.update(round=1, name="old-r1-000", manifest_uri=f"s3://{BUCKET}/x/old/manifests/r1-000.json")
+    data["jobs"].append(second)
+    (run / "plan.json").write_text(json.dumps(data))
+    for f in (run / "items").iterdir():
+        f.unlink()
+    save_items({f"s3://{BUCKET}/x/old/items/{i['id']}.json": [i] for i in items}, run)
+    (run / "manifests" / "r1-000.json").write_text((run / "manifests" / "r0-000.json").read_text())
+    r = _run("upload", "--plan", str(run))
+    assert r.exit_code == 0, r.output
+    s3 = client("s3")
+    for item in items:
+        body = s3.get_object(Bucket=BUCKET, Key=f"x/old/items/{item['id']}.json")["Body"].read()
+        assert json.loads(body) == item  # one JSON document, as the worker reads a .json file
+    r = _run("resume", "--plan", str(run), "--no-submit")
+    assert r.exit_code == 0, r.output
+    assert sorted(i["id"] for i in _batch(s3, load_plan(run).jobs_of_round(2)[0].scenes[0].uri)) == sorted(
+        i["id"] for i in items
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (None, "is gone"),
+        (b'{"type":"Feature","id":"X"}\n' * 2, "twice"),
+        (b'{"id": "\\ud800"}\n', "not an item JSON"),
+        (b'{"id": "a", "x": NaN}\n', "NaN and Infinity are not JSON"),
+        (b"x" * (33 * 2**20), "larger than 32 MB"),
+    ],
+)
+def test_resume_names_a_batch_it_cannot_use(aws, tmp_path: Path, body: bytes | None, says: str) -> None:
+    from launcher.aws import client
+
+    items = synthetic_items(2, in_bucket=False)
+    run = _copied_run(tmp_path, items, "named")
+    key = "x/named/items/r0-000-0000.jsonl"
+    s3 = client("s3")
+    if body is None:
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    else:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=body.replace(b'"X"', json.dumps(items[0]["id"]).encode()))
+    r = _run("resume", "--plan", str(run), "--no-submit")
+    assert r.exit_code == 1 and "Traceback" not in r.output and "unexpected error" not in r.output, r.output
+    assert key in r.output and says in r.output, r.output
+    assert load_plan(run).rounds == [0]
+
+
+def test_search_output_is_strict_json_the_planner_reads(tmp_path: Path) -> None:
+    """An API answer with NaN (which `json.dumps` writes as it is) is written as null, so `plan` reads the file."""
+    from launcher.ndvi.search import write_jsonl
+
+    items = synthetic_items(2, in_bucket=False)
+    items[0]["properties"]["eo:cloud_cover"] = float("nan")
+    path = tmp_path / "items.jsonl"
+    assert write_jsonl(items, str(path)) == 2
+    lines = path.read_text().splitlines()
+    assert json.loads(lines[0], parse_constant=pytest.fail)["properties"]["eo:cloud_cover"] is None
+    r = _run("plan", "--items", str(path), "--s3-prefix", f"s3://{BUCKET}/x", "--out", str(tmp_path / "run"),
+             "--no-upload")  # fmt: skip
+    assert r.exit_code == 0, r.output

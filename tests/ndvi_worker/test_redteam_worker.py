@@ -288,7 +288,7 @@ def _walk_depth(doc: object) -> int:
     return 0
 
 
-_TRICKY = st.text(alphabet='[]{}"\\/ab\n\u00e9\U0001f600', max_size=8)
+_TRICKY = st.text(alphabet='[]{}"\\/ab\n\u00e9\u2028\x85\U0001f600', max_size=8)
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | _TRICKY,
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TRICKY, inner, max_size=4),
@@ -302,9 +302,24 @@ def test_f4_depth_from_the_text_equals_the_documents(doc, indent, ascii_only):
     """The skeleton count (`discover._depth`) agrees with a walk of the parsed document, whatever brackets, quotes
     and backslashes the strings (keys included) hold, however the text is spaced and escaped."""
     text = json.dumps(doc, indent=indent, ensure_ascii=ascii_only)
-    assert _depth(text) == min(_walk_depth(doc), MAX_DEPTH + 1)
+    assert _depth(text) == _walk_depth(doc)
     wrapped = "[" * MAX_DEPTH + text + "]" * MAX_DEPTH  # the cap: one level past it is refused
     assert (_depth(wrapped) > MAX_DEPTH) == (_walk_depth(doc) > 0)
+
+
+def test_f4_json_lines_split_at_newlines_only(tmp_path: Path):
+    """U+2028, U+2029 and U+0085 are legal unescaped inside JSON strings (orjson and `ensure_ascii=False` writers
+    leave them): a line holding them is one item, read whole or line by line."""
+    items = [
+        {"type": "Feature", "stac_version": "1.0.0", "id": f"a{n}", "assets": {}, "properties": {"title": t}}
+        for n, t in enumerate(["x\u2028y", "x\u2029y\x85z", "plain"])
+    ]
+    text = "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in items)
+    assert "\u2028" in text
+    parsed = parse_document(text, "x.jsonl", "/in/x.jsonl", lines=True)
+    assert [e.item for e in parsed] == items
+    (tmp_path / "x.jsonl").write_text(text, encoding="utf-8")
+    assert [e.item for e in find_items(tmp_path)] == items
 
 
 def test_f4_oversized_files_are_refused_unread(tmp_path: Path):

@@ -99,11 +99,12 @@ def resume(
         if submission is not None:
             submit_jobs(new_plan, new_jobs, submission, secrets, True, True, console)
         return
-    items = (
-        store.fetch_items(s3, missing) if batches else {}
-    )  # the copied items, from the batches they are in
+    latest = the_plan.latest_scenes()  # a copied item as the last round's batch holds it (fixes go there)
+    items = store.fetch_items(s3, [latest[m.item_id] for m in missing]) if batches else {}
+    to_write = {uri: [items[i] for i in ids] for uri, ids in batches.items()}
     store.save_manifests(manifests, plan_file(plan_path).parent)
-    store.upload_run(s3, new_plan, manifests, {uri: [items[i] for i in ids] for uri, ids in batches.items()})
+    store.save_items(to_write, plan_file(plan_path).parent)  # `launcher upload` can upload the run again
+    store.upload_run(s3, new_plan, manifests, to_write)
     if submission is not None:
         new_plan = dataclasses.replace(new_plan, submission=submission)
     store.save_plan(new_plan, plan_file(plan_path))

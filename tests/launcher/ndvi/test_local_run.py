@@ -188,6 +188,34 @@ def test_local_runs_the_plan_like_sagemaker_then_resumes(aws, scenes, tmp_path: 
     assert "nothing to resume" in _run("resume", "--plan", str(run), "--no-submit").output
 
 
+def test_one_instance_works_through_a_whole_batch(aws, scenes, tmp_path: Path) -> None:
+    """One job, one instance: its share is one batch of every item (JSON Lines); the worker does each scene."""
+    from launcher.aws import client
+
+    items_path = tmp_path / "items.jsonl"
+    items_path.write_text("".join(json.dumps(i) + "\n" for i in scenes))
+    run = tmp_path / "run"
+    r = _run("plan", "--items", str(items_path), "--jobs", "1", "--instances-per-job", "1",
+             "--s3-prefix", "s3://earthmon-test/ndvi", "--run-id", "whole", "--out", str(run))  # fmt: skip
+    assert r.exit_code == 0, r.output
+    (job,) = load_plan(run).jobs
+    assert {s.uri for s in job.scenes} == {"s3://earthmon-test/ndvi/whole/items/r0-000-0000.jsonl"}
+    r = _run("local", "--plan", str(run), "--no-docker", "--env", "GDAL_NUM_THREADS=1")
+    assert r.exit_code == 1, r.output  # the broken scene fails, the others are done
+    keys = {
+        o["Key"]
+        for o in client("s3").list_objects_v2(Bucket="earthmon-test", Prefix="ndvi/whole/output/")["Contents"]
+    }
+    for item in scenes[:3]:
+        assert f"ndvi/whole/output/{job.name}/{item['id']}_ndvi.tif" in keys
+    report = json.loads(
+        client("s3")
+        .get_object(Bucket="earthmon-test", Key=f"ndvi/whole/output/{job.name}/_reports/algo-1.json")["Body"]
+        .read()
+    )
+    assert report["summary"]["total"] == len(scenes) and report["summary"]["failed"] == 1
+
+
 def test_local_explains_a_plan_that_was_never_uploaded(aws, tmp_path: Path) -> None:
     items_path = tmp_path / "items.jsonl"
     items_path.write_text("".join(json.dumps(i) + "\n" for i in synthetic_items(3)))
