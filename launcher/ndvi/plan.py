@@ -34,9 +34,10 @@ PLAN_VERSION = 1
 RUN_ID_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,47}$")
 MAX_RUN_ID = 48  # job names are <run_id>-r<round>-<index>, at most 63 characters
 # One full scene per instance in the steady state of a shard (two scenes in flight), over a 30 ms / 60 MB/s S3-like
-# link: `make bench-worker` (its --shard run), 6.15 s on 2 vCPUs, taken as an ml.m5.xlarge's (4 vCPUs = 2 cores with
-# hyper-threading, counted as no faster: the conservative reading). docs/performance-worker.md.
-DEFAULT_SECONDS_PER_SCENE = 6.2
+# link: `make bench-worker` (its --shard run) on 2 vCPUs, 3.95 s on 2026-12-02 (a quiet machine; 4.95-5.33 s in runs
+# that shared it), taken as an ml.m5.xlarge's (4 vCPUs = 2 cores with hyper-threading, counted as no faster: the
+# conservative reading). README "The reference run"; docs/performance-worker.md.
+DEFAULT_SECONDS_PER_SCENE = 4.0
 MAX_SECONDS_PER_SCENE = 86400.0  # a day per scene: beyond, the estimate overflows (inf in plan.json)
 DEFAULT_STARTUP_SECONDS = 180.0  # provisioning + image pull + manifest download, per job
 DEADLINE_SECONDS = 20 * 60.0  # the reference run's target: the whole planet in under 20 minutes

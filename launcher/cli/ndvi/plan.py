@@ -40,7 +40,7 @@ from launcher.cli.console import console as _console
     "--seconds-per-scene",
     type=float,
     default=None,
-    help="Processing time of one full scene on one instance, for the estimate [default: 6.2 s, the worker's steady "
+    help="Processing time of one full scene on one instance, for the estimate [default: 4 s, the worker's steady "
     "state measured on a 2-vCPU machine over an S3-like link, taken as an ml.m5.xlarge's; see the README's "
     "planetary projection].",
 )

@@ -319,6 +319,10 @@ def test_plan_cli_uploads_manifests_and_writes_plan(aws, tmp_path: Path) -> None
     # the estimate uses the measured time per scene, and says how few instances would do in 20 minutes
     assert f"({DEFAULT_SECONDS_PER_SCENE:g} s per scene, 180 s start-up per job)" in result.output
     fewest = fewest_instances(25, DEFAULT_SECONDS_PER_SCENE, 1200, 180)
+    help_text = " ".join(CliRunner().invoke(cli, ["plan", "--help"]).output.split())
+    assert (
+        f"[default: {DEFAULT_SECONDS_PER_SCENE:g} s, the worker's steady state" in help_text
+    )  # help follows the constant
     jobs, per_job = layout_for(fewest, 3)
     assert (
         f"fewest instances to finish within 20 min: {fewest}; as --jobs {jobs} --instances-per-job {per_job}:"
