@@ -220,7 +220,10 @@ def test_launcher_local_sdk_local_runs_a_plan(
     job = load_plan(run).jobs[0]
     s3 = boto3.client("s3")
     staged = s3.list_objects_v2(Bucket=BUCKET, Prefix=f"ndvi/sdk/sdk-local/{job.name}/").get("Contents", [])
-    assert sorted(o["Key"].rsplit("/", 1)[-1] for o in staged) == sorted(f"{i}.json" for i in ids)
+    # the items were copied in one batch (JSON Lines, one job x one instance): staged under its own name
+    assert [o["Key"].rsplit("/", 1)[-1] for o in staged] == ["r0-000-0000.jsonl"]
+    batch = s3.get_object(Bucket=BUCKET, Key=staged[0]["Key"])["Body"].read().decode()
+    assert sorted(json.loads(line)["id"] for line in batch.splitlines()) == sorted(ids)
     out_prefix = f"ndvi/sdk/output/{job.name}/"
     keys = {
         o["Key"][len(out_prefix) :]
