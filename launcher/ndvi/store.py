@@ -137,7 +137,7 @@ def parse_batch(data: bytes, where: str, wanted: Sequence[str]) -> dict[str, dic
     """The items `wanted` (ids) of a batch (JSON Lines) or of one item JSON (plans before batches), decoded by the
     worker's rules (strict JSON, size and depth capped): id -> item. PlanError naming `where` when it is not that:
     not UTF-8 JSON, an item listed twice, or one of `wanted` missing."""
-    from ndvi_worker.discover import _load
+    from ndvi_worker.discover import load_json
 
     again = "restore it or plan the run again"
     if len(data) > MAX_BATCH_BYTES:
@@ -148,7 +148,7 @@ def parse_batch(data: bytes, where: str, wanted: Sequence[str]) -> dict[str, dic
         if not chunk.strip():
             continue
         try:
-            doc = _load(chunk.decode("utf-8"))
+            doc = load_json(chunk.decode("utf-8"))
         except (UnicodeDecodeError, ValueError) as exc:
             raise PlanError(f"{where} line {n} is not an item JSON ({short(str(exc))}); {again}") from None
         item_id = doc.get("id") if isinstance(doc, dict) else None
